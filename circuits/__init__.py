@@ -1,0 +1,32 @@
+"""circuits: models, hook names, activation capture and interventions.
+
+Knows nothing about deception or sycophancy: it reads and writes activations at TransformerLens
+hook names on any local causal LM.
+"""
+
+from circuits.capture import SELECTIONS, Activations, capture
+from circuits.errors import ArtifactError, CoalignError, HookNameError, InputError, ModelMismatchError
+from circuits.hooked_model import HFHookedModel, HookedModel, HookHandle, TLHookedModel, as_hooked
+from circuits.inputs import Item
+from circuits.loading import DEFAULT_MODEL, EMBEDDED, from_hf, load_model
+
+__all__ = [
+    "SELECTIONS",
+    "Activations",
+    "ArtifactError",
+    "CoalignError",
+    "DEFAULT_MODEL",
+    "EMBEDDED",
+    "HFHookedModel",
+    "HookHandle",
+    "HookNameError",
+    "HookedModel",
+    "InputError",
+    "Item",
+    "ModelMismatchError",
+    "TLHookedModel",
+    "as_hooked",
+    "capture",
+    "from_hf",
+    "load_model",
+]
