@@ -1,0 +1,228 @@
+"""The Detector: a calibrated linear read-out of a model's activations at one or more hooks.
+
+A detector scores ``sum_k  acts[hook_k] @ weight[k] + bias`` (higher = behaviour present). Every
+probe kind (logistic, mass-mean, LAT, TTPD, multi-layer ensembles) is folded into that form at
+training time, so scoring a token during generation is one small matmul inside the forward pass.
+The threshold is calibrated on a benign control set at a target false-positive rate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from circuits import HookedModel, ModelMismatchError, capture
+from circuits.errors import ArtifactError, InputError
+from circuits.inputs import Item
+from detectors.artifact import library_version, read_artifact, write_artifact
+
+_REQUIRED = {
+    "kind": str,
+    "behaviour": str,
+    "hooks": list,
+    "select": str,
+    "threshold": (int, float),
+    "fpr": (int, float),
+    "model_id": str,
+    "model_fingerprint": str,
+    "d_model": int,
+}
+
+
+@dataclass
+class Detector:
+    """A calibrated detector for one behaviour.
+
+    Attributes:
+        behaviour: e.g. ``"deception"``; also the default ``name``.
+        hooks: hook names read (one per row of ``weight``).
+        weight: ``[len(hooks), d_model]`` read-out weights.
+        bias: scalar offset.
+        threshold: scores above it are flagged.
+        fpr: the false-positive rate on the benign control set the threshold was set at.
+        select: the token selection used in training (``response_mean``, ``last``, ...).
+        model_id, model_fingerprint, d_model: the model it was trained on.
+        probe_kind: the probe family that produced the weights.
+        metrics: evaluation numbers recorded at training time.
+        data_hash: hash of the training data.
+    """
+
+    behaviour: str
+    hooks: list[str]
+    weight: Float[Tensor, "k d_model"]
+    bias: float
+    threshold: float
+    fpr: float
+    select: str
+    model_id: str
+    model_fingerprint: str
+    d_model: int
+    probe_kind: str = "logistic"
+    metrics: dict[str, Any] = field(default_factory=dict)
+    data_hash: str = ""
+    name: str = ""
+    created: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        self.weight = torch.as_tensor(self.weight, dtype=torch.float32)
+        if self.weight.ndim == 1:
+            self.weight = self.weight.unsqueeze(0)
+        if self.weight.shape != (len(self.hooks), self.d_model):
+            raise InputError(
+                f"detector weight has shape {tuple(self.weight.shape)}, expected ({len(self.hooks)}, {self.d_model}) "
+                "(one row per hook, d_model columns)"
+            )
+        self.name = self.name or self.behaviour
+        self.bias, self.threshold, self.fpr = float(self.bias), float(self.threshold), float(self.fpr)
+        self._cast: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+
+    # --- identity -----------------------------------------------------------------------
+    @property
+    def id(self) -> str:
+        """Content hash of the weights, bias and threshold (changes whenever the detector does)."""
+        h = hashlib.sha256(self.weight.numpy().tobytes())
+        h.update(repr((self.hooks, self.bias, self.threshold, self.model_fingerprint)).encode())
+        return h.hexdigest()[:12]
+
+    @property
+    def direction(self) -> Float[Tensor, " d_model"]:
+        """Unit direction in activation space at ``hooks[0]`` (what a steering corrector pushes against)."""
+        w = self.weight[0]
+        return w / w.norm().clamp(min=1e-12)
+
+    # --- scoring ------------------------------------------------------------------------
+    def weight_for(self, hook: str, like: Tensor) -> Tensor:
+        """Row of ``weight`` for ``hook``, cast once to ``like``'s device and dtype and cached."""
+        key = (like.device, like.dtype)
+        if key not in self._cast:
+            self._cast[key] = self.weight.to(device=like.device, dtype=like.dtype)
+        return self._cast[key][self.hooks.index(hook)]
+
+    def score_tensor(self, acts: dict[str, Tensor]) -> Tensor:
+        """Score activations ``{hook: [..., d_model]}`` -> ``[...]`` (per token or per item)."""
+        total: Tensor | float = self.bias
+        for hook in self.hooks:
+            a = acts[hook]
+            total = total + a @ self.weight_for(hook, a)
+        return total  # type: ignore[return-value]
+
+    def score_arrays(self, acts: dict[str, np.ndarray]) -> np.ndarray:
+        w = self.weight.numpy().astype(np.float64)
+        return sum(acts[h].astype(np.float64) @ w[k] for k, h in enumerate(self.hooks)) + self.bias
+
+    def check_model(self, model: HookedModel, strict: bool = True) -> None:
+        """Raise ModelMismatchError unless ``model`` is the one this detector was trained on."""
+        if model.d_model != self.d_model:
+            raise ModelMismatchError(
+                f"detector {self.name!r} reads d_model={self.d_model} activations but {model.model_id} has "
+                f"d_model={model.d_model}; it was trained on {self.model_id}"
+            )
+        for h in self.hooks:
+            model.check_hook(h)
+        if strict and model.fingerprint != self.model_fingerprint:
+            raise ModelMismatchError(
+                f"detector {self.name!r} was trained on {self.model_id} (weights {self.model_fingerprint}) but the "
+                f"model given is {model.model_id} (weights {model.fingerprint}); pass strict=False to override"
+            )
+
+    def score(self, model: HookedModel, items: Sequence[Item], batch_size: int = 16, cache_dir: str | None = None) -> np.ndarray:
+        """One score per item (higher = behaviour present), using the training token selection.
+
+        Example:
+            >>> det.score(model, [[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]])
+            array([-3.1])
+        """
+        self.check_model(model)
+        acts = capture(model, items, self.hooks, select=self.select, batch_size=batch_size, cache_dir=cache_dir)
+        return self.score_arrays(acts.acts)
+
+    def flag(self, scores: np.ndarray) -> np.ndarray:
+        return np.asarray(scores) > self.threshold
+
+    # --- persistence ----------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        return {
+            "kind": "linear_detector",
+            "behaviour": self.behaviour,
+            "name": self.name,
+            "hooks": list(self.hooks),
+            "select": self.select,
+            "bias": self.bias,
+            "threshold": self.threshold,
+            "fpr": self.fpr,
+            "model_id": self.model_id,
+            "model_fingerprint": self.model_fingerprint,
+            "d_model": self.d_model,
+            "probe_kind": self.probe_kind,
+            "metrics": self.metrics,
+            "data_hash": self.data_hash,
+            "created": self.created,
+            "library_version": library_version(),
+            "detector_id": self.id,
+        }
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write ``path/weights.safetensors`` and ``path/config.json`` (atomically)."""
+        write_artifact(path, {"weight": self.weight}, self.config())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, model: HookedModel | None = None, strict: bool = True) -> "Detector":
+        """Load a detector; with ``model`` given, check it matches (d_model, hooks, weights)."""
+        tensors, cfg = read_artifact(path, _REQUIRED)
+        if cfg["kind"] != "linear_detector":
+            raise ArtifactError(f"{path}/config.json: kind {cfg['kind']!r} is not a detector")
+        if "weight" not in tensors:
+            raise ArtifactError(f"{path}/weights.safetensors: missing tensor 'weight'")
+        if "bias" not in cfg or not isinstance(cfg["bias"], (int, float)):
+            raise ArtifactError(f"{path}/config.json: missing or non-numeric field 'bias'")
+        try:
+            det = cls(
+                behaviour=cfg["behaviour"], hooks=list(cfg["hooks"]), weight=tensors["weight"], bias=cfg["bias"],
+                threshold=cfg["threshold"], fpr=cfg["fpr"], select=cfg["select"], model_id=cfg["model_id"],
+                model_fingerprint=cfg["model_fingerprint"], d_model=cfg["d_model"],
+                probe_kind=cfg.get("probe_kind", "unknown"), metrics=cfg.get("metrics", {}),
+                data_hash=cfg.get("data_hash", ""), name=cfg.get("name", ""), created=cfg.get("created", 0.0),
+            )
+        except InputError as e:
+            raise ArtifactError(f"{path}: {e}") from e
+        if model is not None:
+            det.check_model(model, strict=strict)
+        return det
+
+    @classmethod
+    def from_linear(
+        cls,
+        behaviour: str,
+        model: HookedModel,
+        hooks: str | list[str],
+        weight: Tensor | np.ndarray,
+        bias: float = 0.0,
+        threshold: float = 0.0,
+        fpr: float = float("nan"),
+        select: str = "response_mean",
+        **kw: Any,
+    ) -> "Detector":
+        """Build a detector from a known read-out (tests, hand-made detectors, external probes)."""
+        hooks = [hooks] if isinstance(hooks, str) else list(hooks)
+        for h in hooks:
+            model.check_hook(h)
+        return cls(
+            behaviour=behaviour, hooks=hooks, weight=torch.as_tensor(np.asarray(weight), dtype=torch.float32),
+            bias=bias, threshold=threshold, fpr=fpr, select=select, model_id=model.model_id,
+            model_fingerprint=model.fingerprint, d_model=model.d_model, **kw,
+        )
+
+    @classmethod
+    def train(cls, behaviour: str, model: HookedModel, **kwargs: Any) -> "Detector":
+        """Train a calibrated detector with a built-in recipe or your data (see :func:`detectors.training.train_detector`)."""
+        from detectors.training import train_detector
+
+        return train_detector(behaviour, model, **kwargs)
