@@ -1,0 +1,198 @@
+"""The ``coalign`` command line: demo, train, eval, scan, bench (and guard, chat, steer).
+
+Every command prints a readable table; ``--json FILE`` also writes the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from circuits import DEFAULT_MODEL, CoalignError
+
+
+def print_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    columns = list(columns or (rows[0].keys() if rows else []))
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(c, overflow="fold")
+    for r in rows:
+        table.add_row(*[_fmt(r.get(c, "")) for c in columns])
+    Console(width=max(100, 20 * len(columns))).print(table)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def write_json(path: str | None, obj: Any) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(obj, indent=2, default=float))
+
+
+def _model(name: str | None, detector_dir: str | None = None):
+    from circuits import EMBEDDED, load_model
+
+    if name is None and detector_dir is not None:
+        cfg = json.loads((Path(detector_dir) / "config.json").read_text())
+        name = cfg.get("model_id") if cfg.get("model_id") in EMBEDDED else None
+    return load_model(name or DEFAULT_MODEL)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from detectors import Detector
+
+    model = _model(args.model)
+    det = Detector.train(
+        args.behaviour, model, data=args.data or None, method=args.method, layer=args.layer, fpr=args.fpr,
+        n_control=args.n_control, progress=True,
+    )
+    det.save(args.out)
+    m = det.metrics
+    row = {
+        "detector": det.name, "hook": det.hooks[0], "method": det.probe_kind, "val_auroc": m["val_auroc"],
+        "recall@thr": m["val_recall_at_threshold"], "control_fpr": m["control_fpr"], "threshold": det.threshold,
+    }
+    print_table(f"trained {det.name} -> {args.out}", [row])
+    write_json(args.json, {"out": args.out, "hook": det.hooks[0], **{k: v for k, v in m.items() if k != "sweep"}})
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from detectors import Detector
+    from probe.datasets import load_dataset
+    from probe.metrics import calibration_report
+
+    model = _model(args.model, args.detector)
+    det = Detector.load(args.detector, model)
+    data = load_dataset(args.data).check_two_classes()
+    scores = det.score(model, data.items)
+    report = calibration_report(data.labels, scores, det.threshold)
+    print_table(f"{det.name} on {args.data}", [report])
+    write_json(args.json, report)
+    return 0
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from detectors import Detector
+    from probe.datasets import load_dataset
+
+    model = _model(args.model, args.detector)
+    det = Detector.load(args.detector, model)
+    if args.prompt is not None:
+        item: Any = [{"role": "user", "content": args.prompt}]
+        if args.response is not None:
+            item.append({"role": "assistant", "content": args.response})
+        items, labels = [item], [None]
+    else:
+        ds = load_dataset(args.data)
+        items, labels = ds.items, list(ds.labels)
+    scores = det.score(model, items)
+    rows = [
+        {"i": i, "text": _preview(it), "score": float(s), "flag": bool(s > det.threshold), "label": lab}
+        for i, (it, s, lab) in enumerate(zip(items, scores, labels))
+    ]
+    print_table(f"{det.name} scan (threshold {det.threshold:.3f} at {det.fpr:.0%} FPR)", rows)
+    write_json(args.json, rows)
+    return 0
+
+
+def _preview(item: Any, n: int = 70) -> str:
+    text = item if isinstance(item, str) else " | ".join(m["content"] for m in item[-2:]) if isinstance(item, list) else " | ".join(item)
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from probe.benchmark import run_probe_benchmark
+
+    model = _model(args.model)
+    summary = run_probe_benchmark(model, args.out, quick=args.quick, datasets_dir=args.datasets)
+    print_table("probe benchmark (held-out AUROC)", summary["table"])
+    write_json(args.json, summary)
+    print(f"wrote {args.out}/results.json, report.md and plots")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from detectors.demo import run_demo
+
+    return run_demo(args.model or DEFAULT_MODEL, args.out, json_out=args.json)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="coalign", description="Detect and correct deception and sycophancy inside local LMs.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="train deception + sycophancy detectors on the embedded model and score examples")
+    d.add_argument("--model", default=None)
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--json", default=None)
+    d.set_defaults(func=cmd_demo)
+
+    t = sub.add_parser("train", help="train a calibrated detector")
+    t.add_argument("behaviour", help="deception | sycophancy | truth (built-in recipes) or any name with --data")
+    t.add_argument("--out", required=True)
+    t.add_argument("--model", default=None)
+    t.add_argument("--data", nargs="+", default=None, help="statements CSV, A/B JSON(L) or chat JSONL files")
+    t.add_argument("--method", default="logistic", help="logistic | mass_mean | mass_mean_cov | lat | ttpd | ccs")
+    t.add_argument("--layer", default="auto", help="auto or a hook name such as blocks.12.hook_resid_post")
+    t.add_argument("--fpr", type=float, default=0.01)
+    t.add_argument("--n-control", type=int, default=200)
+    t.add_argument("--json", default=None)
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a detector on a labelled file")
+    e.add_argument("detector")
+    e.add_argument("--data", required=True)
+    e.add_argument("--model", default=None)
+    e.add_argument("--json", default=None)
+    e.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("scan", help="score prompts/responses with a detector")
+    s.add_argument("detector")
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--prompt")
+    g.add_argument("--data")
+    s.add_argument("--response", default=None, help="assistant response to judge (with --prompt)")
+    s.add_argument("--model", default=None)
+    s.add_argument("--json", default=None)
+    s.set_defaults(func=cmd_scan)
+
+    b = sub.add_parser("bench", help="benchmarks")
+    bsub = b.add_subparsers(dest="bench_kind", required=True)
+    bp = bsub.add_parser("probes", help="datasets x probe methods x hooks sweep and generalisation matrix")
+    bp.add_argument("--out", required=True)
+    bp.add_argument("--model", default=None)
+    bp.add_argument("--datasets", default=None, help="folder of public datasets (default ../shared/datasets)")
+    bp.add_argument("--quick", action="store_true", help="fewer rows and hooks")
+    bp.add_argument("--json", default=None)
+    bp.set_defaults(func=cmd_bench)
+
+    try:
+        from detectors.cli_guard import register
+    except ImportError:
+        register = None
+    if register is not None:
+        register(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (CoalignError, FileNotFoundError) as e:
+        print(f"coalign: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Training a calibrated Detector: data -> activations -> probe (layer sweep) -> threshold at an FPR.
+
+The numbers are fitted by ``probe``; this module only decides which data, hooks and control set
+to use for a behaviour and packs the result into a :class:`~detectors.detector.Detector`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from circuits import HookedModel
+from circuits.errors import InputError
+from circuits.generation import complete
+from detectors.detector import Detector
+from probe.activation_set import ActivationSet
+from probe.datasets import LabelledDataset, load_dataset, recipe
+from probe.metrics import calibration_report
+from probe.trainer import calibrate_threshold, fit_probe, linear_readout, split_indices, sweep
+
+BEHAVIOURS = ("deception", "sycophancy", "truth")
+# Token selection per behaviour: chats are judged over the response; bare statements at their end.
+DEFAULT_SELECT = {"deception": "response_mean", "sycophancy": "response_mean", "truth": "last"}
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("COALIGN_CACHE", Path.home() / ".cache" / "coalign"))
+
+
+def candidate_hooks(model: HookedModel, layer: str | Sequence[str]) -> list[str]:
+    """``"auto"``: residual stream after every other block from 20% to 80% depth; else the hooks given."""
+    if isinstance(layer, str) and layer != "auto":
+        return [layer]
+    if not isinstance(layer, str):
+        return list(layer)
+    lo, hi = max(1, int(0.2 * model.n_layers)), max(2, int(0.8 * model.n_layers))
+    step = 2 if model.n_layers >= 12 else 1
+    return [f"blocks.{i}.hook_resid_post" for i in range(lo, hi + 1, step) if i < model.n_layers]
+
+
+def training_data(behaviour: str, data: Sequence[str | os.PathLike] | LabelledDataset | None, seed: int) -> LabelledDataset:
+    if isinstance(data, LabelledDataset):
+        return data.check_two_classes()
+    if data:
+        parts = [load_dataset(p) for p in data]
+        return LabelledDataset.concat(*parts).check_two_classes()
+    if behaviour not in BEHAVIOURS:
+        raise InputError(f"no built-in recipe for {behaviour!r}; use one of {', '.join(BEHAVIOURS)} or pass data=[files]")
+    return recipe(behaviour, seed=seed).check_two_classes()
+
+
+def control_items(model: HookedModel, n: int, cache_dir: Path, max_new_tokens: int = 32) -> list[Any]:
+    """Benign instructions with the model's own greedy answers (generated once, cached by fingerprint)."""
+    prompts = recipe("benign").items[:n]
+    answers = complete(model, prompts, max_new_tokens=max_new_tokens, cache_dir=cache_dir)
+    return [p + [{"role": "assistant", "content": a or "OK."}] for p, a in zip(prompts, answers)]
+
+
+def train_detector(
+    behaviour: str,
+    model: HookedModel,
+    data: Sequence[str | os.PathLike] | LabelledDataset | None = None,
+    method: str = "logistic",
+    layer: str | Sequence[str] = "auto",
+    select: str | None = None,
+    fpr: float = 0.01,
+    n_control: int = 200,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = False,
+    name: str | None = None,
+    **probe_params: Any,
+) -> Detector:
+    """Train and calibrate a detector.
+
+    Args:
+        behaviour: ``"deception"``, ``"sycophancy"``, ``"truth"`` (built-in recipes) or any name with ``data``.
+        model: the hooked model.
+        data: files (statements CSV, A/B JSON(L), chat JSONL) or a LabelledDataset; default: the recipe.
+        method: probe kind (``logistic``, ``mass_mean``, ``mass_mean_cov``, ``lat``, ``ttpd``, ``ccs``).
+        layer: ``"auto"`` (sweep, pick the best validation AUROC), a hook name, or a list of hooks.
+        select: token selection; default depends on the behaviour.
+        fpr: target false-positive rate on the benign control set for the threshold.
+        n_control: number of benign control prompts (answered by the model itself).
+        test_fraction: held-out share (pairs kept together) for the reported metrics.
+
+    Returns:
+        A calibrated :class:`Detector` whose ``metrics`` hold validation and control figures.
+
+    Example:
+        >>> det = train_detector("deception", model)
+        >>> det.metrics["val_auroc"] > 0.9
+        True
+    """
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    dataset = training_data(behaviour, data, seed)
+    select = select or DEFAULT_SELECT.get(behaviour, "response_mean")
+    hooks = candidate_hooks(model, layer)
+    acts = ActivationSet.from_dataset(model, dataset, hooks, select=select, cache_dir=cache / "acts", progress=progress)
+    tr, va = split_indices(acts.y, acts.groups, test_fraction, seed)
+    train, val = acts.subset(tr), acts.subset(va)
+    result = sweep(train, val, [method], hooks, **probe_params)
+    _, hook = result.best
+    probe = fit_probe(method, train.X[hook], train.y, train.fit_params(), **probe_params)
+    weight, bias = linear_readout(probe)
+
+    control = control_items(model, n_control, cache / "completions")
+    ctrl_acts = ActivationSet.from_dataset(
+        model, LabelledDataset("benign_control", _control_examples(control)), [hook], select=select, cache_dir=cache / "acts"
+    )
+    ctrl_scores = ctrl_acts.X[hook].astype(np.float64) @ weight + bias
+    threshold = calibrate_threshold(ctrl_scores, fpr)
+    val_scores = val.X[hook].astype(np.float64) @ weight + bias
+    report = calibration_report(val.y, val_scores, threshold)
+    metrics = {
+        "val_" + k: v for k, v in report.items()
+    } | {
+        "control_fpr": float(np.mean(ctrl_scores > threshold)),
+        "n_control": len(ctrl_scores),
+        "n_train": len(tr),
+        "sweep": result.table(),
+    }
+    return Detector(
+        behaviour=behaviour, hooks=[hook], weight=weight.astype(np.float32), bias=bias, threshold=threshold, fpr=fpr,
+        select=select, model_id=model.model_id, model_fingerprint=model.fingerprint, d_model=model.d_model,
+        probe_kind=method, metrics=metrics, data_hash=dataset.content_hash(), name=name or behaviour,
+    )
+
+
+def _control_examples(items: list[Any]) -> list[Any]:
+    from probe.datasets import Example
+
+    return [Example(item=it, label=0, source=f"control:{i}") for i, it in enumerate(items)]
