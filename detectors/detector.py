@@ -71,6 +71,8 @@ class Detector:
     name: str = ""
     created: float = field(default_factory=time.time)
 
+    kind = "linear_detector"  # class attribute (not a field): the artifact's ``kind``
+
     def __post_init__(self) -> None:
         self.weight = torch.as_tensor(self.weight, dtype=torch.float32)
         if self.weight.ndim == 1:
@@ -88,7 +90,9 @@ class Detector:
     @property
     def id(self) -> str:
         """Content hash of the weights, bias and threshold (changes whenever the detector does)."""
-        h = hashlib.sha256(self.weight.numpy().tobytes())
+        h = hashlib.sha256()
+        for k, t in sorted(self.tensors().items()):
+            h.update(k.encode() + t.detach().cpu().numpy().tobytes())
         h.update(repr((self.hooks, self.bias, self.threshold, self.model_fingerprint)).encode())
         return h.hexdigest()[:12]
 
@@ -150,7 +154,7 @@ class Detector:
     # --- persistence ----------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
         return {
-            "kind": "linear_detector",
+            "kind": self.kind,
             "behaviour": self.behaviour,
             "name": self.name,
             "hooks": list(self.hooks),
@@ -169,29 +173,40 @@ class Detector:
             "detector_id": self.id,
         }
 
+    def tensors(self) -> dict[str, Tensor]:
+        return {"weight": self.weight}
+
     def save(self, path: str | os.PathLike) -> None:
         """Write ``path/weights.safetensors`` and ``path/config.json`` (atomically)."""
-        write_artifact(path, {"weight": self.weight}, self.config())
+        write_artifact(path, self.tensors(), self.config())
+
+    @classmethod
+    def _from_artifact(cls, tensors: dict[str, Tensor], cfg: dict[str, Any], **kw: Any) -> "Detector":
+        return cls(**kw)
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: HookedModel | None = None, strict: bool = True) -> "Detector":
-        """Load a detector; with ``model`` given, check it matches (d_model, hooks, weights)."""
+        """Load a detector (class chosen by the ``kind`` field); with ``model``, check it matches."""
+        from detectors.conditional import ConditionalDetector
+
+        registry: dict[str, type[Detector]] = {"linear_detector": Detector, "conditional_detector": ConditionalDetector}
         tensors, cfg = read_artifact(path, _REQUIRED)
-        if cfg["kind"] != "linear_detector":
-            raise ArtifactError(f"{path}/config.json: kind {cfg['kind']!r} is not a detector")
+        if cfg["kind"] not in registry:
+            raise ArtifactError(f"{path}/config.json: kind {cfg['kind']!r} is not a detector ({', '.join(registry)})")
         if "weight" not in tensors:
             raise ArtifactError(f"{path}/weights.safetensors: missing tensor 'weight'")
         if "bias" not in cfg or not isinstance(cfg["bias"], (int, float)):
             raise ArtifactError(f"{path}/config.json: missing or non-numeric field 'bias'")
         try:
-            det = cls(
+            det = registry[cfg["kind"]]._from_artifact(
+                tensors, cfg,
                 behaviour=cfg["behaviour"], hooks=list(cfg["hooks"]), weight=tensors["weight"], bias=cfg["bias"],
                 threshold=cfg["threshold"], fpr=cfg["fpr"], select=cfg["select"], model_id=cfg["model_id"],
                 model_fingerprint=cfg["model_fingerprint"], d_model=cfg["d_model"],
                 probe_kind=cfg.get("probe_kind", "unknown"), metrics=cfg.get("metrics", {}),
                 data_hash=cfg.get("data_hash", ""), name=cfg.get("name", ""), created=cfg.get("created", 0.0),
             )
-        except InputError as e:
+        except (InputError, ArtifactError) as e:
             raise ArtifactError(f"{path}: {e}") from e
         if model is not None:
             det.check_model(model, strict=strict)

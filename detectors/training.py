@@ -15,6 +15,7 @@ import numpy as np
 from circuits import HookedModel
 from circuits.errors import InputError
 from circuits.generation import complete
+from detectors.conditional import ConditionalDetector
 from detectors.detector import Detector
 from probe.activation_set import ActivationSet
 from probe.datasets import LabelledDataset, load_dataset, recipe
@@ -100,35 +101,42 @@ def train_detector(
     dataset = training_data(behaviour, data, seed)
     select = select or DEFAULT_SELECT.get(behaviour, "response_mean")
     hooks = candidate_hooks(model, layer)
-    acts = ActivationSet.from_dataset(model, dataset, hooks, select=select, cache_dir=cache / "acts", progress=progress)
+    capture_kw = dict(select=select, cache_dir=cache / "acts", progress=progress)
+    acts = _activations(model, dataset, hooks, method, capture_kw)
     tr, va = split_indices(acts.y, acts.groups, test_fraction, seed)
     train, val = acts.subset(tr), acts.subset(va)
     result = sweep(train, val, [method], hooks, **probe_params)
     _, hook = result.best
     probe = fit_probe(method, train.X[hook], train.y, train.fit_params(), **probe_params)
-    weight, bias = linear_readout(probe)
 
-    control = control_items(model, n_control, cache / "completions")
-    ctrl_acts = ActivationSet.from_dataset(
-        model, LabelledDataset("benign_control", _control_examples(control)), [hook], select=select, cache_dir=cache / "acts"
-    )
-    ctrl_scores = ctrl_acts.X[hook].astype(np.float64) @ weight + bias
+    control = LabelledDataset("benign_control", _control_examples(control_items(model, n_control, cache / "completions")))
+    ctrl_scores = probe.decision_function(_activations(model, control, [hook], method, capture_kw).X[hook])
     threshold = calibrate_threshold(ctrl_scores, fpr)
-    val_scores = val.X[hook].astype(np.float64) @ weight + bias
-    report = calibration_report(val.y, val_scores, threshold)
-    metrics = {
-        "val_" + k: v for k, v in report.items()
-    } | {
+    report = calibration_report(val.y, probe.decision_function(val.X[hook]), threshold)
+    metrics = {"val_" + k: v for k, v in report.items()} | {
         "control_fpr": float(np.mean(ctrl_scores > threshold)),
         "n_control": len(ctrl_scores),
         "n_train": len(tr),
         "sweep": result.table(),
     }
-    return Detector(
-        behaviour=behaviour, hooks=[hook], weight=weight.astype(np.float32), bias=bias, threshold=threshold, fpr=fpr,
-        select=select, model_id=model.model_id, model_fingerprint=model.fingerprint, d_model=model.d_model,
-        probe_kind=method, metrics=metrics, data_hash=dataset.content_hash(), name=name or behaviour,
+    common = dict(
+        behaviour=behaviour, hooks=[hook], threshold=threshold, fpr=fpr, select=select, model_id=model.model_id,
+        model_fingerprint=model.fingerprint, d_model=model.d_model, probe_kind=method, metrics=metrics,
+        data_hash=dataset.content_hash(), name=name or behaviour,
     )
+    if method == "conditional":
+        return ConditionalDetector.from_probe(probe, train.X[hook][:, : model.d_model], **common)
+    weight, bias = linear_readout(probe)
+    return Detector(weight=weight.astype(np.float32), bias=bias, **common)
+
+
+def _activations(model: HookedModel, dataset: LabelledDataset, hooks: list[str], method: str, capture_kw: dict) -> ActivationSet:
+    """Activations for ``method``: the conditional probe reads ``[prompt_last | response]`` side by side."""
+    acts = ActivationSet.from_dataset(model, dataset, hooks, **capture_kw)
+    if method == "conditional":
+        ctx = ActivationSet.from_dataset(model, dataset, hooks, **(capture_kw | {"select": "prompt_last"}))
+        acts.X = {h: np.hstack([ctx.X[h], acts.X[h]]) for h in hooks}
+    return acts
 
 
 def _control_examples(items: list[Any]) -> list[Any]:

@@ -395,3 +395,23 @@ def test_wrong_feature_count_message_at_model_size():
     p = LogisticProbe().fit(rng.standard_normal((50, 576)), np.arange(50) % 2)
     with pytest.raises(ValueError, match="expected 576 features, got 512"):
         p.decision_function(rng.standard_normal((3, 512)))
+
+
+def test_conditional_probe_recovers_a_relation_linear_probes_cannot():
+    """Label = agreement between a 'prompt' stance and a 'response' stance (an XOR of two signs)."""
+    from probe.probes import ConditionalProbe, LogisticProbe
+    from probe.metrics import auroc
+
+    rng = np.random.default_rng(0)
+    n, d = 3000, 12
+    P, R = rng.normal(size=(n, d)), rng.normal(size=(n, d))
+    u, v = rng.normal(size=d), rng.normal(size=d)
+    y = ((P @ u) * (R @ v) > 0).astype(int)
+    X = np.hstack([P, R])
+    tr, te = slice(0, 2000), slice(2000, None)
+    cond = ConditionalProbe(n_components=d, C=1.0).fit(X[tr], y[tr])
+    assert auroc(y[te], cond.decision_function(X[te])) > 0.9
+    assert auroc(y[te], LogisticProbe().fit(X[tr], y[tr]).decision_function(X[te])) < 0.6
+    # for a fixed prompt the score is linear in the response: the guard relies on this
+    w, b = cond.readout(P[te])
+    np.testing.assert_allclose((R[te] * w).sum(1) + b, cond.decision_function(X[te]), atol=1e-9)

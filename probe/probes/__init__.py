@@ -10,6 +10,7 @@ from functools import partial
 
 from .base import BaseProbe, ProbeInputError
 from .ccs import CCSProbe
+from .conditional import ConditionalProbe
 from .ensemble import EnsembleProbe
 from .lat import LATProbe
 from .logistic import LogisticProbe
@@ -24,6 +25,7 @@ PROBES = {
     "lat": LATProbe,
     "ccs": CCSProbe,
     "ttpd": TTPDProbe,
+    "conditional": ConditionalProbe,
 }
 
 
@@ -39,6 +41,7 @@ def make_probe(name: str, **params) -> BaseProbe:
 __all__ = [
     "BaseProbe",
     "CCSProbe",
+    "ConditionalProbe",
     "EnsembleProbe",
     "LATProbe",
     "LogisticProbe",

@@ -1,0 +1,214 @@
+"""The probe-accuracy benchmark: datasets x probe methods x hooks, and a generalisation matrix.
+
+``coalign bench probes --out DIR [--quick]`` runs :func:`run_probe_benchmark`. Pieces:
+:mod:`probe.bench_data` (datasets, caps, pairs, splits), :mod:`probe.bench_eval` (capture,
+sweeps, hook choice on validation data only, metrics), :mod:`probe.bench_report` (report.md
+and plots). Suites:
+
+* ``truth``: statement sets (last token), trained on affirmative + negated sets, tested on
+  unseen topics; headline ``truth_mean_auroc_unseen`` for TTPD and logistic.
+* ``deception``: built-in instructed pairs (response mean), held-out fact groups and
+  ``roleplay_lies``; headlines ``deception_val_auroc``, ``deception_roleplay_auroc``.
+* ``sycophancy``: built-in A/B chats, tested on the CAA sycophancy test set; ``sycophancy_caa_auroc``.
+* ``baseline``: last-token logistic probe on cities, one layer, tested on held-out cities and
+  negated cities (the naive floor of DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from circuits import HFHookedModel, HookedModel
+from circuits.generation import complete
+from probe.activation_set import ActivationSet
+from probe.bench_data import BenchData, build_suites, default_datasets_dir, drop_overlong, load_bench_data
+from probe.bench_eval import SuiteResult, capture_all, evaluate_suite, generalisation_matrix
+from probe.bench_report import plot_generalisation, plot_layers, write_report
+from probe.datasets import Example, LabelledDataset, recipe
+
+METHODS = ["logistic", "mass_mean", "mass_mean_cov", "lat", "ttpd"]
+QUICK_METHODS = ["logistic", "mass_mean", "ttpd"]
+N_CONTROL, CONTROL_TOKENS = 200, 32
+
+
+def default_hooks(model: HookedModel, quick: bool = False) -> list[str]:
+    """``blocks.{i}.hook_resid_post`` for i in 4, 6, ..., n_layers-3 (quick: every 4th layer of the
+    middle half); every layer when the model is too shallow for that."""
+    n = model.n_layers
+    layers = list(range(n // 4, 3 * n // 4 + 1, 4)) if quick else list(range(4, n - 2, 2))
+    return [f"blocks.{i}.hook_resid_post" for i in (layers or range(n))]
+
+
+def default_cache_dir() -> Path:
+    """``$COALIGN_CACHE`` or ``~/.cache/coalign`` (activations under ``acts/``, as detector training)."""
+    return Path(os.environ.get("COALIGN_CACHE", Path.home() / ".cache" / "coalign"))
+
+
+def benign_control(model: HookedModel, n: int, hooks: Sequence[str], cache: Path, progress: bool,
+                   notes: list[str]) -> ActivationSet | None:
+    """The model's own greedy answers to ``n`` built-in benign instructions, captured (response mean)."""
+    if n <= 0:
+        return None
+    if not isinstance(model, HFHookedModel):
+        notes.append("benign control skipped: generation needs a Hugging Face backed model")
+        return None
+    prompts, _ = drop_overlong(model, LabelledDataset("benign", recipe("benign").examples))
+    items = prompts.items[:n]
+    answers = complete(model, items, max_new_tokens=CONTROL_TOKENS, cache_dir=cache / "completions")
+    chats = [it + [{"role": "assistant", "content": a or "OK."}] for it, a in zip(items, answers)]
+    ds, _ = drop_overlong(model, LabelledDataset("benign_control", [Example(c, 0, source=f"control:{i}") for i, c in enumerate(chats)]))
+    return ActivationSet.from_dataset(model, ds, list(hooks), select="response_mean", cache_dir=cache / "acts", progress=progress)
+
+
+def _headline(res: SuiteResult | None, target: str) -> dict[str, Any] | None:
+    m = res.best_method() if res else None
+    if res is None or m is None or target not in res.final[m]:
+        return None
+    f = res.final[m][target]
+    out = {"method": m, "hook": res.best[m], "auroc": f["auroc"], "ci95": f["ci95"], "val_auroc": f["val_auroc"],
+           "recall_at_1pct_fpr": f["recall_at_val_threshold"], "fpr_at_threshold": f["fpr_at_val_threshold"],
+           "threshold_from": f"validation negatives of {'+'.join(res.train)} (n={res.n['val']} rows, both classes)",
+           "n": f["n"], "by_method": {k: {"hook": res.best[k], "auroc": res.final[k][target]["auroc"]} for k in res.final}}
+    if "recall_at_control_threshold" in f:
+        out |= {"recall_at_control_threshold": f["recall_at_control_threshold"],
+                "fpr_at_control_threshold": f["fpr_at_control_threshold"]}
+    return out
+
+
+def _truth_headline(res: SuiteResult | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for m in ("ttpd", "logistic"):
+        if res is None or m not in res.final:
+            continue
+        per = res.final[m]
+        neg = [t for t in per if t.startswith("neg_")]
+        mean = lambda key, ts=list(per): float(np.mean([per[t][key] for t in ts])) if ts else None  # noqa: E731
+        out[m] = {"auroc": mean("auroc"), "hook": res.best[m], "val_auroc": res.val_auroc[m][res.best[m]],
+                  "n_sets": len(per), "mean_negated": mean("auroc", neg),
+                  "mean_affirmative": mean("auroc", [t for t in per if t not in neg]),
+                  "recall_at_1pct_fpr": mean("recall_at_val_threshold"), "fpr_at_threshold": mean("fpr_at_val_threshold"),
+                  "per_set": {t: per[t]["auroc"] for t in per}}
+    return out
+
+
+def _table(results: Mapping[str, SuiteResult]) -> list[dict[str, Any]]:
+    rows = []
+    for name, res in results.items():
+        for m in res.final:
+            per = res.final[m]
+            if name == "truth":
+                groups = [(f"truth: {len(per)} unseen statement sets (mean)", list(per))]
+            else:
+                groups = [(t, [t]) for t in per]
+            for label, ts in groups:
+                ci = per[ts[0]]["ci95"] if len(ts) == 1 else None
+                rows.append({"dataset": label, "train": name, "method": m,
+                             "hook": res.best[m], "val_auroc": res.val_auroc[m][res.best[m]],
+                             "auroc": float(np.mean([per[t]["auroc"] for t in ts])),
+                             "ci95": f"{ci[0]:.2f}-{ci[1]:.2f}" if ci else "",
+                             "recall@1%fpr": float(np.mean([per[t]["recall_at_val_threshold"] for t in ts])),
+                             "fpr": float(np.mean([per[t]["fpr_at_val_threshold"] for t in ts]))})
+    return rows
+
+
+def _command(out: Path, quick: bool, datasets_dir: Path, model: HookedModel) -> tuple[str, str]:
+    argv = sys.argv
+    cmd = shlex.join(["coalign", *argv[1:]]) if Path(argv[0]).name == "coalign" else shlex.join(argv)
+    call = (f"run_probe_benchmark(load_model({model.model_id!r}), {str(out)!r}, quick={quick}, "
+            f"datasets_dir={str(datasets_dir)!r})")
+    return cmd, call
+
+
+def run_probe_benchmark(
+    model: HookedModel, out_dir: str | os.PathLike, quick: bool = False, datasets_dir: str | os.PathLike | None = None,
+    methods: Sequence[str] | None = None, hooks: Sequence[str] | None = None, cache_dir: str | os.PathLike | None = None,
+    *, seed: int = 0, max_rows: int | None = None, n_control: int | None = None,
+    overrides: Mapping[str, LabelledDataset] | None = None, generalisation_method: str = "logistic",
+    n_boot: int = 1000, progress: bool = True,
+) -> dict[str, Any]:
+    """Run the probe benchmark and write ``results.json``, ``report.md`` and PNG plots to ``out_dir``.
+
+    Args:
+        model: a hooked model (:func:`circuits.load_model`).
+        out_dir: output folder (created).
+        quick: fewer rows (120 per statement set), hooks (every 4th middle layer) and methods.
+        datasets_dir: the public datasets folder (default ``$COALIGN_DATASETS`` or ``<repo>/../shared/datasets``).
+        methods: probe names (default ``METHODS``, quick ``QUICK_METHODS``); inapplicable ones are skipped.
+        hooks: hook names (default :func:`default_hooks`).
+        cache_dir: cache root (default ``$COALIGN_CACHE`` or ``~/.cache/coalign``; activations in ``acts/``).
+        seed: sampling and split seed.
+        max_rows: cap on rows of every dataset (overrides the defaults).
+        n_control: benign control chats for a second threshold (default 200; 0 = none).
+        overrides: datasets to use instead of the built-in/file ones, by benchmark name
+            (e.g. ``{"deception": my_dataset}``).
+        generalisation_method: probe used for the generalisation matrix.
+
+    Returns:
+        The summary (also ``results.json``): ``table`` (rows: dataset, train, method, hook, val_auroc,
+        auroc, ci95, recall@1%fpr, fpr), ``truth_mean_auroc_unseen``, ``deception_val_auroc``,
+        ``deception_roleplay_auroc``, ``sycophancy_caa_auroc``, ``suites``, ``generalisation``,
+        ``datasets``, ``config``, ``notes``.
+
+    Example:
+        >>> s = run_probe_benchmark(load_model(), "runs/bench", quick=True)
+        >>> s["truth_mean_auroc_unseen"]["ttpd"]["auroc"]
+    """
+    t0 = time.time()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ddir = Path(datasets_dir) if datasets_dir is not None else default_datasets_dir()
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    hooks = list(hooks) if hooks else default_hooks(model, quick)
+    methods = list(methods) if methods else list(QUICK_METHODS if quick else METHODS)
+    notes: list[str] = []
+    if not ddir.is_dir():
+        notes.append(f"datasets folder {ddir} not found: only the built-in recipes are used")
+    data = load_bench_data(model, ddir, quick, seed, notes, max_rows=max_rows, overrides=overrides)
+    suites = build_suites(data, notes)
+    acts = capture_all(model, data, hooks, cache / "acts", progress)
+    needs_control = any(s.select == "response_mean" for s in suites)
+    control = benign_control(model, N_CONTROL if n_control is None else n_control, hooks, cache, progress, notes) if needs_control else None
+    results = {s.name: evaluate_suite(s, data, acts, methods, hooks, control if s.select == "response_mean" else None,
+                                      n_boot=n_boot, progress=progress) for s in suites}
+    gen = generalisation_matrix(data, acts, list(data), hooks, generalisation_method, progress)
+    cmd, call = _command(out, quick, ddir, model)
+    summary: dict[str, Any] = {
+        "table": _table(results),
+        "truth_mean_auroc_unseen": _truth_headline(results.get("truth")),
+        "deception_val_auroc": _headline(results.get("deception"), "deception[held-out]"),
+        "deception_roleplay_auroc": _headline(results.get("deception"), "roleplay_lies"),
+        "sycophancy_caa_auroc": _headline(results.get("sycophancy"), "sycophancy_caa"),
+        "baseline": {t: _headline(results.get("baseline"), t) for t in ("cities[held-out]", "neg_cities")},
+        "suites": {k: asdict(v) for k, v in results.items()},
+        "generalisation": gen,
+        "datasets": {k: _dataset_info(d) for k, d in data.items()},
+        "notes": notes,
+        "config": {"model_id": model.model_id, "fingerprint": model.fingerprint, "n_layers": model.n_layers,
+                   "d_model": model.d_model, "hooks": hooks, "methods": methods, "quick": quick, "seed": seed,
+                   "datasets_dir": str(ddir), "cache_dir": str(cache / "acts"), "n_control": 0 if control is None else len(control),
+                   "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "command": cmd, "call": call},
+    }
+    plots = plot_layers(summary, out) + ([plot_generalisation(gen, out)] if gen["datasets"] else [])
+    summary["config"]["runtime_s"] = time.time() - t0
+    summary["plots"] = plots
+    write_report(summary, out, plots)
+    (out / "results.json").write_text(json.dumps(summary, indent=2, default=float))
+    return summary
+
+
+def _dataset_info(d: BenchData) -> dict[str, Any]:
+    pol = d.data.polarity
+    return {"source": d.source, "select": d.select, "rows": len(d.data), "rows_available": d.n_total,
+            "dropped_overlong": d.n_dropped, "pairs": d.pairs is not None,
+            "polarity": "negated" if (pol == 0).all() else "affirmative" if (pol == 1).all() else "mixed/unknown",
+            "fit/val/test": "/".join(str(len(p)) for p in d.parts)}

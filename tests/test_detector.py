@@ -1,0 +1,141 @@
+"""Detector artifacts: exact round-trip, clear errors on corrupt files and model mismatches, training."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from tiny import tiny_model
+
+from circuits import ArtifactError, HookNameError, InputError, ModelMismatchError
+from detectors import Detector
+from probe.datasets import Example, LabelledDataset
+
+HOOK = "blocks.1.hook_resid_post"
+
+
+@pytest.fixture
+def det(tiny):
+    torch.manual_seed(0)
+    return Detector.from_linear("deception", tiny, HOOK, torch.randn(16), bias=0.25, threshold=1.5, fpr=0.01)
+
+
+def test_roundtrip_is_exact(det, tiny, tmp_path):
+    det.metrics = {"val_auroc": 0.97}
+    det.save(tmp_path / "d")
+    back = Detector.load(tmp_path / "d", tiny)
+    assert torch.equal(back.weight, det.weight)
+    assert (back.bias, back.threshold, back.fpr, back.hooks, back.select) == (det.bias, det.threshold, det.fpr, det.hooks, det.select)
+    assert back.id == det.id and back.metrics == det.metrics
+    items = ["the cat sat on the mat", [{"role": "user", "content": "is it true"}, {"role": "assistant", "content": "yes"}]]
+    np.testing.assert_array_equal(back.score(tiny, items), det.score(tiny, items))
+    cfg = json.loads((tmp_path / "d" / "config.json").read_text())
+    for key in ("schema_version", "library_version", "model_id", "model_fingerprint", "hooks", "select", "probe_kind",
+                "threshold", "fpr", "data_hash", "metrics"):
+        assert key in cfg
+
+
+def test_score_is_linear_readout(det, tiny):
+    from circuits import capture
+
+    items = ["yes it is true", "no the sky is red"]
+    acts = capture(tiny, items, HOOK, select=det.select)[HOOK]
+    np.testing.assert_allclose(det.score(tiny, items), acts @ det.weight[0].numpy() + det.bias, rtol=1e-5, atol=1e-5)
+
+
+def test_model_mismatch_errors(det, tmp_path):
+    det.save(tmp_path / "d")
+    with pytest.raises(ModelMismatchError, match="weights"):
+        Detector.load(tmp_path / "d", tiny_model(seed=1))
+    with pytest.raises(ModelMismatchError, match="d_model=16 .* d_model=32"):
+        Detector.load(tmp_path / "d", tiny_model(d_model=32))
+    with pytest.raises(HookNameError, match="out of range"):
+        Detector.load(tmp_path / "d", tiny_model(n_layers=1), strict=False)
+    assert Detector.load(tmp_path / "d", tiny_model(seed=1), strict=False).hooks == [HOOK]
+
+
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        (lambda d: (d / "config.json").write_text("{not json"), "config.json: not valid JSON"),
+        (lambda d: (d / "weights.safetensors").write_bytes(b"\x00" * 10), "corrupt safetensors"),
+        (lambda d: (d / "weights.safetensors").unlink(), "missing weights.safetensors"),
+        (lambda d: _edit(d, lambda c: c.pop("threshold")), "missing field 'threshold'"),
+        (lambda d: _edit(d, lambda c: c.update(hooks="blocks.1")), "field 'hooks' has type str"),
+        (lambda d: _edit(d, lambda c: c.update(schema_version=99)), "schema_version 99"),
+        (lambda d: _edit(d, lambda c: c.update(d_model=8)), r"shape \(1, 16\), expected \(1, 8\)"),
+    ],
+)
+def test_corrupt_artifacts_name_the_problem(det, tmp_path, damage, match):
+    det.save(tmp_path / "d")
+    damage(tmp_path / "d")
+    with pytest.raises(ArtifactError, match=match):
+        Detector.load(tmp_path / "d")
+
+
+def _edit(d, fn):
+    cfg = json.loads((d / "config.json").read_text())
+    fn(cfg)
+    (d / "config.json").write_text(json.dumps(cfg))
+
+
+def test_save_is_atomic_and_refuses_foreign_dirs(det, tmp_path):
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(ArtifactError, match="not an artifact directory"):
+        det.save(foreign)
+    assert (foreign / "notes.txt").read_text() == "keep me"
+    assert [p.name for p in tmp_path.iterdir()] == ["mine"]  # no temporary left behind
+
+
+def _planted_dataset() -> LabelledDataset:
+    """Label decides a word in the response; the tiny model's activations carry it."""
+    ex = []
+    subjects = "cat dog sky paris rome mat world".split()
+    for i, s in enumerate(subjects * 6):
+        for label, word in ((1, "false"), (0, "true")):
+            item = [{"role": "user", "content": f"is the {s} {['red', 'blue', 'green'][i % 3]}"},
+                    {"role": "assistant", "content": f"that is {word} {['one', 'two', 'three'][i % 3]}"}]
+            ex.append(Example(item=item, label=label, group=f"g{i}"))
+    return LabelledDataset("planted", ex)
+
+
+def test_train_detector_on_planted_signal(tiny, tmp_path):
+    det = Detector.train("planted", tiny, data=_planted_dataset(), n_control=20, cache_dir=tmp_path)
+    assert det.metrics["val_auroc"] > 0.95
+    assert det.hooks[0] in tiny.hook_names
+    assert det.metrics["control_fpr"] <= 0.05 + 1e-9
+    det.save(tmp_path / "d")
+    assert Detector.load(tmp_path / "d", tiny).id == det.id
+
+
+def test_train_rejects_one_class_and_unknown_behaviour(tiny, tmp_path):
+    one_class = LabelledDataset("x", [Example(item="the cat", label=1), Example(item="the dog", label=1)])
+    with pytest.raises(InputError, match="dataset .x. has only label 1 .* both classes"):
+        Detector.train("x", tiny, data=one_class, cache_dir=tmp_path)
+    with pytest.raises(InputError, match="no built-in recipe for 'honesty'"):
+        Detector.train("honesty", tiny, cache_dir=tmp_path)
+
+
+def test_conditional_detector_roundtrip_and_readout(tiny, tmp_path):
+    from circuits import capture
+    from detectors.conditional import ConditionalDetector
+    from probe.probes import ConditionalProbe
+
+    ds = _planted_dataset()
+    P = capture(tiny, ds.items, HOOK, select="prompt_last")[HOOK]
+    R = capture(tiny, ds.items, HOOK, select="response_mean")[HOOK]
+    probe = ConditionalProbe(n_components=8).fit(np.hstack([P, R]), ds.labels)
+    det = ConditionalDetector.from_probe(
+        probe, P, behaviour="planted", hooks=[HOOK], threshold=0.0, fpr=0.01, select="response_mean",
+        model_id=tiny.model_id, model_fingerprint=tiny.fingerprint, d_model=tiny.d_model, probe_kind="conditional",
+    )
+    np.testing.assert_allclose(det.score(tiny, ds.items), probe.decision_function(np.hstack([P, R])), atol=1e-4)
+    det.save(tmp_path / "c")
+    back = Detector.load(tmp_path / "c", tiny)
+    assert isinstance(back, ConditionalDetector) and back.id == det.id
+    assert all(torch.equal(back.parts[k], det.parts[k]) for k in det.parts) and back.c == det.c
+    np.testing.assert_allclose(back.score(tiny, ds.items), det.score(tiny, ds.items), rtol=0, atol=1e-12)
