@@ -9,8 +9,17 @@ from circuits.errors import ArtifactError, CoalignError, HookNameError, InputErr
 from circuits.hooked_model import HFHookedModel, HookedModel, HookHandle, TLHookedModel, as_hooked
 from circuits.inputs import Item
 from circuits.loading import DEFAULT_MODEL, EMBEDDED, from_hf, load_model
+from circuits.steering import ActivationAddition, DirectionalAblation, GenerationState, SAEClamp, logits_with
+from circuits.steering_vectors import SteeringVector, build_caa
 
 __all__ = [
+    "ActivationAddition",
+    "DirectionalAblation",
+    "GenerationState",
+    "SAEClamp",
+    "SteeringVector",
+    "build_caa",
+    "logits_with",
     "SELECTIONS",
     "Activations",
     "ArtifactError",

@@ -176,12 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--json", default=None)
     bp.set_defaults(func=cmd_bench)
 
-    try:
-        from detectors.cli_guard import register
-    except ImportError:
-        register = None
-    if register is not None:
-        register(sub)
+    from detectors.cli_guard import register
+
+    register(sub)
     return p
 
 

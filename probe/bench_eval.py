@@ -117,7 +117,8 @@ def evaluate_suite(suite: Suite, data: Mapping[str, BenchData], acts: Mapping[st
     the validation negatives (and of the benign ``control`` set, if given) on every target."""
     fit, val, targets = suite_sets(suite, data, acts)
     res = SuiteResult(suite.name, list(suite.train), list(targets), list(hooks))
-    res.n = {"fit": len(fit), "val": len(val), **{t: len(s) for t, s in targets.items()}}
+    res.n = {"fit": len(fit), "val": len(val), "val_negatives": int((val.y == 0).sum()),
+             **{t: len(s) for t, s in targets.items()}}
     todo = []
     for m in suite.methods or methods:
         reason = skip_reason(m, fit)

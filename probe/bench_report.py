@@ -28,11 +28,12 @@ DEFINITIONS = {
 }
 COMMON = (
     "AUROC 95% CI: stratified bootstrap (1000 resamples of rows; pairs are not resampled jointly, so the "
-    "interval is somewhat narrow for paired sets). Recall at 1% FPR: threshold = `threshold_at_fpr` "
-    "(1%, 95% confidence) on the validation negatives of the training data, applied unchanged to the "
-    "evaluation set; `fpr` is the false-positive rate that threshold actually gives there. For the chat "
-    "suites a second threshold comes from benign control chats (the model's own greedy answers to "
-    "built-in benign instructions), as a deployed detector is calibrated.")
+    "interval is somewhat narrow for paired sets). `recall@1%FPR` / `FPR`: threshold = `threshold_at_fpr` "
+    "(1%, 95% confidence; with fewer than ~300 negatives that is their maximum) on the validation negatives "
+    "of the training data, applied unchanged to the evaluation set; `FPR` is the false-positive rate it "
+    "actually gives there. `recall (control thr)` / `FPR (control thr)` (chat suites): the same rule on "
+    "{n_control} benign control chats (the model's own greedy answers to built-in benign instructions), "
+    "as a deployed detector is calibrated.")
 
 
 def slug(name: str) -> str:
@@ -139,13 +140,16 @@ def _headline_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for m, v in (summary.get("truth_mean_auroc_unseen") or {}).items():
         rows.append({"figure": f"truth_mean_auroc_unseen [{m}]", "value": v["auroc"], "95% CI": None,
-                     "recall@1%FPR": v["recall_at_1pct_fpr"], "FPR": v["fpr_at_threshold"], "method": m,
+                     "recall@1%FPR": v["recall_at_1pct_fpr"], "FPR": v["fpr_at_threshold"],
+                     "recall (control thr)": None, "FPR (control thr)": None, "method": m,
                      "hook": v["hook"], "n": f"{v['n_sets']} sets"})
     for key in ("deception_val_auroc", "deception_roleplay_auroc", "sycophancy_caa_auroc"):
         v = summary.get(key)
         if v:
             rows.append({"figure": key, "value": v["auroc"], "95% CI": v["ci95"], "recall@1%FPR": v["recall_at_1pct_fpr"],
-                         "FPR": v["fpr_at_threshold"], "method": v["method"], "hook": v["hook"], "n": v["n"]})
+                         "FPR": v["fpr_at_threshold"], "recall (control thr)": v.get("recall_at_control_threshold"),
+                         "FPR (control thr)": v.get("fpr_at_control_threshold"), "method": v["method"],
+                         "hook": v["hook"], "n": v["n"]})
     return rows
 
 
@@ -160,7 +164,7 @@ def write_report(summary: dict[str, Any], out: Path, plots: list[str]) -> Path:
              "## Headline figures", "", md_table(_headline_rows(summary)), ""]
     for key, text in DEFINITIONS.items():
         lines += [f"- **{key}**: {text}"]
-    lines += [f"- {COMMON}", "", "## All results", "",
+    lines += [f"- {COMMON.format(n_control=c.get('n_control', 0))}", "", "## All results", "",
               "One row per (evaluation set, method) at the hook chosen on validation data.", "",
               md_table(summary["table"]), ""]
     truth = summary["suites"].get("truth")

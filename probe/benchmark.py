@@ -64,6 +64,8 @@ def benign_control(model: HookedModel, n: int, hooks: Sequence[str], cache: Path
         return None
     prompts, _ = drop_overlong(model, LabelledDataset("benign", recipe("benign").examples))
     items = prompts.items[:n]
+    if progress:
+        print(f"benign control: greedy answers to {len(items)} instructions ({CONTROL_TOKENS} tokens, cached)", file=sys.stderr)
     answers = complete(model, items, max_new_tokens=CONTROL_TOKENS, cache_dir=cache / "completions")
     chats = [it + [{"role": "assistant", "content": a or "OK."}] for it, a in zip(items, answers)]
     ds, _ = drop_overlong(model, LabelledDataset("benign_control", [Example(c, 0, source=f"control:{i}") for i, c in enumerate(chats)]))
@@ -77,7 +79,7 @@ def _headline(res: SuiteResult | None, target: str) -> dict[str, Any] | None:
     f = res.final[m][target]
     out = {"method": m, "hook": res.best[m], "auroc": f["auroc"], "ci95": f["ci95"], "val_auroc": f["val_auroc"],
            "recall_at_1pct_fpr": f["recall_at_val_threshold"], "fpr_at_threshold": f["fpr_at_val_threshold"],
-           "threshold_from": f"validation negatives of {'+'.join(res.train)} (n={res.n['val']} rows, both classes)",
+           "threshold_from": f"{res.n['val_negatives']} validation negatives of {'+'.join(res.train)}",
            "n": f["n"], "by_method": {k: {"hook": res.best[k], "auroc": res.final[k][target]["auroc"]} for k in res.final}}
     if "recall_at_control_threshold" in f:
         out |= {"recall_at_control_threshold": f["recall_at_control_threshold"],
@@ -119,6 +121,18 @@ def _table(results: Mapping[str, SuiteResult]) -> list[dict[str, Any]]:
                              "recall@1%fpr": float(np.mean([per[t]["recall_at_val_threshold"] for t in ts])),
                              "fpr": float(np.mean([per[t]["fpr_at_val_threshold"] for t in ts]))})
     return rows
+
+
+def _identical_methods(results: Mapping[str, SuiteResult]) -> list[str]:
+    out = []
+    for name, res in results.items():
+        a, b = res.val_auroc.get("ttpd"), res.val_auroc.get("mass_mean")
+        if a and b and all(abs(a[h] - b[h]) < 1e-9 for h in a):
+            out.append(f"{name}: ttpd and mass_mean scored identically. With classes and polarities balanced (the "
+                       "capped samples are), TTPD's OLS columns tau and tau*p are orthogonal, so its t_G is the "
+                       "class-mean difference; this TTPD reads out t_G alone (the paper's 2-D classifier with the "
+                       "polarity projection is not implemented), hence the same ranking.")
+    return out
 
 
 def _command(out: Path, quick: bool, datasets_dir: Path, model: HookedModel) -> tuple[str, str]:
@@ -180,6 +194,7 @@ def run_probe_benchmark(
     control = benign_control(model, N_CONTROL if n_control is None else n_control, hooks, cache, progress, notes) if needs_control else None
     results = {s.name: evaluate_suite(s, data, acts, methods, hooks, control if s.select == "response_mean" else None,
                                       n_boot=n_boot, progress=progress) for s in suites}
+    notes += _identical_methods(results)
     gen = generalisation_matrix(data, acts, list(data), hooks, generalisation_method, progress)
     cmd, call = _command(out, quick, ddir, model)
     summary: dict[str, Any] = {

@@ -352,10 +352,10 @@ def test_sklearn_check_estimator(est):
 
 
 def test_registry():
-    assert set(PROBES) == {"logistic", "mass_mean", "mass_mean_cov", "lat", "ccs", "ttpd"}
+    assert set(PROBES) == {"logistic", "mass_mean", "mass_mean_cov", "lat", "ccs", "ttpd", "conditional"}
     assert make_probe("mass_mean_cov").covariance_adjusted is True
     assert make_probe("logistic", C=0.5).C == 0.5
-    with pytest.raises(ValueError, match="unknown probe 'svm'.*valid names: ccs, lat, logistic"):
+    with pytest.raises(ValueError, match="unknown probe 'svm'.*valid names: ccs, conditional, lat, logistic"):
         make_probe("svm")
 
 

@@ -1,0 +1,669 @@
+"""Correctors: interventions on the activations at one hook name, attached only for as long as asked.
+
+Three kinds, all edits of the activation ``x`` at a TransformerLens hook name:
+
+=========================  =========================================================================
+:class:`ActivationAddition`  ``x + alpha * v`` (a CAA steering vector, or ``-direction`` of a detector)
+:class:`DirectionalAblation` ``x - alpha * (x . d) d`` with ``d`` a unit vector (``alpha=1`` removes
+                             the component along ``d`` entirely)
+:class:`SAEClamp`            ``x + alpha * (decode(f') - decode(f))`` with ``f = encode(x)`` and ``f'``
+                             the same features with some clamped: the SAE's reconstruction error is kept
+=========================  =========================================================================
+
+Every corrector is used either as a context manager or through a handle::
+
+    with ActivationAddition("blocks.12.hook_resid_post", v, alpha=4.0).apply(model):
+        logits = model.forward(ids, mask)
+
+    handle = DirectionalAblation("blocks.12.hook_resid_post", d).attach(model)
+    ...
+    handle.remove()                      # always; also on error (``with handle:`` works too)
+
+The model is never modified: the edit happens in a forward hook that is removed on exit.
+
+**Positions.** ``positions="all"`` edits every token; ``"generated"`` only tokens at row positions
+``>= prompt length`` (during KV-cache decoding that is every decode step, and no prompt token);
+an ``int`` ``k`` edits row positions ``>= k``. Row positions count the row's own tokens (left
+padding excluded). Where the current forward sits is held in a :class:`GenerationState`: the
+Guard updates one it shares with its correctors; a corrector used on its own keeps a private one
+that a pre-forward hook fills in from the model's inputs (``input_ids``, ``attention_mask``,
+``position_ids``, the KV-cache length), so ``with corrector.apply(model): hf_model.generate(...)``
+works unchanged.
+
+**Dose and rows at run time.** ``corrector.set_dose(alpha)``, ``corrector.enabled = False`` and
+``corrector.set_rows(...)`` (a per-batch-row multiplier, 0 = off) take effect on the next forward
+without re-attaching: this is what conditional steering uses (switch a row on when it is
+flagged). With ``set_rows(None)`` (the default) every row gets the full dose.
+
+Exact arithmetic: with rows and positions in scope the addition computes ``x + (alpha * v)``
+exactly as written (a multiplier of 1.0 is exact), out-of-scope tokens are returned unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from typing import Any, Iterator, Protocol, Sequence, Union, runtime_checkable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from circuits.errors import InputError
+from circuits.hooked_model import HFHookedModel, HookedModel, HookHandle
+from circuits.inputs import Item, batches, encode, pad_id
+
+Positions = Union[str, int]
+
+__all__ = [
+    "ActivationAddition",
+    "Corrector",
+    "CorrectorHandle",
+    "DirectionalAblation",
+    "GenerationState",
+    "Positions",
+    "SAEClamp",
+    "SparseAutoencoder",
+    "apply_all",
+    "logits_with",
+    "response_logprobs",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# where the current forward pass sits in a sequence
+# --------------------------------------------------------------------------------------------
+class GenerationState:
+    """Where the tokens of the current forward pass sit; shared by correctors and the generation driver.
+
+    Attributes:
+        positions: ``[batch or 1, seq]`` row position of each token of the current forward (0 = the
+            row's first real token; padding excluded). None before the first forward.
+        prompt_lens: ``[batch]`` prompt tokens per row; row positions ``>= prompt_lens`` are generated.
+        decoding: True while every token of the current forward is a generated one (KV-cache
+            decode steps); position masks are skipped then.
+
+    Drive it with :meth:`begin` (before the prefill of a new sequence) and :meth:`step` (before
+    each decode forward), or let :meth:`track` do it from the model's inputs.
+    """
+
+    __slots__ = ("positions", "prompt_lens", "decoding")
+
+    def __init__(self) -> None:
+        self.positions: Tensor | None = None
+        self.prompt_lens: Tensor | None = None
+        self.decoding = False
+
+    def begin(
+        self,
+        input_len: int,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        prompt_lens: Tensor | Sequence[int] | None = None,
+        batch: int = 1,
+        device: torch.device | str | None = None,
+    ) -> None:
+        """A new sequence: the next forward processes ``input_len`` prompt columns from position 0.
+
+        ``prompt_lens`` defaults to every real token of the forward (``attention_mask.sum(-1)``);
+        pass it explicitly to score a teacher-forced response as "generated".
+        """
+        if attention_mask is not None and attention_mask.ndim == 2:
+            device = attention_mask.device
+            batch = attention_mask.shape[0]
+        if position_ids is None:
+            if attention_mask is not None and attention_mask.ndim == 2:
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -input_len:]
+            else:
+                position_ids = torch.arange(input_len, device=device).unsqueeze(0)
+        if prompt_lens is None:
+            if attention_mask is not None and attention_mask.ndim == 2:
+                prompt_lens = attention_mask[:, -input_len:].long().sum(-1)
+            else:
+                prompt_lens = torch.full((batch,), input_len, dtype=torch.long, device=device)
+        self.positions = position_ids
+        self.prompt_lens = torch.as_tensor(prompt_lens, dtype=torch.long, device=position_ids.device)
+        self.decoding = False
+
+    def step(self, position_ids: Tensor) -> None:
+        """A decode forward: new (generated) tokens at these row positions ``[batch, n_new]``."""
+        self.positions = position_ids
+        self.decoding = True
+
+    def reset(self) -> None:
+        self.positions = self.prompt_lens = None
+        self.decoding = False
+
+    def in_scope(self, positions: Positions) -> Tensor | bool:
+        """Bool ``[batch, seq]`` mask of tokens in scope, or True (all) / False (none)."""
+        if positions == "all":
+            return True
+        if self.positions is None:
+            raise InputError(
+                f"a corrector restricted to positions={positions!r} ran before its GenerationState saw a "
+                "forward pass; attach it with corrector.attach(model) (which tracks positions) or drive the "
+                "state with state.begin()/state.step()"
+            )
+        if positions == "generated":
+            if self.decoding:
+                return True
+            assert self.prompt_lens is not None
+            mask = self.positions >= self.prompt_lens.unsqueeze(-1)
+        else:
+            mask = self.positions >= int(positions)
+        if bool(mask.all()):
+            return True
+        if not bool(mask.any()):
+            return False
+        return mask
+
+    # -- automatic tracking from the model's inputs ------------------------------------------
+    def track(self, model: HookedModel) -> HookHandle:
+        """Attach a pre-forward hook that keeps this state in step with every forward of ``model``.
+
+        A forward with an empty (or no) KV cache starts a new sequence (all its tokens are prompt);
+        one with a non-empty cache is a decode step (all its tokens are generated).
+        """
+        if isinstance(model, HFHookedModel):
+            module = model._base
+        else:
+            module = getattr(model, "tl_model", None)
+            if module is None:
+                raise InputError(f"cannot track positions on a {type(model).__name__}")
+
+        def pre(_m: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+            ids = kwargs.get("input_ids")
+            if ids is None:
+                ids = kwargs.get("inputs_embeds")
+            if ids is None and args:
+                ids = args[0]
+            if not isinstance(ids, Tensor) or ids.ndim < 2:
+                return None
+            n = ids.shape[1]
+            past = _past_length(kwargs)
+            mask = kwargs.get("attention_mask")
+            mask = mask if isinstance(mask, Tensor) and mask.ndim == 2 else None
+            pos = kwargs.get("position_ids")
+            pos = pos if isinstance(pos, Tensor) and pos.ndim == 2 else None
+            if past == 0:
+                self.begin(n, attention_mask=mask, position_ids=pos, batch=ids.shape[0], device=ids.device)
+            else:
+                if pos is None:
+                    if mask is not None:
+                        pos = (mask.long().cumsum(-1) - 1).clamp(min=0)[:, -n:]
+                    else:
+                        pos = torch.arange(past, past + n, device=ids.device).unsqueeze(0)
+                self.step(pos)
+            return None
+
+        return HookHandle([module.register_forward_pre_hook(pre, with_kwargs=True)])
+
+
+def _past_length(kwargs: dict) -> int:
+    cache = kwargs.get("past_key_values")
+    if cache is not None:
+        if hasattr(cache, "get_seq_length"):
+            return int(cache.get_seq_length())
+        try:  # legacy tuple-of-tuples cache
+            return int(cache[0][0].shape[-2])
+        except Exception:
+            return 0
+    tl_cache = kwargs.get("past_kv_cache")
+    if tl_cache is not None:
+        try:
+            return int(tl_cache.entries[0].past_keys.shape[1])
+        except Exception:
+            return 0
+    cp = kwargs.get("cache_position")
+    if isinstance(cp, Tensor) and cp.numel():
+        return int(cp.reshape(-1)[0])
+    return 0
+
+
+def _check_positions(positions: Positions) -> Positions:
+    if positions in ("all", "generated"):
+        return positions
+    if isinstance(positions, (int, np.integer)) and not isinstance(positions, bool) and positions >= 0:
+        return int(positions)
+    raise InputError(f"positions must be 'all', 'generated' or a non-negative int start position, got {positions!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# correctors
+# --------------------------------------------------------------------------------------------
+class CorrectorHandle:
+    """Detaches a corrector (its hook and, if it made one, its position tracker). Idempotent."""
+
+    def __init__(self, corrector: "Corrector", handles: list[HookHandle]) -> None:
+        self._corrector = corrector
+        self._handles = handles
+
+    def remove(self) -> None:
+        try:
+            while self._handles:
+                self._handles.pop().remove()
+        finally:
+            self._corrector._attached = False
+            self._corrector._live_state = None
+
+    @property
+    def active(self) -> bool:
+        return bool(self._handles)
+
+    def __enter__(self) -> "CorrectorHandle":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+class Corrector(ABC):
+    """Base class: an edit of the activation at ``hook``, scaled by a dose ``alpha``.
+
+    Args:
+        hook: TransformerLens hook name, e.g. ``"blocks.12.hook_resid_post"``.
+        alpha: the dose.
+        positions: ``"all"``, ``"generated"`` or an int start position (see module docstring).
+        state: a shared :class:`GenerationState`; without one a private, self-tracking state is
+            made when needed.
+    """
+
+    kind: str = "corrector"
+
+    def __init__(self, hook: str, alpha: float = 1.0, positions: Positions = "all", state: GenerationState | None = None) -> None:
+        self.hook = hook
+        self.positions = _check_positions(positions)
+        self.state = state
+        self._alpha = float(alpha)
+        self._enabled = True
+        self._rows: Tensor | None = None
+        self._rows_cast: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+        self._live = self._alpha != 0.0
+        self._attached = False
+        self._live_state: GenerationState | None = None
+
+    # -- run-time controls ---------------------------------------------------------------------
+    @property
+    def alpha(self) -> float:
+        return self._alpha
+
+    def set_dose(self, alpha: float) -> None:
+        """Change the dose; takes effect on the next forward."""
+        self._alpha = float(alpha)
+        self._refresh()
+
+    @property
+    def enabled(self) -> bool:
+        return self._enabled
+
+    @enabled.setter
+    def enabled(self, on: bool) -> None:
+        self._enabled = bool(on)
+        self._refresh()
+
+    @property
+    def rows(self) -> Tensor | None:
+        """Per-row multipliers ``[batch]`` (None = every row at full dose)."""
+        return self._rows
+
+    def set_rows(self, rows: Tensor | Sequence[float] | Sequence[bool] | None) -> None:
+        """Per-batch-row multiplier of the dose (bool mask or floats; 0 = off); None = all rows on."""
+        if rows is None:
+            self._rows = None
+        else:
+            r = torch.as_tensor(rows).detach().to("cpu", torch.float32).reshape(-1).clone()
+            self._rows = r
+        self._rows_cast.clear()
+        self._refresh()
+
+    def rows_off(self, batch: int) -> None:
+        """Every row off (conditional steering: rows are switched on with :meth:`set_row`)."""
+        self.set_rows(torch.zeros(batch))
+
+    def set_row(self, row: int, scale: float = 1.0) -> None:
+        """Set one row's multiplier (call :meth:`set_rows` or :meth:`rows_off` first)."""
+        if self._rows is None:
+            raise InputError("set_row needs per-row multipliers; call rows_off(batch) or set_rows(...) first")
+        self._rows[row] = float(scale)
+        self._rows_cast.clear()
+        self._refresh()
+
+    def _refresh(self) -> None:
+        self._live = self._enabled and self._alpha != 0.0 and (self._rows is None or bool(self._rows.any()))
+
+    # -- attaching -----------------------------------------------------------------------------
+    def check(self, model: HookedModel) -> None:
+        """Raise if this corrector cannot run on ``model`` (hook name, width)."""
+        model.check_hook(self.hook)
+
+    def attach(self, model: HookedModel, state: GenerationState | None = None) -> CorrectorHandle:
+        """Attach to ``model``; the returned handle's ``.remove()`` detaches everything.
+
+        ``state`` overrides the corrector's own state for this attachment (the caller then keeps
+        it up to date). Without any state, a position-restricted corrector tracks positions itself.
+        """
+        if self._attached:
+            raise InputError(f"this {type(self).__name__} is already attached; remove its handle first")
+        self.check(model)
+        st = state if state is not None else self.state
+        handles: list[HookHandle] = []
+        try:
+            if st is None and self.positions != "all":
+                st = GenerationState()
+                handles.append(st.track(model))
+            handles.append(model.add_hooks([(self.hook, self._hook)]))
+        except BaseException:
+            for h in reversed(handles):
+                h.remove()
+            raise
+        self._live_state = st
+        self._attached = True
+        return CorrectorHandle(self, handles)
+
+    @contextlib.contextmanager
+    def apply(self, model: HookedModel, state: GenerationState | None = None) -> Iterator["Corrector"]:
+        """Context manager: attached inside the block, removed on exit (also on error)."""
+        handle = self.attach(model, state)
+        try:
+            yield self
+        finally:
+            handle.remove()
+
+    # -- the hook --------------------------------------------------------------------------------
+    def _hook(self, act: Tensor, _hp: Any) -> Tensor | None:
+        if not self._live:
+            return None
+        scale = self._scale(act)
+        if scale is False:
+            return None
+        return self._edit(act, scale)  # type: ignore[arg-type]
+
+    def _scale(self, act: Tensor) -> Tensor | None | bool:
+        """None (everything in scope at multiplier 1), False (nothing), or a ``[batch, seq|1, 1]`` multiplier."""
+        m: Tensor | None = None
+        if self._rows is not None:
+            key = (act.device, act.dtype)
+            rows = self._rows_cast.get(key)
+            if rows is None:
+                rows = self._rows_cast[key] = self._rows.to(device=act.device, dtype=act.dtype)
+            if rows.shape[0] != act.shape[0]:
+                raise InputError(
+                    f"{type(self).__name__} at {self.hook}: per-row multipliers are set for {rows.shape[0]} rows "
+                    f"but the batch has {act.shape[0]}"
+                )
+            m = rows.view(-1, 1, 1)
+        if self.positions != "all":
+            st = self._live_state if self._live_state is not None else self.state
+            if st is None:
+                raise InputError(f"{type(self).__name__} with positions={self.positions!r} has no GenerationState")
+            scope = st.in_scope(self.positions)
+            if scope is False:
+                return False
+            if scope is not True:
+                if scope.shape[-1] != act.shape[1]:
+                    raise InputError(
+                        f"{type(self).__name__} at {self.hook}: the GenerationState describes {scope.shape[-1]} "
+                        f"tokens but the activation has {act.shape[1]}; is the state driven for this model?"
+                    )
+                pm = scope.unsqueeze(-1).to(act.dtype)
+                m = pm if m is None else m * pm
+        return m
+
+    @abstractmethod
+    def _edit(self, act: Tensor, scale: Tensor | None) -> Tensor:
+        """Return the edited activation; ``scale`` multiplies the edit per row/token (None = 1)."""
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able summary for audit logs."""
+        return {"kind": self.kind, "hook": self.hook, "alpha": self._alpha, "positions": self.positions}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.hook!r}, alpha={self._alpha}, positions={self.positions!r})"
+
+
+def _vector(v: Tensor | np.ndarray | Sequence[float], what: str) -> Tensor:
+    t = torch.as_tensor(np.asarray(v) if not isinstance(v, Tensor) else v).detach().to("cpu", torch.float32)
+    if t.ndim == 2 and t.shape[0] == 1:
+        t = t[0]
+    if t.ndim != 1 or t.numel() == 0:
+        raise InputError(f"{what} must be a 1-D vector [d_model], got shape {tuple(t.shape)}")
+    if not torch.isfinite(t).all():
+        raise InputError(f"{what} contains NaN or inf")
+    return t
+
+
+def _check_width(model: HookedModel, hook: str, d: int, what: str) -> None:
+    model.check_hook(hook)  # every coalign hook name carries d_model-wide activations
+    if d != model.d_model:
+        raise InputError(f"{what} has {d} dimensions but {model.model_id} has d_model={model.d_model} at {hook}")
+
+
+class ActivationAddition(Corrector):
+    """Add ``alpha * vector`` to the activation at ``hook`` (activation addition / CAA steering).
+
+    Args:
+        hook: hook name.
+        vector: ``[d_model]`` steering vector (e.g. a CAA mean difference, or ``-detector.direction``).
+        alpha: dose (multiplies the vector as given; no normalisation).
+        positions: ``"all"``, ``"generated"`` or an int start position.
+        state: optional shared :class:`GenerationState`.
+
+    Example:
+        >>> steer = ActivationAddition("blocks.12.hook_resid_post", -det.direction, alpha=8.0, positions="generated")
+        >>> with steer.apply(model):
+        ...     model.hf_model.generate(**inputs, max_new_tokens=32)
+    """
+
+    kind = "addition"
+
+    def __init__(self, hook: str, vector: Tensor | np.ndarray, alpha: float = 1.0, positions: Positions = "all", state: GenerationState | None = None) -> None:
+        super().__init__(hook, alpha, positions, state)
+        self.vector = _vector(vector, "steering vector")
+        self._delta: dict[tuple[torch.device, torch.dtype, float], Tensor] = {}
+
+    def check(self, model: HookedModel) -> None:
+        _check_width(model, self.hook, self.vector.numel(), "steering vector")
+
+    def _delta_for(self, act: Tensor) -> Tensor:
+        key = (act.device, act.dtype, self._alpha)
+        d = self._delta.get(key)
+        if d is None:
+            if len(self._delta) > 8:
+                self._delta.clear()
+            d = self._delta[key] = (self._alpha * self.vector).to(device=act.device, dtype=act.dtype)
+        return d
+
+    def _edit(self, act: Tensor, scale: Tensor | None) -> Tensor:
+        delta = self._delta_for(act)
+        return act + delta if scale is None else act + scale * delta
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "vector_norm": float(self.vector.norm())}
+
+
+class DirectionalAblation(Corrector):
+    """Project a direction out of the activation: ``x - alpha * (x . d) d`` with ``d`` unit-normalised.
+
+    ``alpha=1`` (the default) leaves a zero component along ``d``; ``0 < alpha < 1`` removes part.
+    """
+
+    kind = "ablation"
+
+    def __init__(self, hook: str, direction: Tensor | np.ndarray, alpha: float = 1.0, positions: Positions = "all", state: GenerationState | None = None) -> None:
+        super().__init__(hook, alpha, positions, state)
+        d = _vector(direction, "ablation direction")
+        n = d.norm()
+        if float(n) < 1e-12:
+            raise InputError("ablation direction has zero norm")
+        self.direction = d / n
+        self._dcast: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+
+    def check(self, model: HookedModel) -> None:
+        _check_width(model, self.hook, self.direction.numel(), "ablation direction")
+
+    def _edit(self, act: Tensor, scale: Tensor | None) -> Tensor:
+        key = (act.device, act.dtype)
+        d = self._dcast.get(key)
+        if d is None:
+            d = self._dcast[key] = self.direction.to(device=act.device, dtype=act.dtype)
+        proj = (act @ d).unsqueeze(-1)
+        if self._alpha != 1.0:
+            proj = proj * self._alpha
+        if scale is not None:
+            proj = proj * scale
+        return act - proj * d
+
+
+@runtime_checkable
+class SparseAutoencoder(Protocol):
+    """What :class:`SAEClamp` needs from an SAE (a ``sae_lens.SAE`` qualifies)."""
+
+    def encode(self, x: Tensor) -> Tensor: ...
+
+    def decode(self, feature_acts: Tensor) -> Tensor: ...
+
+
+class SAEClamp(Corrector):
+    """Clamp SAE features at ``hook``: ``x + alpha * (decode(f') - decode(f))``, ``f = encode(x)``.
+
+    ``f'`` is ``f`` with ``features`` set to ``values`` (``mode="set"``, e.g. 0 to switch a feature
+    off) or multiplied by them (``mode="scale"``). Adding the decoded *difference* keeps the SAE's
+    reconstruction error in the stream, so features not clamped leave ``x`` exactly as it was.
+
+    Args:
+        hook: hook name the SAE was trained on.
+        sae: any object with ``encode(x) -> f`` and ``decode(f) -> x`` (:class:`SparseAutoencoder`).
+        features: feature indices to clamp.
+        values: one value or one per feature.
+        alpha: dose multiplying the edit.
+        mode: ``"set"`` or ``"scale"``.
+    """
+
+    kind = "sae_clamp"
+
+    def __init__(
+        self,
+        hook: str,
+        sae: SparseAutoencoder,
+        features: Sequence[int],
+        values: float | Sequence[float] = 0.0,
+        alpha: float = 1.0,
+        mode: str = "set",
+        positions: Positions = "all",
+        state: GenerationState | None = None,
+    ) -> None:
+        super().__init__(hook, alpha, positions, state)
+        if not (callable(getattr(sae, "encode", None)) and callable(getattr(sae, "decode", None))):
+            raise InputError(f"SAEClamp needs an object with encode() and decode(), got {type(sae).__name__}")
+        if mode not in ("set", "scale"):
+            raise InputError(f"SAEClamp mode must be 'set' or 'scale', got {mode!r}")
+        self.sae = sae
+        self.mode = mode
+        self.set_features(features, values)
+
+    def set_features(self, features: Sequence[int], values: float | Sequence[float] = 0.0) -> None:
+        """Change which features are clamped (and to what); takes effect on the next forward."""
+        feats = [int(f) for f in features]
+        if not feats:
+            raise InputError("SAEClamp needs at least one feature index")
+        vals = [float(values)] * len(feats) if isinstance(values, (int, float)) else [float(v) for v in values]
+        if len(vals) != len(feats):
+            raise InputError(f"SAEClamp: {len(feats)} features but {len(vals)} values")
+        self.features = torch.tensor(feats, dtype=torch.long)
+        self.values = torch.tensor(vals, dtype=torch.float32)
+
+    def _sae_dtype_device(self, act: Tensor) -> tuple[torch.dtype, torch.device]:
+        params = getattr(self.sae, "parameters", None)
+        if callable(params):
+            p = next(iter(params()), None)
+            if p is not None:
+                return p.dtype, p.device
+        dtype = getattr(self.sae, "dtype", None)
+        device = getattr(self.sae, "device", None)
+        return (dtype if isinstance(dtype, torch.dtype) else act.dtype), torch.device(device) if device is not None else act.device
+
+    def _edit(self, act: Tensor, scale: Tensor | None) -> Tensor:
+        dtype, device = self._sae_dtype_device(act)
+        x = act.to(device=device, dtype=dtype)
+        f = self.sae.encode(x)
+        idx = self.features.to(f.device)
+        vals = self.values.to(device=f.device, dtype=f.dtype)
+        f2 = f.clone()
+        if self.mode == "set":
+            f2[..., idx] = vals
+        else:
+            f2[..., idx] = f[..., idx] * vals
+        delta = (self.sae.decode(f2) - self.sae.decode(f)).to(device=act.device, dtype=act.dtype)
+        if self._alpha != 1.0:
+            delta = delta * self._alpha
+        return act + delta if scale is None else act + scale * delta
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "features": self.features.tolist(), "values": self.values.tolist(), "mode": self.mode}
+
+
+# --------------------------------------------------------------------------------------------
+# running the model with correctors (A/B probabilities, perplexity)
+# --------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def apply_all(model: HookedModel, correctors: Sequence[Corrector], state: GenerationState | None = None) -> Iterator[None]:
+    """Attach several correctors for the duration of the block (all removed on exit, even on error)."""
+    with contextlib.ExitStack() as stack:
+        for c in correctors:
+            stack.enter_context(c.apply(model, state))
+        yield
+
+
+@torch.inference_mode()
+def logits_with(
+    model: HookedModel,
+    items: Sequence[Item],
+    correctors: Sequence[Corrector] = (),
+    batch_size: int = 8,
+) -> list[Tensor]:
+    """Logits ``[n_tokens, vocab]`` (float32, CPU) per item with the correctors active.
+
+    One plain forward per batch (no KV cache). For ``(prompt, response)`` pairs and chats ending
+    with an assistant message, the response tokens count as *generated* for correctors with
+    ``positions="generated"``; for plain text and open chats every token is prompt.
+
+    Example (A/B answer probabilities with and without steering):
+        >>> items = [[{"role": "user", "content": "... Answer A or B."}]]
+        >>> base = logits_with(model, items)[0][-1].softmax(-1)
+        >>> steered = logits_with(model, items, [ActivationAddition(hook, v, alpha=4.0)])[0][-1].softmax(-1)
+    """
+    enc = encode(model.tokenizer, items, model.n_ctx)
+    state = GenerationState()
+    out: list[Tensor | None] = [None] * len(enc)
+    device = model.device
+    with apply_all(model, correctors, state):
+        for idx, ids, mask in batches(enc, batch_size, pad_id(model.tokenizer), side="right"):
+            ids, mask = ids.to(device), mask.to(device)
+            state.begin(ids.shape[1], attention_mask=mask, prompt_lens=[enc[i].prompt_end for i in idx])
+            logits = model.forward(ids, mask)
+            assert logits is not None
+            for r, i in enumerate(idx):
+                out[i] = logits[r, : len(enc[i].ids)].float().cpu()
+    return out  # type: ignore[return-value]
+
+
+def response_logprobs(
+    model: HookedModel,
+    items: Sequence[Item],
+    correctors: Sequence[Corrector] = (),
+    batch_size: int = 8,
+) -> list[np.ndarray]:
+    """Log-probability of each response token (``(prompt, response)`` items or chats ending with the
+    assistant), with the correctors active. Perplexity of item i: ``exp(-mean(result[i]))``."""
+    enc = encode(model.tokenizer, items, model.n_ctx)
+    logits = logits_with(model, items, correctors, batch_size)
+    out = []
+    for e, lg in zip(enc, logits):
+        start = e.span_start if e.span_start > 0 else 1
+        if start >= len(e.ids):
+            out.append(np.zeros(0, dtype=np.float32))
+            continue
+        lp = torch.log_softmax(lg[start - 1 : len(e.ids) - 1], dim=-1)
+        tgt = torch.tensor(e.ids[start:], dtype=torch.long)
+        out.append(lp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1).numpy())
+    return out

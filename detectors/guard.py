@@ -1,0 +1,1058 @@
+"""The Guard: generation with every detector scoring every new token, and a policy acting on it.
+
+::
+
+    from circuits import load_model
+    from detectors import Detector, Guard, Policy
+
+    model = load_model("smollm2-135m-instruct")
+    guard = Guard(model, [Detector.load("dec/", model), Detector.load("syc/", model)],
+                  policy=Policy.load("policy.toml"), on_escalate=ask_a_person, audit="audit.jsonl")
+    out = guard.generate(["prompt or chat", ...], max_new_tokens=64)
+    out[0].text, out[0].scores["deception"], out[0].actions
+
+**How scoring works.** One plain PyTorch forward hook per distinct hook name read by the
+detectors (not one per detector) computes ``acts[:, -1, :] @ W`` for every detector reading that
+hook at once (weights stacked once, at construction) and adds it into a preallocated
+``[step, batch, detector]`` buffer. Nothing else runs inside the forward and there is no second
+pass: the scores of step ``t`` are ready when the logits of step ``t`` are. Detectors that are
+not linear read-outs are handled in the same pass: a prompt-conditioned detector
+(:class:`~detectors.conditional.ConditionalDetector`, anything with ``readout(prompt_acts)``) has
+its per-row read-out bound once from the last prompt token at prefill and is then a dot product
+per token; any other detector (a :class:`~detectors.detector.Detector` subclass overriding
+``score_tensor``, or any object with ``name``, ``hooks``, ``threshold`` and ``score_tensor``) gets
+the last-token activations of its hooks from the same forward and is scored right after it.
+
+Detectors read the activation *before* any Guard corrector at the same hook edits it (the scoring
+hooks are attached first), so re-scoring after a correction measures its effect on later tokens,
+not the trivial shift of the edited activation itself.
+
+**What a token's score is.** ``out.scores[name][t]`` is read from the forward pass that produced
+generated token ``t``: the residual stream at the position before it (``t = 0`` is the last
+prompt token, i.e. the prefill is scored too). The policy therefore acts *before* token ``t`` is
+emitted: a blocked row never shows the token that tripped the block, and a correction switched on
+at step ``t`` steers from token ``t + 1`` on. A blocked row's scores have one entry more than its
+tokens (the step that blocked it).
+
+**Decoding.** A small greedy/sampling loop over ``hf_model(...)`` with the KV cache, left padding
+and position ids from the attention mask, exactly as ``transformers``' ``generate`` feeds the
+model (greedy outputs are token-identical to ``hf_model.generate``; see the tests). A check of
+the step's scores against the lowest action threshold costs one small comparison per step; the
+Python policy logic runs only on steps where some row is above it.
+
+**Cleanup.** Hooks are attached per batch and removed in ``finally`` on every path (detector,
+corrector or callback exceptions, ``KeyboardInterrupt``, a stream closed early); the audit record
+of every row is written in the same ``finally``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+import weakref
+from dataclasses import dataclass, field
+from inspect import signature
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from circuits.errors import CoalignError, InputError
+from circuits.hooked_model import HFHookedModel, HookedModel, HookHandle
+from circuits.inputs import Encoded, Item, encode, pad_id, render
+from circuits.steering import Corrector, CorrectorHandle, GenerationState
+from detectors.audit import AuditLog, build_record
+from detectors.detector import Detector
+from detectors.policy import TIERS, Decision, Policy, PolicyError, Resolved, check_not_relaxed
+from detectors.router import Route, Router
+
+__all__ = ["Action", "DetectorFailure", "EscalationContext", "Guard", "GuardOutput", "HumanDecision", "TokenEvent"]
+
+
+class DetectorFailure(CoalignError):
+    """A detector raised (or returned a non-finite score) and the policy says ``on_detector_error = "raise"``."""
+
+
+# --------------------------------------------------------------------------------------------
+# results
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Action:
+    """Something the Guard did. ``token`` is the generated-token index it happened at.
+
+    ``kind``: ``monitor`` (score rose above the monitor tier), ``correct``, ``escalate``,
+    ``block``, ``move_up`` (a correction did not clear the flag within ``patience`` tokens) or
+    ``detector_error``.
+    """
+
+    token: int
+    kind: str
+    detector: str | None
+    score: float | None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"token": self.token, "kind": self.kind, "detector": self.detector, "score": self.score, **({"detail": self.detail} if self.detail else {})}
+
+
+@dataclass
+class HumanDecision:
+    """A decision on an escalation (``by``: ``callback`` or ``default`` when no callback was given)."""
+
+    token: int
+    detector: str
+    score: float
+    decision: str
+    by: str
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class EscalationContext:
+    """What ``on_escalate`` is given.
+
+    Attributes:
+        prompt: the item as passed to ``generate``; ``prompt_text`` the rendered prompt.
+        text: the response generated so far (the flagged token not yet included).
+        detector, behaviour: which detector flagged; ``score`` its score; ``threshold`` the tier's.
+        token_index: index of the token about to be generated.
+        row: batch row.
+        red_line: the detector is a red line (an "allow" will not lift its block tier).
+        reason: ``"tier"`` (score above the escalate tier) or ``"correction_persisted"``.
+    """
+
+    prompt: Item
+    prompt_text: str
+    text: str
+    detector: str
+    behaviour: str
+    score: float
+    threshold: float
+    token_index: int
+    row: int
+    red_line: bool
+    reason: str
+
+
+@dataclass
+class GuardOutput:
+    """The result for one prompt.
+
+    Attributes:
+        text: what to show (the refusal text if the row was blocked).
+        generated_text: what the model generated (up to the block, if blocked).
+        token_ids: generated token ids (up to and including EOS, excluding a blocked step).
+        scores: ``{detector name: float32 array [n_steps]}``; ``scores[name][t]`` is read while
+            producing token ``t`` (see the module docstring).
+        actions: everything the Guard did, in token order.
+        decisions: human decisions on escalations.
+        blocked, blocked_by: whether a block ended the row, and which detector (None for a
+            detector failure with fail-closed).
+        finish_reason: ``eos``, ``length``, ``blocked`` or ``error``.
+        correctors: correctors used on this row (spec, hook, dose, from which token).
+        errors: detector failures seen.
+    """
+
+    prompt: Item
+    text: str
+    generated_text: str
+    token_ids: list[int]
+    scores: dict[str, np.ndarray]
+    actions: list[Action]
+    decisions: list[HumanDecision]
+    blocked: bool
+    blocked_by: str | None
+    finish_reason: str
+    correctors: list[dict[str, Any]]
+    prompt_tokens: int
+    errors: list[dict[str, Any]]
+
+    def max_scores(self) -> dict[str, float]:
+        return {k: (float(np.nanmax(v)) if v.size and np.isfinite(v).any() else float("nan")) for k, v in self.scores.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "generated_text": self.generated_text,
+            "token_ids": self.token_ids,
+            "scores": {k: [None if not math.isfinite(x) else float(x) for x in v.tolist()] for k, v in self.scores.items()},
+            "actions": [a.to_dict() for a in self.actions],
+            "decisions": [d.to_dict() for d in self.decisions],
+            "blocked": self.blocked,
+            "blocked_by": self.blocked_by,
+            "finish_reason": self.finish_reason,
+            "correctors": self.correctors,
+            "prompt_tokens": self.prompt_tokens,
+            "errors": self.errors,
+        }
+
+
+@dataclass
+class TokenEvent:
+    """One step of :meth:`Guard.stream`: the new token (None if the step was blocked), the new
+    text piece, this step's scores and actions. The last event has ``done=True`` and ``output``."""
+
+    index: int
+    token_id: int | None
+    text: str
+    scores: dict[str, float]
+    actions: list[Action]
+    done: bool = False
+    output: GuardOutput | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# internals
+# --------------------------------------------------------------------------------------------
+def _is_bound(det: Any) -> bool:
+    """A prompt-conditioned detector (e.g. :class:`~detectors.conditional.ConditionalDetector`):
+    ``readout(prompt_acts [n, d]) -> (w [n, d], b [n])`` binds a per-row linear read-out at prefill."""
+    return callable(getattr(det, "readout", None)) and len(det.hooks) == 1
+
+
+def _is_linear(det: Any) -> bool:
+    return isinstance(det, Detector) and type(det).score_tensor is Detector.score_tensor and not _is_bound(det)
+
+
+@dataclass
+class _Gen:
+    max_new_tokens: int
+    min_new_tokens: int
+    do_sample: bool
+    temperature: float
+    top_k: int
+    top_p: float
+    seed: int | None
+    correct: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Prompt:
+    item: Item
+    enc: Encoded
+    text: str
+
+
+class _Run:
+    """State of one batch in flight."""
+
+    def __init__(self, guard: "Guard", prompts: list[_Prompt], gen: _Gen, generator: torch.Generator | None) -> None:
+        self.guard = guard
+        self.prompts = prompts
+        self.gen = gen
+        self.generator = generator
+        self.started = time.time()
+        self.B = len(prompts)
+        self.res = list(guard._res)  # the policy in force for this run (a change applies to the next one)
+        self.thr_act = guard._thr_act
+        self.policy_meta = guard._policy_meta
+        self.error_mode = guard._policy.error_mode
+        device = guard.model.device
+        self.steps = gen.max_new_tokens
+        self.buf = guard._scorer.bias.to(device).expand(self.steps, self.B, -1).clone()
+        self.t = 0
+        self.n_steps = 0
+        self.in_fwd = False
+        self.last: dict[str, Tensor] = {}
+        self.bound: dict[int, tuple[Tensor, Tensor]] = {}
+        self.pending: list[tuple[list[int], BaseException | str]] = []
+        self.active = torch.ones(self.B, dtype=torch.bool, device=device)
+        self.active_py = [True] * self.B
+        self.blocked_at: list[int | None] = [None] * self.B
+        self.blocked_by: list[str | None] = [None] * self.B
+        self.actions: list[list[Action]] = [[] for _ in prompts]
+        self.decisions: list[list[HumanDecision]] = [[] for _ in prompts]
+        self.row_correctors: list[list[dict[str, Any]]] = [[] for _ in prompts]
+        self.errors: list[dict[str, Any]] = []
+        self.det_live = torch.ones(len(guard.detectors), dtype=torch.bool, device=device)
+        self.failed_open: set[int] = set()
+        self.correctors: dict[tuple, tuple[Corrector, CorrectorHandle, Route]] = {}
+        self.corrected: dict[tuple[int, int], Route] = {}
+        self.run_start: dict[tuple[int, int], int] = {}
+        self.last_hit: dict[tuple[int, int], int] = {}
+        self.allowed: set[tuple[int, int]] = set()
+        self.human_correct: set[tuple[int, int]] = set()
+        self.noted: set[tuple[int, int]] = set()
+        self.tokens: list[Tensor] = []
+        self.state = GenerationState()
+        self.error: BaseException | None = None
+        self.outputs: list[GuardOutput] = []
+
+    def hook_failed(self, cols: list[int], err: BaseException) -> None:
+        self.buf[self.t, :, cols] = float("nan")
+        self.pending.append((cols, err))
+
+
+class _Scorer:
+    """Stacked read-out weights: one matrix per hook name over all detectors reading it."""
+
+    def __init__(self, detectors: list[Any], d_model: int) -> None:
+        n = len(detectors)
+        self.detectors = detectors
+        self.linear = [j for j, d in enumerate(detectors) if _is_linear(d)]
+        self.bound = [j for j, d in enumerate(detectors) if _is_bound(d)]
+        self.custom = [j for j, d in enumerate(detectors) if not _is_linear(d) and not _is_bound(d)]
+        self.bound_cols: dict[str, list[int]] = {}
+        for j in self.bound:
+            self.bound_cols.setdefault(detectors[j].hooks[0], []).append(j)
+        self.weights: dict[str, Tensor] = {}
+        self.cols: dict[str, list[int]] = {}
+        for j in self.linear:
+            det = detectors[j]
+            for k, h in enumerate(det.hooks):
+                if h not in self.weights:
+                    self.weights[h] = torch.zeros(d_model, n)
+                    self.cols[h] = []
+                self.weights[h][:, j] += det.weight[k].float()
+                if j not in self.cols[h]:
+                    self.cols[h].append(j)
+        self.custom_hooks: list[str] = []
+        for j in self.custom:
+            for h in detectors[j].hooks:
+                if h not in self.custom_hooks:
+                    self.custom_hooks.append(h)
+        self.bias = torch.tensor([float(d.bias) if _is_linear(d) else 0.0 for d in detectors], dtype=torch.float32)
+        self.hooks = list(dict.fromkeys([*self.weights, *self.bound_cols, *self.custom_hooks]))
+        self._cast: dict[tuple[str, torch.device, torch.dtype], Tensor] = {}
+
+    def attach(self, model: HookedModel, run: _Run, dtype: torch.dtype) -> HookHandle:
+        device = model.device
+        fns = []
+        for h in self.hooks:
+            W = None
+            if h in self.weights:
+                key = (h, device, dtype)
+                if key not in self._cast:
+                    self._cast[key] = self.weights[h].to(device=device, dtype=dtype)
+                W = self._cast[key]
+            fns.append((h, self._make(h, W, h in self.custom_hooks, run)))
+        return model.add_hooks(fns)
+
+    def _make(self, h: str, W: Tensor | None, keep: bool, run: _Run) -> Callable[[Tensor, Any], None]:
+        cols = self.cols.get(h, [])
+        bound = [(j, self.detectors[j]) for j in self.bound_cols.get(h, [])]
+
+        def score_hook(act: Tensor, _hp: Any) -> None:
+            if not run.in_fwd:
+                return None
+            a = act[:, -1]
+            if W is not None:
+                try:
+                    run.buf[run.t].add_(a @ W)
+                except Exception as e:  # a failing read-out must not break the forward
+                    run.hook_failed(cols, e)
+            for j, det in bound:
+                try:
+                    if run.t == 0:  # prefill: a is the last prompt token, the context the read-out depends on
+                        w, b = det.readout(a)
+                        run.bound[j] = (w.to(a.dtype), b.to(torch.float32))
+                    w, b = run.bound[j]
+                    run.buf[run.t, :, j] = (a * w).sum(-1) + b
+                except Exception as e:
+                    run.hook_failed([j], e)
+            if keep:
+                run.last[h] = a
+            return None
+
+        return score_hook
+
+
+def _as_items(items: Item | Sequence[Item]) -> list[Item]:
+    if isinstance(items, str):
+        return [items]
+    if isinstance(items, list) and items and isinstance(items[0], dict):
+        return [items]  # one chat
+    if isinstance(items, tuple) and len(items) == 2 and all(isinstance(x, str) for x in items):
+        return [items]  # one (prompt, response)
+    out = list(items)
+    if not out:
+        raise InputError("Guard.generate: no prompts given")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# the Guard
+# --------------------------------------------------------------------------------------------
+class Guard:
+    """Generation guarded by detectors under a policy.
+
+    Args:
+        model: an HF-backed hooked model (:func:`circuits.load_model`).
+        detectors: detectors to run on every token (names must be unique).
+        policy: a :class:`Policy`, a policy file path, or None for the packaged default (monitor).
+        on_escalate: ``fn(EscalationContext) -> Decision | "allow" | "correct" | "block"``; called
+            synchronously (generation waits). Without it an escalation resolves to ``block``.
+        router: maps flags to correctors (default :class:`Router`).
+        audit: an :class:`AuditLog`, a path for one, or None.
+        strict: check that each detector was trained on exactly this model's weights.
+        chat: ``"auto"`` wraps plain-string prompts as a user message when the tokenizer has a chat
+            template; ``True`` always, ``False`` never (strings are raw text).
+        batch_size: default prompts per batch in :meth:`generate`.
+
+    Usable as a wrapper (``guard.generate(...)``, ``guard(...)``) or a context manager
+    (``with Guard(...) as guard:``; on exit any stream still open is closed, which removes its
+    hooks and writes its audit records).
+    """
+
+    def __init__(
+        self,
+        model: HookedModel,
+        detectors: Sequence[Any],
+        policy: Policy | str | Path | None = None,
+        on_escalate: Callable[[EscalationContext], Any] | None = None,
+        router: Router | None = None,
+        audit: AuditLog | str | Path | None = None,
+        strict: bool = True,
+        chat: bool | str = "auto",
+        batch_size: int = 8,
+    ) -> None:
+        if not isinstance(model, HFHookedModel):
+            raise InputError(
+                f"Guard needs a Hugging Face backed model (circuits.load_model / circuits.from_hf), got {type(model).__name__}"
+            )
+        self.model = model
+        self.detectors = list(detectors)
+        if not self.detectors:
+            raise InputError("Guard needs at least one detector")
+        names = [getattr(d, "name", None) for d in self.detectors]
+        for d, name in zip(self.detectors, names):
+            for attr in ("hooks", "threshold", "score_tensor"):
+                if not hasattr(d, attr):
+                    raise InputError(f"detector {name!r} has no {attr!r}; pass Detector objects")
+            if hasattr(d, "check_model"):
+                d.check_model(model, strict=strict)
+            else:
+                for h in d.hooks:
+                    model.check_hook(h)
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise InputError(f"detector names must be unique in a Guard; repeated: {', '.join(map(str, dup))} (set .name)")
+        self.names: list[str] = [str(n) for n in names]
+        self.on_escalate = on_escalate
+        self.router = router or Router()
+        self.audit = AuditLog(audit) if isinstance(audit, (str, Path)) else audit
+        self.chat = chat
+        self.batch_size = int(batch_size)
+        self._scorer = _Scorer(self.detectors, model.d_model)
+        hf = model.hf_model
+        self._dtype = next(hf.parameters()).dtype
+        self._keep = {"logits_to_keep": 1} if "logits_to_keep" in signature(hf.forward).parameters else {}
+        eos = hf.generation_config.eos_token_id if getattr(hf, "generation_config", None) is not None else None
+        eos_ids = set([eos] if isinstance(eos, int) else list(eos or []))
+        if model.tokenizer.eos_token_id is not None:
+            eos_ids.add(int(model.tokenizer.eos_token_id))
+        self._eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=model.device)
+        self._pad = pad_id(model.tokenizer)
+        self._thresholds = {n: float(d.threshold) for n, d in zip(self.names, self.detectors)}
+        self._streams: "weakref.WeakSet[Any]" = weakref.WeakSet()
+        if policy is None:
+            policy = Policy.default()
+        elif isinstance(policy, (str, Path)):
+            policy = Policy.load(policy)
+        self._policy: Policy = policy
+        self._locked: dict[str, float] = {}
+        self._apply_policy(policy)
+        self._locked = {r.name: r.block for r in self._res if r.red_line}
+        self._meta_model = {"id": model.model_id, "fingerprint": model.fingerprint}
+        self._meta_dets = [
+            {
+                "name": n,
+                "behaviour": getattr(d, "behaviour", n),
+                "id": getattr(d, "id", None),
+                "threshold": float(d.threshold),
+                "hooks": list(d.hooks),
+                "probe_kind": getattr(d, "probe_kind", type(d).__name__),
+                "created": getattr(d, "created", None),
+                "model_id": getattr(d, "model_id", None),
+            }
+            for n, d in zip(self.names, self.detectors)
+        ]
+
+    # -- policy ---------------------------------------------------------------------------------
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
+    @policy.setter
+    def policy(self, new: Policy) -> None:
+        """Replace the policy; raises PolicyError if a red line would be relaxed."""
+        check_not_relaxed(self._policy, new, self._thresholds)
+        self._apply_policy(new)
+
+    def load_policy(self, path: str | Path) -> Policy:
+        """Merge a later policy file on top of the current one (red lines cannot be relaxed)."""
+        self.policy = self._policy.merge(Policy.load(path))
+        return self._policy
+
+    def _apply_policy(self, policy: Policy) -> None:
+        missing = sorted(set(policy.red_lines) - set(self.names))
+        if missing:
+            raise PolicyError(f"red line(s) {', '.join(map(repr, missing))} have no detector in this Guard (detectors: {', '.join(self.names)})")
+        res = []
+        for name, det in zip(self.names, self.detectors):
+            r = policy.resolve(name, float(det.threshold))
+            if name in self._locked:  # belt and braces: a red line's block never rises above where it started
+                r = Resolved(**{**r.__dict__, "block": min(r.block, self._locked[name]), "red_line": True})
+            if math.isfinite(r.correct) or math.isfinite(r.escalate):
+                self.router.validate(r.corrector, det, where=policy.source)
+            res.append(r)
+        self._policy = policy
+        self._res = res
+        device = self.model.device
+        self._thr_act = torch.tensor([r.action_threshold for r in res], dtype=torch.float32, device=device)
+        self._policy_meta = {
+            "hash": policy.hash,
+            "source": policy.source,
+            "red_lines": sorted(policy.red_lines),
+            "on_detector_error": policy.error_mode,
+            "tiers": {r.name: {t: (getattr(r, t) if math.isfinite(getattr(r, t)) else None) for t in TIERS} for r in res},
+        }
+
+    # -- public generation API ------------------------------------------------------------------
+    def generate(
+        self,
+        items: Item | Sequence[Item],
+        max_new_tokens: int = 64,
+        *,
+        min_new_tokens: int = 0,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        batch_size: int | None = None,
+        correct: bool | None = None,
+    ) -> list[GuardOutput]:
+        """Generate for each prompt with the detectors and the policy on.
+
+        Args:
+            items: prompts (text, chat, or (prompt, partial response)); a single one is accepted.
+            max_new_tokens: tokens per prompt at most.
+            min_new_tokens: EOS is suppressed before this many tokens (as in ``transformers``).
+            do_sample, temperature, top_k, top_p, seed: sampling (greedy by default).
+            batch_size: prompts per batch (left padded; sorted by length to cut padding).
+            correct: None = as the policy says; True = every detector's corrector on from the
+                first generated token for every row (unconditional steering, for A/B studies);
+                False = never correct (the correct tier is only recorded).
+
+        Returns:
+            One :class:`GuardOutput` per prompt, in order.
+        """
+        prompts = self._prepare(_as_items(items))
+        gen = self._gen(max_new_tokens, min_new_tokens, do_sample, temperature, top_k, top_p, seed, correct)
+        bs = int(batch_size or self.batch_size)
+        if bs < 1:
+            raise InputError("batch_size must be >= 1")
+        generator = self._generator(gen)
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].enc.ids))
+        outs: list[GuardOutput | None] = [None] * len(prompts)
+        for s in range(0, len(order), bs):
+            chunk = order[s : s + bs]
+            run = _Run(self, [prompts[i] for i in chunk], gen, generator)
+            for _ in self._steps(run):
+                pass
+            for i, o in zip(chunk, run.outputs):
+                outs[i] = o
+        return outs  # type: ignore[return-value]
+
+    __call__ = generate
+
+    def stream(
+        self,
+        item: Item,
+        max_new_tokens: int = 64,
+        *,
+        min_new_tokens: int = 0,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        correct: bool | None = None,
+    ) -> Iterator[TokenEvent]:
+        """Generate for one prompt, yielding a :class:`TokenEvent` per token with its scores and
+        actions, then a final event with ``done=True`` and the :class:`GuardOutput`.
+
+        Closing the iterator early (``break``) removes the hooks and writes the audit record.
+        """
+        prompts = self._prepare(_as_items(item))
+        if len(prompts) != 1:
+            raise InputError("Guard.stream takes one prompt")
+        gen = self._gen(max_new_tokens, min_new_tokens, do_sample, temperature, top_k, top_p, seed, correct)
+        run = _Run(self, prompts, gen, self._generator(gen))
+        return self._stream(run)
+
+    def _stream(self, run: _Run) -> Iterator[TokenEvent]:
+        steps = self._steps(run)
+        self._streams.add(steps)
+        tok = self.model.tokenizer
+        text = ""
+        n_actions = 0
+        try:
+            for t in steps:
+                acts = run.actions[0][n_actions:]
+                n_actions = len(run.actions[0])
+                scores = dict(zip(self.names, run.buf[t, 0].tolist()))
+                if run.blocked_at[0] == t:
+                    yield TokenEvent(t, None, "", scores, acts)
+                    continue
+                tid = int(run.tokens[t][0])
+                ids = [int(x[0]) for x in run.tokens[: t + 1]]
+                new = tok.decode(ids, skip_special_tokens=True)
+                piece, text = new[len(text):], new
+                yield TokenEvent(t, tid, piece, scores, acts)
+        finally:
+            steps.close()
+        out = run.outputs[0]
+        yield TokenEvent(len(out.token_ids), None, "", {}, [a for a in out.actions if a.kind == "monitor"], done=True, output=out)
+
+    def _eos_list(self) -> list[int]:
+        return self._eos.tolist()
+
+    # -- context manager ------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close any stream still open (removing its hooks, writing its audit records)."""
+        for g in list(self._streams):
+            g.close()
+
+    def __enter__(self) -> "Guard":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- preparation ----------------------------------------------------------------------------
+    def _wrap(self, item: Item) -> Item:
+        if isinstance(item, str):
+            has_template = getattr(self.model.tokenizer, "chat_template", None) is not None
+            if self.chat is True or (self.chat == "auto" and has_template):
+                return [{"role": "user", "content": item}]
+        return item
+
+    def _prepare(self, items: list[Item]) -> list[_Prompt]:
+        wrapped = [self._wrap(it) for it in items]
+        enc = encode(self.model.tokenizer, wrapped, self.model.n_ctx)
+        out = []
+        for i, (it, w, e) in enumerate(zip(items, wrapped, enc)):
+            prefix, response, _ = render(self.model.tokenizer, w, where=f"item {i}")
+            out.append(_Prompt(it, e, prefix + response))
+        return out
+
+    def _gen(self, max_new_tokens: int, min_new_tokens: int, do_sample: bool, temperature: float, top_k: int, top_p: float, seed: int | None, correct: bool | None) -> _Gen:
+        if int(max_new_tokens) < 1:
+            raise InputError("max_new_tokens must be >= 1")
+        if int(min_new_tokens) < 0:
+            raise InputError("min_new_tokens must be >= 0")
+        if do_sample and temperature <= 0:
+            raise InputError("temperature must be > 0 when sampling")
+        if not 0 < top_p <= 1:
+            raise InputError("top_p must be in (0, 1]")
+        mode = "policy" if correct is None else ("always" if correct else "never")
+        return _Gen(int(max_new_tokens), int(min_new_tokens), bool(do_sample), float(temperature), int(top_k), float(top_p), seed, mode)
+
+    def _generator(self, gen: _Gen) -> torch.Generator | None:
+        if not gen.do_sample or gen.seed is None:
+            return None
+        g = torch.Generator(device=self.model.device)
+        g.manual_seed(int(gen.seed))
+        return g
+
+    # -- the decode loop ------------------------------------------------------------------------
+    def _steps(self, run: _Run) -> Iterator[int]:
+        """Run one batch; yields the step index after each step; fills ``run.outputs``."""
+        model, hf = self.model, self.model.hf_model
+        device = model.device
+        width = max(len(p.enc.ids) for p in run.prompts)
+        steps = min(run.steps, max(1, model.n_ctx - width))
+        ids = torch.full((run.B, width), self._pad, dtype=torch.long)
+        mask = torch.zeros((run.B, width), dtype=torch.long)
+        for r, p in enumerate(run.prompts):
+            n = len(p.enc.ids)
+            ids[r, width - n:] = torch.tensor(p.enc.ids, dtype=torch.long)
+            mask[r, width - n:] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        attn: Tensor | None = None if bool(mask.all()) else mask
+        handles: list[Any] = []
+        try:
+            handles.append(self._scorer.attach(model, run, self._dtype))
+            if run.gen.correct == "always":
+                self._correct_all(run)
+            cache = None
+            inp = ids
+            t = 0
+            while True:
+                with torch.inference_mode():
+                    run.t = t
+                    if t == 0:
+                        run.state.begin(width, attention_mask=mask, position_ids=pos)
+                    else:
+                        run.state.step(pos)
+                    run.in_fwd = True
+                    try:
+                        out = hf(input_ids=inp, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True, **self._keep)
+                    finally:
+                        run.in_fwd = False
+                    cache = out.past_key_values
+                    logits = out.logits[:, -1, :].float()
+                    del out
+                    if t < run.gen.min_new_tokens:
+                        logits[:, self._eos] = float("-inf")
+                    self._decide(run, t)
+                    nxt = self._select(logits, run)
+                    nxt = torch.where(run.active, nxt, torch.full_like(nxt, self._pad))
+                    run.tokens.append(nxt)
+                    run.n_steps = t + 1
+                    run.active &= ~torch.isin(nxt, self._eos)
+                    done = t + 1 >= steps or not bool(run.active.any())
+                    if not done:
+                        inp = nxt.unsqueeze(-1)
+                        pos = pos[:, -1:] + 1
+                        if attn is not None:
+                            attn = torch.cat([attn, attn.new_ones(run.B, 1)], dim=-1)
+                yield t
+                if done:
+                    break
+                t += 1
+        except BaseException as e:
+            run.error = e
+            raise
+        finally:
+            errs: list[BaseException] = []
+            for _, h, _ in run.correctors.values():
+                try:
+                    h.remove()
+                except BaseException as e:  # pragma: no cover - removal does not fail in practice
+                    errs.append(e)
+            for h in reversed(handles):
+                try:
+                    h.remove()
+                except BaseException as e:  # pragma: no cover
+                    errs.append(e)
+            run.last.clear()
+            run.bound.clear()
+            try:
+                self._finish(run)
+            except Exception as e:
+                if run.error is None:
+                    raise
+                warnings.warn(f"could not assemble the guard outputs after an error: {e}", RuntimeWarning, stacklevel=2)
+            if errs and run.error is None:
+                raise errs[0]
+
+    def _select(self, logits: Tensor, run: _Run) -> Tensor:
+        g = run.gen
+        if not g.do_sample:
+            return logits.argmax(-1)
+        if g.temperature != 1.0:
+            logits = logits / g.temperature
+        if g.top_k > 0:
+            k = min(g.top_k, logits.shape[-1])
+            kth = torch.topk(logits, k).values[..., -1, None]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if g.top_p < 1.0:
+            sl, si = torch.sort(logits, descending=False)
+            cum = sl.softmax(-1).cumsum(-1)
+            remove = cum <= (1 - g.top_p)
+            remove[..., -1:] = False
+            logits = logits.masked_fill(remove.scatter(1, si, remove), float("-inf"))
+        probs = logits.softmax(-1)
+        return torch.multinomial(probs, 1, generator=run.generator).squeeze(-1)
+
+    # -- the policy, per step -------------------------------------------------------------------
+    def _decide(self, run: _Run, t: int) -> None:
+        s = run.buf[t]
+        if self._scorer.custom:
+            self._score_custom(run, t, s)
+        if run.pending:
+            self._handle_errors(run, t)
+        hit = ~(s <= run.thr_act) & run.active.unsqueeze(-1) & run.det_live
+        if not bool(hit.any()):
+            return
+        rows, dets = hit.nonzero(as_tuple=True)
+        vals = s[rows, dets].tolist()
+        for b, j, x in zip(rows.tolist(), dets.tolist(), vals):
+            if not run.active_py[b]:
+                continue
+            if not bool(run.det_live[j]):
+                continue
+            if x != x:
+                run.pending.append(([j], f"non-finite score {x}"))
+                self._handle_errors(run, t)
+                continue
+            self._act(run, b, j, x, t)
+
+    def _score_custom(self, run: _Run, t: int, s: Tensor) -> None:
+        for j in self._scorer.custom:
+            if not bool(run.det_live[j]):
+                continue
+            det = self.detectors[j]
+            try:
+                v = det.score_tensor({h: run.last[h] for h in det.hooks})
+                s[:, j] = torch.as_tensor(v).reshape(-1).to(device=s.device, dtype=s.dtype)
+            except Exception as e:
+                s[:, j] = float("nan")
+                run.pending.append(([j], e))
+
+    def _handle_errors(self, run: _Run, t: int) -> None:
+        pending, run.pending = run.pending, []
+        for cols, err in pending:
+            for j in cols:
+                name = self.names[j]
+                res = run.res[j]
+                msg = err if isinstance(err, str) else f"{type(err).__name__}: {err}"
+                mode = "fail_closed" if res.red_line else run.error_mode
+                run.errors.append({"detector": name, "token": t, "error": msg, "handling": mode})
+                if mode == "raise":
+                    exc = DetectorFailure(f"detector {name!r} failed at token {t}: {msg}")
+                    if isinstance(err, BaseException):
+                        raise exc from err
+                    raise exc
+                if mode == "fail_open":
+                    run.det_live[j] = False
+                    run.failed_open.add(j)
+                    for b in range(run.B):
+                        if run.active_py[b]:
+                            run.actions[b].append(Action(t, "detector_error", name, None, {"error": msg, "handling": "fail_open"}))
+                    continue
+                for b in range(run.B):
+                    if run.active_py[b]:
+                        run.actions[b].append(Action(t, "detector_error", name, None, {"error": msg, "handling": "fail_closed"}))
+                        self._block(run, b, j, float("nan"), t, "detector_error", by=None)
+
+    def _act(self, run: _Run, b: int, j: int, x: float, t: int) -> None:
+        res = run.res[j]
+        tier = res.tier_of(x, lowest="correct")
+        if tier is None:
+            return
+        if tier == "block":
+            self._block(run, b, j, x, t, "policy")
+            return
+        key = (b, j)
+        if tier == "escalate":
+            if key in run.allowed:
+                if x <= res.correct:
+                    return
+            elif key not in run.human_correct:
+                self._escalate(run, b, j, x, t, "tier")
+                return
+        self._correct(run, b, j, x, t)
+
+    def _block(self, run: _Run, b: int, j: int, x: float, t: int, reason: str, by: str | None | bool = True) -> None:
+        if not run.active_py[b]:
+            return
+        name = self.names[j] if by is True else by
+        run.active_py[b] = False
+        run.active[b] = False
+        run.blocked_at[b] = t
+        run.blocked_by[b] = name  # type: ignore[assignment]
+        run.actions[b].append(Action(t, "block", self.names[j], None if x != x else x, {"reason": reason, "red_line": run.res[j].red_line}))
+
+    def _corrector(self, run: _Run, route: Route, det: Any) -> Corrector:
+        entry = run.correctors.get(route.key)
+        if entry is None:
+            c = self.router.build(route, det, self.model, run.state)
+            if run.gen.correct != "always":
+                c.rows_off(run.B)
+            h = c.attach(self.model, state=run.state)
+            entry = run.correctors[route.key] = (c, h, route)
+        return entry[0]
+
+    def _correct_all(self, run: _Run) -> None:
+        for j, det in enumerate(self.detectors):
+            res = run.res[j]
+            self.router.validate(res.corrector, det, where=self._policy.source)
+            route = self.router.route(det, res)
+            self._corrector(run, route, det)
+            for b in range(run.B):
+                run.corrected[(b, j)] = route
+                run.run_start[(b, j)] = 0
+                run.actions[b].append(Action(0, "correct", self.names[j], None, {**route.to_dict(), "forced": True}))
+                run.row_correctors[b].append({**route.to_dict(), "from_token": 0})
+
+    def _correct(self, run: _Run, b: int, j: int, x: float, t: int) -> None:
+        key = (b, j)
+        res = run.res[j]
+        if run.gen.correct == "never":
+            if key not in run.noted:
+                run.noted.add(key)
+                run.actions[b].append(Action(t, "correct", self.names[j], x, {"applied": False, "reason": "correct=False"}))
+            return
+        if key not in run.corrected:
+            det = self.detectors[j]
+            route = self.router.route(det, res)
+            self._corrector(run, route, det).set_row(b, 1.0)
+            run.corrected[key] = route
+            run.run_start[key] = run.last_hit[key] = t
+            run.actions[b].append(Action(t, "correct", self.names[j], x, route.to_dict()))
+            run.row_correctors[b].append({**route.to_dict(), "from_token": t + 1})
+            return
+        if run.last_hit.get(key) != t - 1:
+            run.run_start[key] = t
+        run.last_hit[key] = t
+        if t - run.run_start[key] >= res.patience:
+            nxt = res.next_tier("correct")
+            run.run_start[key] = t
+            run.actions[b].append(Action(t, "move_up", self.names[j], x, {"from": "correct", "to": nxt, "after_tokens": res.patience}))
+            if nxt == "block":
+                self._block(run, b, j, x, t, "correction_persisted")
+            elif nxt == "escalate" and key not in run.allowed:
+                self._escalate(run, b, j, x, t, "correction_persisted")
+
+    def _escalate(self, run: _Run, b: int, j: int, x: float, t: int, reason: str) -> None:
+        res = run.res[j]
+        name = self.names[j]
+        det = self.detectors[j]
+        if self.on_escalate is None:
+            decision, by = Decision.BLOCK, "default"
+        else:
+            ctx = EscalationContext(
+                prompt=run.prompts[b].item,
+                prompt_text=run.prompts[b].text,
+                text=self._text_so_far(run, b, t),
+                detector=name,
+                behaviour=getattr(det, "behaviour", name),
+                score=x,
+                threshold=res.escalate,
+                token_index=t,
+                row=b,
+                red_line=res.red_line,
+                reason=reason,
+            )
+            decision, by = Decision.parse(self.on_escalate(ctx)), "callback"
+        run.decisions[b].append(HumanDecision(t, name, x, decision.value, by, reason))
+        detail = {"decision": decision.value, "by": by, "reason": reason}
+        if res.red_line and decision is Decision.ALLOW:
+            detail["note"] = "red line: the block tier still applies"
+        run.actions[b].append(Action(t, "escalate", name, x, detail))
+        key = (b, j)
+        if decision is Decision.ALLOW:
+            run.allowed.add(key)
+        elif decision is Decision.CORRECT:
+            run.human_correct.add(key)
+            if run.gen.correct != "never" and key in run.corrected:
+                return  # already correcting; the patience count continues
+            self._correct(run, b, j, x, t)
+        else:
+            self._block(run, b, j, x, t, "human" if by == "callback" else "escalation_without_callback")
+
+    def _text_so_far(self, run: _Run, b: int, t: int) -> str:
+        if t == 0 or not run.tokens:
+            return ""
+        ids = torch.stack(run.tokens[:t])[:, b].tolist()
+        eos = set(self._eos_list())
+        out = []
+        for i in ids:
+            out.append(i)
+            if i in eos:
+                break
+        return self.model.tokenizer.decode(out, skip_special_tokens=True)
+
+    # -- results and audit ----------------------------------------------------------------------
+    def _finish(self, run: _Run) -> None:
+        n = run.n_steps
+        toks = torch.stack(run.tokens).cpu().numpy() if run.tokens else np.zeros((0, run.B), dtype=np.int64)
+        buf = run.buf[:n].detach().cpu().numpy() if n else np.zeros((0, run.B, len(self.names)), dtype=np.float32)
+        eos = set(self._eos_list())
+        tok = self.model.tokenizer
+        for b, p in enumerate(run.prompts):
+            col = toks[:, b].tolist()
+            if run.blocked_at[b] is not None:
+                s = int(run.blocked_at[b])  # type: ignore[arg-type]
+                ids, n_sc, reason = col[:s], s + 1, "blocked"
+            else:
+                e = next((i for i, x in enumerate(col) if x in eos), None)
+                if e is not None:
+                    ids, n_sc, reason = col[: e + 1], e + 1, "eos"
+                else:
+                    ids, n_sc, reason = col, len(col), "length"
+            if run.error is not None and reason == "length":
+                reason = "error"
+            n_sc = min(n_sc, n)
+            scores = {name: buf[:n_sc, b, j].copy() for j, name in enumerate(self.names)}
+            actions = self._monitor_actions(run, scores) + run.actions[b]
+            actions.sort(key=lambda a: a.token)
+            generated = tok.decode(ids, skip_special_tokens=True)
+            blocked = run.blocked_at[b] is not None
+            res0 = run.res[0]
+            refusal = res0.refusal_text
+            if blocked and run.blocked_by[b] in self.names:
+                refusal = run.res[self.names.index(run.blocked_by[b])].refusal_text  # type: ignore[arg-type]
+            out = GuardOutput(
+                prompt=p.item,
+                text=refusal if blocked else generated,
+                generated_text=generated,
+                token_ids=[int(i) for i in ids],
+                scores=scores,
+                actions=actions,
+                decisions=list(run.decisions[b]),
+                blocked=blocked,
+                blocked_by=run.blocked_by[b],
+                finish_reason=reason,
+                correctors=list(run.row_correctors[b]),
+                prompt_tokens=len(p.enc.ids),
+                errors=list(run.errors),
+            )
+            run.outputs.append(out)
+        if self.audit is not None:
+            self._write_audit(run)
+
+    def _monitor_actions(self, run: _Run, scores: dict[str, np.ndarray]) -> list[Action]:
+        out = []
+        for j, name in enumerate(self.names):
+            thr = run.res[j].monitor
+            if not math.isfinite(thr):
+                continue
+            s = scores[name]
+            above = np.nan_to_num(s, nan=-np.inf) > thr
+            rises = np.nonzero(above & ~np.concatenate([[False], above[:-1]]))[0]
+            out.extend(Action(int(i), "monitor", name, float(s[i])) for i in rises)
+        return out
+
+    def _write_audit(self, run: _Run) -> None:
+        assert self.audit is not None
+        monitor = {r.name: r.monitor for r in run.res}
+        for b, (p, o) in enumerate(zip(run.prompts, run.outputs)):
+            try:
+                rec = build_record(
+                    log=self.audit,
+                    started=run.started,
+                    model=self._meta_model,
+                    detectors=self._meta_dets,
+                    policy=run.policy_meta,
+                    prompt_text=p.text,
+                    prompt_tokens=len(p.enc.ids),
+                    settings={**run.gen.to_dict(), "batch_size": run.B},
+                    row=b,
+                    scores=o.scores,
+                    monitor_thresholds=monitor,
+                    actions=[a.to_dict() for a in o.actions],
+                    correctors=o.correctors,
+                    decisions=[d.to_dict() for d in o.decisions],
+                    detector_errors=o.errors,
+                    n_generated=len(o.token_ids),
+                    finish_reason=o.finish_reason,
+                    blocked=o.blocked,
+                    blocked_by=o.blocked_by,
+                    generated_text=o.generated_text,
+                    output_text=o.text,
+                    error=run.error if not isinstance(run.error, GeneratorExit) else _Cancelled("stream closed before the end"),
+                )
+                self.audit.write(rec)
+            except Exception as e:
+                if run.error is None:
+                    raise
+                warnings.warn(f"could not write the audit record: {e}", RuntimeWarning, stacklevel=2)
+
+
+class _Cancelled(Exception):
+    pass

@@ -1,0 +1,150 @@
+"""The router: from a flag (a detector, and once SAEs exist its flagged features) to a corrector and dose.
+
+Corrector specs (the policy's ``corrector`` key):
+
+================  ==================================================================================
+``addition``      add ``-dose * detector.direction`` at the detector's first hook (steer away)
+``ablation``      project ``detector.direction`` out at that hook (``dose`` = fraction removed, so a
+                  dose above 1 is clipped to 1)
+``vector:PATH``   add ``-dose * v`` of a saved CAA steering vector (``coalign steer``), at its hook
+``sae``           clamp the flagged SAE features to 0 with the SAE registered for the detector's hook
+any other name    a factory registered with :meth:`Router.register`
+================  ==================================================================================
+
+Correctors built by the router edit only generated positions and start with every batch row off;
+the Guard switches a row on when it is flagged (conditional steering). If the flag does not clear
+within ``patience`` tokens of correcting, the Guard moves up a tier (:meth:`Resolved.next_tier`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from circuits.hooked_model import HookedModel
+from circuits.steering import (
+    ActivationAddition,
+    Corrector,
+    DirectionalAblation,
+    GenerationState,
+    SAEClamp,
+    SparseAutoencoder,
+)
+from circuits.steering_vectors import SteeringVector
+from detectors.policy import PolicyError, Resolved
+
+CorrectorFactory = Callable[[Any, float, HookedModel, GenerationState], Corrector]
+"""``factory(detector, dose, model, state) -> Corrector`` (positions should be ``"generated"``)."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a flag goes: the corrector spec, dose and hook, and the SAE features if any."""
+
+    detector: str
+    corrector: str
+    dose: float
+    hook: str
+    features: tuple[int, ...] = ()
+
+    @property
+    def key(self) -> tuple:
+        return (self.detector, self.corrector, self.hook, self.features)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"detector": self.detector, "corrector": self.corrector, "dose": self.dose, "hook": self.hook}
+        if self.features:
+            d["features"] = list(self.features)
+        return d
+
+
+def _addition(det: Any, dose: float, model: HookedModel, state: GenerationState) -> Corrector:
+    return ActivationAddition(det.hooks[0], -det.direction, alpha=dose, positions="generated", state=state)
+
+
+def _ablation(det: Any, dose: float, model: HookedModel, state: GenerationState) -> Corrector:
+    return DirectionalAblation(det.hooks[0], det.direction, alpha=min(float(dose), 1.0), positions="generated", state=state)
+
+
+class Router:
+    """Maps flags to correctors.
+
+    Args:
+        factories: extra named corrector factories (``name -> factory(detector, dose, model, state)``).
+
+    Example:
+        >>> router = Router()
+        >>> router.register("my_vec", lambda det, dose, model, state: sv.corrector(-dose, state=state))
+        >>> guard = Guard(model, dets, policy.update("sycophancy", corrector="my_vec"), router=router)
+    """
+
+    BUILTIN = ("addition", "ablation", "sae")
+
+    def __init__(self, factories: dict[str, CorrectorFactory] | None = None) -> None:
+        self._factories: dict[str, CorrectorFactory] = {"addition": _addition, "ablation": _ablation}
+        for name, f in (factories or {}).items():
+            self.register(name, f)
+        self._saes: dict[str, SparseAutoencoder] = {}
+        self._vectors: dict[str, SteeringVector] = {}
+
+    def register(self, name: str, factory: CorrectorFactory) -> None:
+        """Add a named corrector factory usable as ``corrector = "<name>"`` in a policy."""
+        if name in ("sae",) or name.startswith("vector:"):
+            raise PolicyError(f"corrector name {name!r} is reserved")
+        self._factories[name] = factory
+
+    def register_sae(self, hook: str, sae: SparseAutoencoder) -> None:
+        """Make ``sae`` (``encode``/``decode``) available for feature routes at ``hook``."""
+        self._saes[hook] = sae
+
+    def validate(self, spec: str, detector: Any, where: str = "policy") -> None:
+        """Raise PolicyError if ``spec`` cannot be built for ``detector``."""
+        if spec in self._factories:
+            return
+        if spec == "sae":
+            if detector.hooks[0] not in self._saes:
+                raise PolicyError(f"{where}: detector {detector.name!r} routes to 'sae' but no SAE is registered for {detector.hooks[0]}")
+            return
+        if spec.startswith("vector:"):
+            path = spec.split(":", 1)[1]
+            if not Path(path).is_dir():
+                raise PolicyError(f"{where}: detector {detector.name!r}: steering vector directory {path!r} not found")
+            return
+        raise PolicyError(
+            f"{where}: detector {detector.name!r}: unknown corrector {spec!r} (expected addition, ablation, "
+            f"vector:PATH, sae or one of the registered: {', '.join(sorted(self._factories)) or 'none'})"
+        )
+
+    def route(self, detector: Any, resolved: Resolved, features: Sequence[int] | None = None) -> Route:
+        """The route for a flag of ``detector``; ``features`` (flagged SAE feature ids) select an SAE
+        clamp when an SAE is registered for the detector's hook."""
+        hook = detector.hooks[0]
+        if features and hook in self._saes:
+            return Route(detector.name, "sae", 1.0, hook, tuple(int(f) for f in features))
+        spec = resolved.corrector
+        if spec.startswith("vector:"):
+            hook = self._vector(spec).hook
+        return Route(detector.name, spec, resolved.dose, hook)
+
+    def build(self, route: Route, detector: Any, model: HookedModel, state: GenerationState) -> Corrector:
+        """Make the corrector for ``route`` (not attached)."""
+        spec = route.corrector
+        if spec == "sae":
+            sae = self._saes.get(route.hook)
+            if sae is None:
+                raise PolicyError(f"no SAE registered for {route.hook}")
+            return SAEClamp(route.hook, sae, route.features or (0,), values=0.0, alpha=route.dose, positions="generated", state=state)
+        if spec.startswith("vector:"):
+            sv = self._vector(spec)
+            return ActivationAddition(sv.hook, sv.vector, alpha=-route.dose, positions="generated", state=state)
+        factory = self._factories.get(spec)
+        if factory is None:
+            raise PolicyError(f"unknown corrector {spec!r}")
+        return factory(detector, route.dose, model, state)
+
+    def _vector(self, spec: str) -> SteeringVector:
+        path = spec.split(":", 1)[1]
+        if path not in self._vectors:
+            self._vectors[path] = SteeringVector.load(path)
+        return self._vectors[path]
