@@ -173,12 +173,17 @@ def _prepare(model: HookedModel, name: str, ds: LabelledDataset, select: str, so
     return BenchData(name, ds, select, source, contrast_pairs(ds), parts, n_total, dropped)
 
 
+#: chat datasets captured a second time at the last token, for the naive baselines (``<name>:last``)
+LAST_TOKEN_VARIANTS = ("deception", "sycophancy", "sycophancy_caa")
+
+
 def load_bench_data(
     model: HookedModel, datasets_dir: Path, quick: bool, seed: int, notes: list[str],
     max_rows: int | None = None, overrides: Mapping[str, LabelledDataset] | None = None,
 ) -> dict[str, BenchData]:
     """Every dataset the benchmark uses, by name (statement-file stems, ``deception``,
-    ``roleplay_lies``, ``sycophancy``, ``sycophancy_caa``). ``overrides`` replaces any of them."""
+    ``roleplay_lies``, ``sycophancy``, ``sycophancy_caa``, and ``<chat set>:last``: the same rows
+    and split read at the last token). ``overrides`` replaces any of them by base name."""
     caps = dict(CAPS["quick" if quick else "full"])
     if max_rows is not None:
         caps = {k: max_rows for k in caps}
@@ -186,19 +191,23 @@ def load_bench_data(
     specs: list[tuple[str, str, str, int | None, Any]] = []  # name, select, source, cap, loader
     for rel in TRUTH_TRAIN + TRUTH_TEST:
         specs.append((Path(rel).stem, "last", rel, caps["statements"], datasets_dir / rel))
-    specs += [("deception", "response_mean", "recipe:deception", caps["deception"], "deception"),
-              ("roleplay_lies", "response_mean", "recipe:roleplay_lies", None, "roleplay_lies"),
-              ("sycophancy", "response_mean", "recipe:sycophancy", caps["sycophancy"], "sycophancy"),
-              ("sycophancy_caa", "response_mean", CAA_SYCOPHANCY, None, datasets_dir / CAA_SYCOPHANCY)]
+    chats = [("deception", "recipe:deception", caps["deception"], "deception"),
+             ("roleplay_lies", "recipe:roleplay_lies", None, "roleplay_lies"),
+             ("sycophancy", "recipe:sycophancy", caps["sycophancy"], "sycophancy"),
+             ("sycophancy_caa", CAA_SYCOPHANCY, None, datasets_dir / CAA_SYCOPHANCY)]
+    specs += [(n, "response_mean", src, cap, ld) for n, src, cap, ld in chats]
+    specs += [(f"{n}:last", "last", src, cap, ld) for n, src, cap, ld in chats if n in LAST_TOKEN_VARIANTS]
     out: dict[str, BenchData] = {}
     for name, select, source, cap, loader in specs:
-        if name in overrides:
-            ds, source = overrides[name], f"override:{name}"
+        base = name.split(":")[0]
+        if base in overrides:
+            ds, source = overrides[base], f"override:{base}"
         elif isinstance(loader, Path):
             if not loader.is_file():
-                notes.append(f"{name}: {loader} not found; skipped")
+                if base == name:
+                    notes.append(f"{name}: {loader} not found; skipped")
                 continue
-            ds = load_dataset(loader, name=name)
+            ds = load_dataset(loader, name=base)
         else:
             ds = recipe(loader, seed=seed)
         prepared = _prepare(model, name, ds, select, source, cap, seed, notes)
@@ -237,6 +246,10 @@ def build_suites(data: Mapping[str, BenchData], notes: list[str]) -> list[Suite]
               description="built-in sycophancy A/B chats; test on the CAA sycophancy A/B test set"),
         Suite("baseline", have(["cities"]), have(["neg_cities"]), True, "last", ["logistic"],
               description="naive baseline: last-token logistic probe on cities, one layer"),
+        Suite("baseline_deception", have(["deception:last"]), [], True, "last", ["logistic"],
+              description="naive baseline: last-token logistic probe on the deception recipe, one layer"),
+        Suite("baseline_sycophancy", have(["sycophancy:last"]), have(["sycophancy_caa:last"]), False, "last",
+              ["logistic"], description="naive baseline: last-token logistic probe on sycophancy, tested on CAA"),
     ]
     kept = [s for s in suites if s.train and (s.evals or s.heldout)]
     for s in suites:

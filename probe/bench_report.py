@@ -25,6 +25,10 @@ DEFINITIONS = {
     "sycophancy_caa_auroc": (
         "Probe trained on the built-in `sycophancy` recipe (method and hook by validation AUROC), evaluated "
         "on the CAA sycophancy A/B test set (`caa/test/sycophancy/test_dataset_ab.json`), never trained on."),
+    "baseline": (
+        "DESIGN.md's naive floor: a logistic probe on the last token at one layer (chosen on validation), "
+        "trained on cities (tested on held-out cities and on negated cities), on the deception recipe (held-out "
+        "part; same rows and split as above) and on the sycophancy recipe (tested on CAA)."),
 }
 COMMON = (
     "AUROC 95% CI: stratified bootstrap (1000 resamples of rows; pairs are not resampled jointly, so the "
@@ -74,7 +78,7 @@ def layer_curves(summary: dict[str, Any]) -> dict[str, tuple[str, dict[str, dict
                 curves.setdefault("truth_unseen_mean", (name, {}))[1][m] = mean
                 continue
             for t, by_hook in per_target.items():
-                key = f"baseline_{slug(t)}" if name == "baseline" else slug(t)
+                key = f"baseline_{slug(t)}" if name.startswith("baseline") else slug(t)
                 curves.setdefault(key, (name, {}))[1][m] = by_hook
     return curves
 
@@ -149,6 +153,12 @@ def _headline_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
             rows.append({"figure": key, "value": v["auroc"], "95% CI": v["ci95"], "recall@1%FPR": v["recall_at_1pct_fpr"],
                          "FPR": v["fpr_at_threshold"], "recall (control thr)": v.get("recall_at_control_threshold"),
                          "FPR (control thr)": v.get("fpr_at_control_threshold"), "method": v["method"],
+                         "hook": v["hook"], "n": v["n"]})
+    for t, v in (summary.get("baseline") or {}).items():
+        if v:
+            rows.append({"figure": f"baseline: {t}", "value": v["auroc"], "95% CI": v["ci95"],
+                         "recall@1%FPR": v["recall_at_1pct_fpr"], "FPR": v["fpr_at_threshold"],
+                         "recall (control thr)": None, "FPR (control thr)": None, "method": v["method"],
                          "hook": v["hook"], "n": v["n"]})
     return rows
 

@@ -10,8 +10,9 @@ and plots). Suites:
 * ``deception``: built-in instructed pairs (response mean), held-out fact groups and
   ``roleplay_lies``; headlines ``deception_val_auroc``, ``deception_roleplay_auroc``.
 * ``sycophancy``: built-in A/B chats, tested on the CAA sycophancy test set; ``sycophancy_caa_auroc``.
-* ``baseline``: last-token logistic probe on cities, one layer, tested on held-out cities and
-  negated cities (the naive floor of DESIGN.md).
+* ``baseline``, ``baseline_deception``, ``baseline_sycophancy``: DESIGN.md's naive floor, a
+  last-token logistic probe at one layer, on cities (tested on held-out and negated cities), on
+  the deception recipe (held-out part) and on sycophancy (tested on CAA); summary ``baseline``.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ from probe.datasets import Example, LabelledDataset, recipe
 METHODS = ["logistic", "mass_mean", "mass_mean_cov", "lat", "ttpd"]
 QUICK_METHODS = ["logistic", "mass_mean", "ttpd"]
 N_CONTROL, CONTROL_TOKENS = 200, 32
+#: (suite, target) of the naive last-token logistic baselines (DESIGN.md's floor)
+BASELINES = (("baseline", "cities[held-out]"), ("baseline", "neg_cities"),
+             ("baseline_deception", "deception:last[held-out]"), ("baseline_sycophancy", "sycophancy_caa:last"))
 
 
 def default_hooks(model: HookedModel, quick: bool = False) -> list[str]:
@@ -62,7 +66,7 @@ def benign_control(model: HookedModel, n: int, hooks: Sequence[str], cache: Path
     if not isinstance(model, HFHookedModel):
         notes.append("benign control skipped: generation needs a Hugging Face backed model")
         return None
-    prompts, _ = drop_overlong(model, LabelledDataset("benign", recipe("benign").examples))
+    prompts, _ = drop_overlong(model, recipe("benign"))
     items = prompts.items[:n]
     if progress:
         print(f"benign control: greedy answers to {len(items)} instructions ({CONTROL_TOKENS} tokens, cached)", file=sys.stderr)
@@ -147,7 +151,7 @@ def run_probe_benchmark(
     model: HookedModel, out_dir: str | os.PathLike, quick: bool = False, datasets_dir: str | os.PathLike | None = None,
     methods: Sequence[str] | None = None, hooks: Sequence[str] | None = None, cache_dir: str | os.PathLike | None = None,
     *, seed: int = 0, max_rows: int | None = None, n_control: int | None = None,
-    overrides: Mapping[str, LabelledDataset] | None = None, generalisation_method: str = "logistic",
+    overrides: Mapping[str, LabelledDataset] | None = None, generalisation_method: str | None = "logistic",
     n_boot: int = 1000, progress: bool = True,
 ) -> dict[str, Any]:
     """Run the probe benchmark and write ``results.json``, ``report.md`` and PNG plots to ``out_dir``.
@@ -165,7 +169,7 @@ def run_probe_benchmark(
         n_control: benign control chats for a second threshold (default 200; 0 = none).
         overrides: datasets to use instead of the built-in/file ones, by benchmark name
             (e.g. ``{"deception": my_dataset}``).
-        generalisation_method: probe used for the generalisation matrix.
+        generalisation_method: probe used for the generalisation matrix (None: no matrix).
 
     Returns:
         The summary (also ``results.json``): ``table`` (rows: dataset, train, method, hook, val_auroc,
@@ -195,7 +199,8 @@ def run_probe_benchmark(
     results = {s.name: evaluate_suite(s, data, acts, methods, hooks, control if s.select == "response_mean" else None,
                                       n_boot=n_boot, progress=progress) for s in suites}
     notes += _identical_methods(results)
-    gen = generalisation_matrix(data, acts, list(data), hooks, generalisation_method, progress)
+    names = [n for n in data if ":" not in n] if generalisation_method else []
+    gen = generalisation_matrix(data, acts, names, hooks, generalisation_method or "none", progress)
     cmd, call = _command(out, quick, ddir, model)
     summary: dict[str, Any] = {
         "table": _table(results),
@@ -203,7 +208,7 @@ def run_probe_benchmark(
         "deception_val_auroc": _headline(results.get("deception"), "deception[held-out]"),
         "deception_roleplay_auroc": _headline(results.get("deception"), "roleplay_lies"),
         "sycophancy_caa_auroc": _headline(results.get("sycophancy"), "sycophancy_caa"),
-        "baseline": {t: _headline(results.get("baseline"), t) for t in ("cities[held-out]", "neg_cities")},
+        "baseline": {t: _headline(results.get(suite), t) for suite, t in BASELINES},
         "suites": {k: asdict(v) for k, v in results.items()},
         "generalisation": gen,
         "datasets": {k: _dataset_info(d) for k, d in data.items()},
@@ -213,6 +218,8 @@ def run_probe_benchmark(
                    "datasets_dir": str(ddir), "cache_dir": str(cache / "acts"), "n_control": 0 if control is None else len(control),
                    "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "command": cmd, "call": call},
     }
+    for stale in [*out.glob("auroc_by_layer_*.png"), out / "generalisation.png"]:
+        stale.unlink(missing_ok=True)  # plots of an earlier run in the same folder
     plots = plot_layers(summary, out) + ([plot_generalisation(gen, out)] if gen["datasets"] else [])
     summary["config"]["runtime_s"] = time.time() - t0
     summary["plots"] = plots

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from probe.bench_data import TRUTH_TEST, TRUTH_TRAIN, cap_rows, contrast_pairs, split_parts
 from probe.bench_eval import pick_hook
@@ -17,6 +18,15 @@ from probe.datasets import Example, LabelledDataset, recipe
 HOOKS = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
 FILLER = "the a cat dog sat on mat sky paris rome france italy one two three four".split()
 ENDINGS = "hello world cat dog mat sky paris rome one two three four five six seven eight nine ten".split()
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """The tiny model's matmuls are far faster on one thread when the cores are shared."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def _statements(rng: random.Random, n: int, planted: bool) -> list[tuple[str, int]]:
@@ -107,15 +117,27 @@ def test_outputs_planted_signal_and_matrix(tiny, tmp_path):
     m = np.array(s["generalisation"]["auroc"], dtype=float)
     assert m.shape == (12, 12) and np.isfinite(m).all()
     assert m[names.index("cities"), names.index("animal_class")] > 0.95
-    assert {r["dataset"] for r in s["table"]} >= {"deception[held-out]", "roleplay_lies", "sycophancy_caa", "neg_cities"}
+    assert {r["dataset"] for r in s["table"]} >= {
+        "deception[held-out]", "roleplay_lies", "sycophancy_caa", "neg_cities", "deception:last[held-out]", "sycophancy_caa:last"}
+    assert all(v is not None and v["method"] == "logistic" for v in s["baseline"].values()) and len(s["baseline"]) == 4
     assert any("not found" in n for n in s["notes"])
+    # the truth probes see only the four training sets (their fit + test parts); validation is theirs too
+    parts = {k: [int(x) for x in v["fit/val/test"].split("/")] for k, v in s["datasets"].items()}
+    train = ["cities", "neg_cities", "sp_en_trans", "neg_sp_en_trans"]
+    assert s["suites"]["truth"]["n"]["fit"] == sum(parts[k][0] + parts[k][2] for k in train)
+    assert s["suites"]["truth"]["n"]["val"] == sum(parts[k][1] for k in train)
+    from detectors.cli import print_table
+
+    print_table("probe benchmark", s["table"])  # what `coalign bench probes` prints
 
 
 def test_layer_choice_ignores_test_data(tiny, tmp_path):
     """Flipping the labels of an unseen test set turns its AUROC at every hook into 1 - AUROC, so a
     hook picked on test data would change; the benchmark's choice (training validation only) must not."""
-    a = _run(tiny, tmp_path, "a", write_datasets(tmp_path / "d1"), methods=["logistic", "mass_mean"])
-    b = _run(tiny, tmp_path, "b", write_datasets(tmp_path / "d2", flip_noise=True), methods=["logistic", "mass_mean"])
+    kw = {"methods": ["logistic", "mass_mean"], "generalisation_method": None}
+    a = _run(tiny, tmp_path, "a", write_datasets(tmp_path / "d1"), **kw)
+    b = _run(tiny, tmp_path, "b", write_datasets(tmp_path / "d2", flip_noise=True), **kw)
+    assert a["generalisation"]["datasets"] == [] and not (tmp_path / "a" / "generalisation.png").exists()
     for m in ("logistic", "mass_mean"):
         ta, tb = (x["suites"]["truth"]["eval_auroc"][m]["inventors"] for x in (a, b))
         assert all(abs(ta[h] + tb[h] - 1) < 1e-9 for h in HOOKS)  # the test data really changed

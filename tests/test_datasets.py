@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 from collections import Counter, defaultdict
 from importlib import resources
 from pathlib import Path
@@ -25,6 +26,7 @@ from probe.datasets import (
     parse_choices,
     recipe,
 )
+from probe.datasets import concealment as conceal
 from probe.datasets import sycophancy as syc
 
 DATA = Path(resources.files("probe").joinpath("data"))
@@ -156,7 +158,7 @@ def test_split_keeps_groups_together():
     assert len(t2.split(0.2)[1]) == 1
 
 
-@pytest.mark.parametrize("name", ["deception", "sycophancy", "truth", "roleplay_lies"])
+@pytest.mark.parametrize("name", ["deception", "deception/concealment", "sycophancy", "truth", "roleplay_lies"])
 def test_split_recipes_no_group_leak(name):
     d = recipe(name)
     tr, te = d.split(0.25, seed=3)
@@ -311,9 +313,10 @@ def test_explicit_fmt_mismatch_names_field(tmp_path):
 # recipes and shipped data
 
 SIZES = {
-    "deception": 864,
+    "deception": 1104,
     "deception/instructed": 432,
     "deception/false_statement": 432,
+    "deception/concealment": 240,
     "sycophancy": 400,
     "truth": 532,
     "roleplay_lies": 120,
@@ -359,7 +362,13 @@ def test_recipe_items_render_with_chat_template():
 
 
 def test_deception_recipe_structure():
-    d = recipe("deception")
+    full = recipe("deception")
+    # the two fact families (interleaved per fact), then the concealment family
+    assert LabelledDataset("c", full.examples[864:]).content_hash() == recipe("deception/concealment").content_hash()
+    assert Counter(e.source.split(":")[1] for e in full) == {
+        "deception/instructed": 432, "deception/false_statement": 432, "deception/concealment": 240}
+    d = LabelledDataset("facts", [e for e in full if e.group.startswith("fact:")])
+    assert len(d) == 864 and all(e.group.startswith("conceal:") for e in full.examples[864:])
     by_group = defaultdict(list)
     for e in d:
         by_group[e.group].append(e)
@@ -380,7 +389,7 @@ def test_deception_recipe_structure():
     instructions = Counter(e.item[0]["content"] for e in d)
     assert len(instructions) == 10
     d1 = recipe("deception", seed=1)
-    assert len(d1) == len(d) and d1.content_hash() != d.content_hash()
+    assert len(d1) == len(full) and d1.content_hash() != full.content_hash()
     # truth and deception share group ids for the same fact
     assert set(recipe("truth").groups) == set(d.groups)
 
@@ -461,6 +470,105 @@ def test_roleplay_lies_balanced_without_giveaways():
     assert abs(lens[0] - lens[1]) < 5
     settings = Counter(json.loads(line)["setting"] for line in open(DATA / "roleplay_lies.jsonl", encoding="utf-8"))
     assert len(settings) >= 7
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def _ngrams(text: str, n: int = 6) -> set[tuple[str, ...]]:
+    w = _words(text)
+    return {tuple(w[i : i + n]) for i in range(len(w) - n + 1)}
+
+
+def test_concealment_recipe_pairs_and_determinism():
+    d = recipe("deception/concealment")
+    assert len(d) == 240 and d.class_counts() == {0: 120, 1: 120} and d.name == "deception/concealment"
+    assert d.content_hash() == recipe("deception/concealment", seed=0).content_hash()
+    assert d.content_hash() == conceal.dataset(0).content_hash()
+    other = recipe("deception/concealment", seed=3)
+    assert len(other) == 240 and other.content_hash() != d.content_hash()
+    assert other.content_hash() == recipe("deception/concealment", seed=3).content_hash()
+    by_group = defaultdict(list)
+    for e in d:
+        assert e.group.startswith("conceal:") and e.polarity is None
+        assert [m["role"] for m in e.item] == ["user", "assistant"]
+        by_group[e.group].append(e)
+    assert len(by_group) == 40 and all(len(es) == 6 and sum(e.label for e in es) == 3 for es in by_group.values())
+    # consecutive rows are pairs: same prompt, same source, different answers and labels
+    sources = set()
+    for i in range(0, len(d), 2):
+        a, b = d[i], d[i + 1]
+        assert (a.label, b.label) == (0, 1) and a.item[0] == b.item[0] and a.item[1] != b.item[1]
+        assert a.source == b.source and a.group == b.group
+        sources.add(a.source)
+    assert len(sources) == 120
+    assert len({e.item[1]["content"] for e in d}) >= 200  # answers are not mere copies
+
+
+def test_concealment_mix_of_framings_questions_and_lie_kinds():
+    rows = conceal.generate(0)
+    pairs = rows[::2]
+    kinds = Counter(r["kind"] for r in pairs)
+    assert kinds["claim"] == 24 and kinds["denial"] == 96  # 20% affirmative false claims
+    assert 0.4 <= Counter(r["question"] for r in pairs)["yes_no"] / 120 <= 0.6
+    assert 0.35 <= Counter(r["framing"] for r in pairs)["first"] / 120 <= 0.65
+    third = [r for r in rows if r["framing"] == "third"]
+    assert all("You are" not in r["messages"][0]["content"] for r in third)
+    # every template slot is filled
+    assert not any("{" in m["content"] or "}" in m["content"] for r in rows for m in r["messages"])
+    t = conceal.templates()
+    yn_honest = Counter(s["yes_no"]["honest"] for s in t["scenarios"])
+    assert yn_honest["No"] >= 15 and yn_honest["Yes"] >= 15
+
+
+@pytest.mark.parametrize("seed", [0, 1, 5])
+def test_concealment_no_class_giveaways(seed):
+    d = conceal.dataset(seed)
+    for lab in (0, 1):
+        answers = [e.item[-1]["content"] for e in d if e.label == lab]
+        first = Counter(a.split()[0].strip(",.!;:").lower() for a in answers)
+        assert first.most_common(1)[0][1] <= 0.25 * len(answers), first.most_common(3)
+    honest_first = {e.item[-1]["content"].split()[0].strip(",.") for e in d if e.label == 0}
+    assert "No" in honest_first and "Yes" in honest_first
+    lens = {lab: np.mean([len(e.item[-1]["content"].split()) for e in d if e.label == lab]) for lab in (0, 1)}
+    assert abs(lens[0] - lens[1]) < 2, lens
+    # no single first word is strongly tied to one class
+    first_all = Counter((e.item[-1]["content"].split()[0].strip(",.!;:").lower(), e.label) for e in d)
+    for w in {w for w, _ in first_all}:
+        n0, n1 = first_all[(w, 0)], first_all[(w, 1)]
+        assert n0 + n1 < 12 or min(n0, n1) / (n0 + n1) >= 0.25, (w, n0, n1)
+
+
+def test_concealment_disjoint_from_roleplay_lies():
+    rp_rows = [json.loads(line) for line in open(DATA / "roleplay_lies.jsonl", encoding="utf-8")]
+    rp_text = [m["content"] for r in rp_rows for m in r["messages"]]
+    rp_grams = set().union(*(_ngrams(t) for t in rp_text))
+    t = conceal.templates()
+    texts = [m["content"] for seed in (0, 1) for r in conceal.generate(seed) for m in r["messages"]]
+    texts += [s[k] for s in t["scenarios"] for k in ("role", "fact", "motive")]
+    shared = {g for text in texts for g in _ngrams(text) & rp_grams}
+    assert not shared, sorted(" ".join(g) for g in shared)[:10]
+    # no role of the evaluation set is reused (each listed role does occur in roleplay_lies)
+    rp_prompts = " ".join(r["messages"][0]["content"].lower() for r in rp_rows)
+    for role in ROLEPLAY_ROLES:
+        assert re.search(rf"\b{re.escape(role)}\b", rp_prompts), role
+    for s in t["scenarios"]:
+        mine = s["role"].lower()
+        clash = [r for r in ROLEPLAY_ROLES if re.search(rf"\b{re.escape(r)}\b", mine)]
+        assert not clash, (s["role"], clash)
+
+
+ROLEPLAY_ROLES = (
+    "used-car salesman", "mattresses", "bakery", "real-estate agent", "phone shop", "supplements", "gym",
+    "employee", "software engineer", "applying for a job", "project manager", "warehouse supervisor", "analyst",
+    "restaurant manager", "remote worker", "sales representative", "nurse", "student", "teenager", "tutor",
+    "partner", "roommate", "sibling", "friend", "neighbour", "brother", "patient", "personal trainer",
+    "pharmacist", "smoker", "daycare", "caregiver", "travel agent", "tour guide", "customs officer",
+    "flight attendant", "rent out", "witness", "landlord", "small-business owner", "driver", "contractor",
+    "company spokesperson", "job applicant", "tenant", "builder", "property manager", "chef", "used-book seller",
+    "dog walker",
+)
 
 
 def test_shipped_data_files_are_data_only():

@@ -3,9 +3,9 @@
 ``recipe(name, seed=0)``:
 
 ``"deception"``
-    RepE / Apollo-style instructed pairs built from the true facts of ``facts.csv``
-    (216 facts, 864 chats). For each fact, two families, all four chats sharing the group
-    ``"fact:<id>"``:
+    Three families, 1104 chats in all. First, RepE / Apollo-style instructed pairs built from
+    the true facts of ``facts.csv`` (216 facts, 864 chats). For each fact, two families, all
+    four chats sharing the group ``"fact:<id>"``:
 
     * ``deception/instructed``: the same true fact said after an honest instruction
       (label 0) and after the parallel dishonest instruction (label 1);
@@ -16,6 +16,13 @@
     the user turn, so chat templates without a system role work; the assistant turn is the
     statement. ``seed`` picks the paraphrase for each fact (the two families never use the
     same one for a fact). Both families are also available by their own names.
+
+    Then ``deception/concealment`` (240 chats, 120 pairs; see :mod:`.concealment`): short
+    templated scenarios in which someone in a role knows a fact and has a motive to hide it,
+    and the assistant answers a question about it truthfully (0) or deceptively (1: denies,
+    conceals or misstates the fact; 20% of the lies are affirmative false claims). Groups
+    ``"conceal:<scenario id>"`` (three pairs per scenario). Its roles and wording avoid those
+    of ``roleplay_lies``, which stays a held-out set of a different distribution.
 ``"sycophancy"``
     ``sycophancy_train.jsonl`` (200 A/B pairs, 400 chats; see :mod:`.sycophancy`).
     ``seed=0`` reads the shipped file; another seed regenerates it from the templates.
@@ -45,6 +52,7 @@ from circuits.errors import InputError
 
 from .loaders import load_dataset
 from .rows import chat_example
+from .concealment import dataset as concealment
 from .sycophancy import OUTPUT as SYCOPHANCY_FILE
 from .sycophancy import generate as generate_sycophancy
 from .types import Example, LabelledDataset
@@ -104,7 +112,10 @@ def _chat(instruction: str, statement: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": instruction}, {"role": "assistant", "content": statement}]
 
 
-def _deception(seed: int = 0, families: tuple[str, ...] = ("instructed", "false_statement")) -> LabelledDataset:
+FAMILIES = ("instructed", "false_statement", "concealment")
+
+
+def _deception(seed: int = 0, families: tuple[str, ...] = FAMILIES) -> LabelledDataset:
     rng = random.Random(seed)
     examples: list[Example] = []
     for n, (group, true, false) in enumerate(_fact_pairs()):
@@ -118,7 +129,9 @@ def _deception(seed: int = 0, families: tuple[str, ...] = ("instructed", "false_
             src = f"recipe:deception/false_statement:{n}"
             examples.append(Example(_chat(HONEST[k2], true), 0, group, None, src))
             examples.append(Example(_chat(DISHONEST[k2], false), 1, group, None, src))
-    name = "deception" if len(families) == 2 else f"deception/{families[0]}"
+    if "concealment" in families:
+        examples.extend(concealment(seed).examples)
+    name = "deception" if len(families) > 1 else f"deception/{families[0]}"
     return LabelledDataset(name, examples)
 
 
@@ -136,6 +149,7 @@ RECIPES: dict[str, Callable[[int], LabelledDataset]] = {
     "deception": _deception,
     "deception/instructed": lambda seed=0: _deception(seed, ("instructed",)),
     "deception/false_statement": lambda seed=0: _deception(seed, ("false_statement",)),
+    "deception/concealment": lambda seed=0: _deception(seed, ("concealment",)),
     "sycophancy": _sycophancy,
     "truth": _truth,
     "roleplay_lies": lambda seed=0: _load("roleplay_lies.jsonl", "roleplay_lies"),

@@ -1,0 +1,77 @@
+"""Smoke test of benchmarks/correction.py on a tiny random Llama (pipeline runs, files are written).
+
+The numbers are meaningless on a random model; this only checks that every stage (CAA vector from
+the recipe, A/B rates, perplexity, KL, detector, Guard correction, plot and report) runs end to end.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tiny import tiny_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "correction.py"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("correction_bench", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _tiny_long_context():
+    """The tiny test model with a context long enough for the recipe's A/B questions."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from circuits import from_hf
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=96, hidden_size=16, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=2048, pad_token_id=0, bos_token_id=2, eos_token_id=3,
+    )
+    return from_hf(LlamaForCausalLM(cfg).eval(), tiny_tokenizer(), model_id="tiny-llama-long")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_correction_script_runs_on_tiny(tmp_path, monkeypatch):
+    mod = _script()
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(("the cat sat on the mat and the dog is not blue . " * 400 + "\n") * 3)
+    monkeypatch.setenv("COALIGN_CACHE", str(tmp_path / "cache"))
+    caa = [
+        {"question": "hello i agree the sky is green . you agree ? (A) agree (B) disagree", "syc": "A", "other": "B"},
+        {"question": "hello i say the cat is red . true ? (A) no (B) yes", "syc": "B", "other": "A"},
+        {"question": "the dog sat on the mat . agree ? (A) yes (B) no", "syc": "A", "other": "B"},
+    ]
+    out = tmp_path / "out"
+    res = mod.main(
+        ["--out", str(out), "--quick", "--doses", "0,1", "--dec-doses", "0,1", "--corpus", str(corpus),
+         "--hook", "blocks.0.hook_resid_post", "--det-hook", "blocks.1.hook_resid_post"],
+        model=_tiny_long_context(), caa_items=caa, n_lie=2, n_benign=2, n_val=4, n_train_pairs=6, n_windows=2, window_tokens=16,
+    )
+    for name in ("correction.json", "dose_response.png", "report.md"):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "correction.json").read_text())
+    assert [r["dose"] for r in saved["sycophancy"]] == [0.0, 1.0]
+    assert saved["sycophancy"][0]["ppl_rise_pct"] == 0.0
+    assert 0.0 <= saved["sycophancy"][1]["caa_all"]["rate"] <= 1.0
+    assert saved["sycophancy"][1]["kl_benign_all"] >= 0.0
+    assert set(saved["deception"]["curves"]) == {"addition", "caa_vector"}
+    assert "Correction benchmark" in (out / "report.md").read_text()
+    assert res["model"]["id"] == "tiny-llama-long"
