@@ -151,6 +151,18 @@ class HookedModel:
         )
 
 
+def _attach_all(attachers: Sequence[Callable[[], Any]]) -> HookHandle:
+    """Run every attacher; if one fails, remove those already attached (all or nothing)."""
+    handles: list[Any] = []
+    try:
+        for attach_one in attachers:
+            handles.append(attach_one())
+    except BaseException:
+        HookHandle(handles).remove()
+        raise
+    return HookHandle(handles)
+
+
 def _stop_hook(layer: int) -> HookFn:
     def fn(act: torch.Tensor, hook: Any) -> None:
         raise StopForward(layer)
@@ -193,14 +205,7 @@ class HFHookedModel(HookedModel):
 
     def add_hooks(self, fwd_hooks: Sequence[tuple[str, HookFn]]) -> HookHandle:
         points = [(self._points.resolve(name), fn) for name, fn in fwd_hooks]  # validate all first
-        handles: list[Any] = []
-        try:
-            for hp, fn in points:
-                handles.append(attach(hp, fn))
-        except BaseException:
-            HookHandle(handles).remove()
-            raise
-        return HookHandle(handles)
+        return _attach_all([lambda hp=hp, fn=fn: attach(hp, fn) for hp, fn in points])
 
     @property
     def device(self) -> torch.device:
@@ -274,16 +279,13 @@ class TLHookedModel(HookedModel):
     def add_hooks(self, fwd_hooks: Sequence[tuple[str, HookFn]]) -> HookHandle:
         for name, _ in fwd_hooks:
             self.check_hook(name)
-        handles: list[Any] = []
-        try:
-            for name, fn in fwd_hooks:
-                hp = self.tl_model.hook_dict[name]
-                hp.add_hook(lambda act, hook, _fn=fn: _fn(act, hook))
-                handles.append(_TLHandle(hp, hp.fwd_hooks[-1]))
-        except BaseException:
-            HookHandle(handles).remove()
-            raise
-        return HookHandle(handles)
+
+        def attach_one(name: str, fn: HookFn) -> _TLHandle:
+            hp = self.tl_model.hook_dict[name]
+            hp.add_hook(lambda act, hook: fn(act, hook))
+            return _TLHandle(hp, hp.fwd_hooks[-1])
+
+        return _attach_all([lambda n=name, f=fn: attach_one(n, f) for name, fn in fwd_hooks])
 
     @property
     def device(self) -> torch.device:

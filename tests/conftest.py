@@ -16,6 +16,17 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("COALIGN_SHARED", REPO.parent / "shared")) / "datasets"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tiny matrices: one intra-op thread avoids OpenMP spin-waits on a busy 2-core machine."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def tiny():
     return tiny_model()

@@ -18,13 +18,6 @@ from test_guard import H0, PROMPTS, Boom, Human, lin, n_hooks, policy, scripted
 from detectors.router import Router
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def read(path):
     return [json.loads(line) for line in open(path)]

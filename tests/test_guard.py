@@ -24,14 +24,6 @@ H0, H1 = "blocks.0.hook_resid_post", "blocks.1.hook_resid_post"
 PROMPTS = ["hello world", "the cat sat on the mat and the dog sat"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matrices: one intra-op thread avoids OpenMP spin-waits on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def n_hooks(model) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.hf_model.modules())
