@@ -24,8 +24,8 @@ from probe.probes import make_probe
 from probe.trainer import split_indices
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "caa"
-HOOKS = [f"blocks.{i}.hook_resid_post" for i in range(10, 28, 2)]
-CANDIDATES = [("conditional", {"n_components": k}) for k in (32, 64, 96)] + [("logistic", {}), ("mass_mean", {})]
+HOOKS = [f"blocks.{i}.hook_resid_post" for i in range(14, 24, 2)]
+CANDIDATES = [("conditional", {"n_components": k}) for k in (64, 96)] + [("logistic", {})]
 
 
 def both_selections(model, ds, cache):

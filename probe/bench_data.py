@@ -220,7 +220,7 @@ def load_bench_data(
 class Suite:
     """A training setup: fit on ``train`` (fit parts), choose the hook on their validation parts,
     evaluate on ``evals`` (whole datasets never trained on) and, if ``heldout``, on the training
-    datasets' test parts (reported as ``<train>[held-out]``); otherwise test parts are trained on."""
+    datasets' test parts (reported as ``<train> (held-out)``); otherwise test parts are trained on."""
 
     name: str
     train: list[str]

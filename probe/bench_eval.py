@@ -97,13 +97,13 @@ class SuiteResult:
 
 def suite_sets(suite: Suite, data: Mapping[str, BenchData], acts: Mapping[str, ActivationSet]):
     """``(fit, val, {target: set})`` of a suite (fit parts of training sets plus their test
-    parts unless the suite reports them as ``<train>[held-out]``)."""
+    parts unless the suite reports them as ``<train> (held-out)``)."""
     fit_parts = (0,) if suite.heldout else (0, 2)
     fit = concat_sets([acts[n].subset(np.concatenate([data[n].parts[k] for k in fit_parts])) for n in suite.train])
     val = concat_sets([acts[n].subset(data[n].parts[1]) for n in suite.train])
     targets: dict[str, ActivationSet] = {}
     if suite.heldout:
-        targets[f"{'+'.join(suite.train)}[held-out]"] = concat_sets([acts[n].subset(data[n].parts[2]) for n in suite.train])
+        targets[f"{'+'.join(suite.train)} (held-out)"] = concat_sets([acts[n].subset(data[n].parts[2]) for n in suite.train])
     for n in suite.evals:
         targets[n] = acts[n]
     return fit, val, targets

@@ -14,7 +14,10 @@ DEFINITIONS = {
         "Each method's hook is the one with the best AUROC on the validation parts of the *training* sets. "
         "The figure is the mean AUROC (label 1 = false statement) over the held-out statement sets, negated "
         "ones included, whose topics are never trained on. Recall/FPR: at the threshold where at most 1% of "
-        "the training sets' validation negatives (true statements) score above it, averaged over the sets."),
+        "the training sets' validation negatives (true statements) score above it, averaged over the sets. "
+        "Caveat: affirmative and negated files share entities (cities / neg_cities) and are split per file, so "
+        "a statement's negation can sit in the fit part with the opposite label; at shallow layers, which "
+        "mostly encode the entities, validation AUROC can then fall below 0.5."),
     "deception_val_auroc": (
         "Probe trained on the fit part of the built-in `deception` recipe (instructed honest/dishonest pairs). "
         "Method and hook: the best validation AUROC. The figure is the AUROC on the held-out test part: fact "
@@ -41,7 +44,7 @@ COMMON = (
 
 
 def slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "_", name.replace("[held-out]", "_heldout")).strip("_")
+    return re.sub(r"[^A-Za-z0-9]+", "_", name.replace(" (held-out)", "_heldout").replace("[held-out]", "_heldout")).strip("_")
 
 
 def _layer(hook: str, i: int) -> int:

@@ -41,8 +41,8 @@ METHODS = ["logistic", "mass_mean", "mass_mean_cov", "lat", "ttpd"]
 QUICK_METHODS = ["logistic", "mass_mean", "ttpd"]
 N_CONTROL, CONTROL_TOKENS = 200, 32
 #: (suite, target) of the naive last-token logistic baselines (DESIGN.md's floor)
-BASELINES = (("baseline", "cities[held-out]"), ("baseline", "neg_cities"),
-             ("baseline_deception", "deception:last[held-out]"), ("baseline_sycophancy", "sycophancy_caa:last"))
+BASELINES = (("baseline", "cities (held-out)"), ("baseline", "neg_cities"),
+             ("baseline_deception", "deception:last (held-out)"), ("baseline_sycophancy", "sycophancy_caa:last"))
 
 
 def default_hooks(model: HookedModel, quick: bool = False) -> list[str]:
@@ -205,7 +205,7 @@ def run_probe_benchmark(
     summary: dict[str, Any] = {
         "table": _table(results),
         "truth_mean_auroc_unseen": _truth_headline(results.get("truth")),
-        "deception_val_auroc": _headline(results.get("deception"), "deception[held-out]"),
+        "deception_val_auroc": _headline(results.get("deception"), "deception (held-out)"),
         "deception_roleplay_auroc": _headline(results.get("deception"), "roleplay_lies"),
         "sycophancy_caa_auroc": _headline(results.get("sycophancy"), "sycophancy_caa"),
         "baseline": {t: _headline(results.get(suite), t) for suite, t in BASELINES},

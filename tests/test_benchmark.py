@@ -118,7 +118,7 @@ def test_outputs_planted_signal_and_matrix(tiny, tmp_path):
     assert m.shape == (12, 12) and np.isfinite(m).all()
     assert m[names.index("cities"), names.index("animal_class")] > 0.95
     assert {r["dataset"] for r in s["table"]} >= {
-        "deception[held-out]", "roleplay_lies", "sycophancy_caa", "neg_cities", "deception:last[held-out]", "sycophancy_caa:last"}
+        "deception (held-out)", "roleplay_lies", "sycophancy_caa", "neg_cities", "deception:last (held-out)", "sycophancy_caa:last"}
     assert all(v is not None and v["method"] == "logistic" for v in s["baseline"].values()) and len(s["baseline"]) == 4
     assert any("not found" in n for n in s["notes"])
     # the truth probes see only the four training sets (their fit + test parts); validation is theirs too
