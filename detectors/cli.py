@@ -16,6 +16,7 @@ from circuits import DEFAULT_MODEL, CoalignError
 
 def print_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     columns = list(columns or (rows[0].keys() if rows else []))
@@ -23,7 +24,7 @@ def print_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[st
     for c in columns:
         table.add_column(c, overflow="fold")
     for r in rows:
-        table.add_row(*[_fmt(r.get(c, "")) for c in columns])
+        table.add_row(*[escape(_fmt(r.get(c, ""))) for c in columns])  # "[held-out]" is text, not markup
     Console(width=max(100, 20 * len(columns))).print(table)
 
 

@@ -19,7 +19,8 @@ DEFINITIONS = {
         "a statement's negation can sit in the fit part with the opposite label; at shallow layers, which "
         "mostly encode the entities, validation AUROC can then fall below 0.5."),
     "deception_val_auroc": (
-        "Probe trained on the fit part of the built-in `deception` recipe (instructed honest/dishonest pairs). "
+        "Probe trained on the fit part of the built-in `deception` recipe (all its families of honest/deceptive "
+        "pairs). "
         "Method and hook: the best validation AUROC. The figure is the AUROC on the held-out test part: fact "
         "groups used neither for fitting nor for choosing the method/layer."),
     "deception_roleplay_auroc": (

@@ -7,7 +7,7 @@ and plots). Suites:
 
 * ``truth``: statement sets (last token), trained on affirmative + negated sets, tested on
   unseen topics; headline ``truth_mean_auroc_unseen`` for TTPD and logistic.
-* ``deception``: built-in instructed pairs (response mean), held-out fact groups and
+* ``deception``: the built-in deception recipe's pairs (response mean), held-out groups and
   ``roleplay_lies``; headlines ``deception_val_auroc``, ``deception_roleplay_auroc``.
 * ``sycophancy``: built-in A/B chats, tested on the CAA sycophancy test set; ``sycophancy_caa_auroc``.
 * ``baseline``, ``baseline_deception``, ``baseline_sycophancy``: DESIGN.md's naive floor, a

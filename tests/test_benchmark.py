@@ -7,8 +7,6 @@ import random
 from pathlib import Path
 
 import numpy as np
-import pytest
-import torch
 
 from probe.bench_data import TRUTH_TEST, TRUTH_TRAIN, cap_rows, contrast_pairs, split_parts
 from probe.bench_eval import pick_hook
@@ -18,15 +16,6 @@ from probe.datasets import Example, LabelledDataset, recipe
 HOOKS = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
 FILLER = "the a cat dog sat on mat sky paris rome france italy one two three four".split()
 ENDINGS = "hello world cat dog mat sky paris rome one two three four five six seven eight nine ten".split()
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """The tiny model's matmuls are far faster on one thread when the cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _statements(rng: random.Random, n: int, planted: bool) -> list[tuple[str, int]]:
