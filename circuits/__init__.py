@@ -4,7 +4,7 @@ Knows nothing about deception or sycophancy: it reads and writes activations at 
 hook names on any local causal LM.
 """
 
-from circuits.capture import SELECTIONS, Activations, capture
+from circuits.capture import SELECTIONS, Activations, capture, capture_selections
 from circuits.errors import ArtifactError, CoalignError, HookNameError, InputError, ModelMismatchError
 from circuits.hooked_model import HFHookedModel, HookedModel, HookHandle, TLHookedModel, as_hooked
 from circuits.inputs import Item
@@ -36,6 +36,7 @@ __all__ = [
     "TLHookedModel",
     "as_hooked",
     "capture",
+    "capture_selections",
     "from_hf",
     "load_model",
 ]

@@ -114,42 +114,67 @@ def capture(
         >>> acts["blocks.12.hook_resid_post"].shape
         (1, 576)
     """
+    return capture_selections(model, items, hooks, [select], batch_size, cache_dir, progress)[select]
+
+
+@torch.inference_mode()
+def capture_selections(
+    model: HookedModel,
+    items: Sequence[Item],
+    hooks: str | Sequence[str],
+    selects: Sequence[str],
+    batch_size: int = 16,
+    cache_dir: str | Path | None = None,
+    progress: bool = False,
+) -> dict[str, Activations]:
+    """Like :func:`capture`, for several token selections from the same forward passes.
+
+    Returns ``{select: Activations}``; e.g. a conditional detector reads ``prompt_last`` and
+    ``response_mean`` of the same items without a second pass.
+    """
     hooks = [hooks] if isinstance(hooks, str) else list(hooks)
+    selects = list(dict.fromkeys(selects))
     if not hooks:
         raise InputError("capture: no hook names given")
-    if select not in SELECTIONS:
-        raise InputError(f"capture: unknown token selection {select!r}; expected one of {', '.join(SELECTIONS)}")
+    for select in selects:
+        if select not in SELECTIONS:
+            raise InputError(f"capture: unknown token selection {select!r}; expected one of {', '.join(SELECTIONS)}")
     if len(items) == 0:
         raise InputError("capture: no items given")
     for h in hooks:
         model.check_hook(h)
     encoded = encode(model.tokenizer, items, model.n_ctx)
     cache = ActivationCache(cache_dir) if cache_dir is not None else None
-    keys = {h: f"{model.fingerprint}|{h}|{select}|{encoded_hash(encoded)}" for h in hooks}
-    found = {h: cache.get(keys[h]) for h in hooks} if cache else {}
-    todo = [h for h in hooks if found.get(h) is None]
-    result = {h: found[h] for h in hooks if found.get(h) is not None}
+    data_hash = encoded_hash(encoded)
+    keys = {(h, s): f"{model.fingerprint}|{h}|{s}|{data_hash}" for h in hooks for s in selects}
+    result = {k: cache.get(key) for k, key in keys.items()} if cache else {k: None for k in keys}
+    todo = [k for k, v in result.items() if v is None]
     if todo:
-        computed = _run_capture(model, encoded, todo, select, batch_size, progress)
-        for h, value in computed.items():
-            result[h] = value
+        for k, value in _run_capture(model, encoded, todo, batch_size, progress).items():
+            result[k] = value
             if cache:
-                cache.put(keys[h], *value)
-    index = next(iter(result.values()))[1]
-    return Activations({h: result[h][0] for h in hooks}, index, select)
+                cache.put(keys[k], *value)
+    return {
+        s: Activations({h: result[(h, s)][0] for h in hooks}, result[(hooks[0], s)][1], s)  # type: ignore[index]
+        for s in selects
+    }
 
 
 def _run_capture(
-    model: HookedModel, encoded: list[Encoded], hooks: list[str], select: str, batch_size: int, progress: bool
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    model: HookedModel, encoded: list[Encoded], todo: list[tuple[str, str]], batch_size: int, progress: bool
+) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
+    hooks = list(dict.fromkeys(h for h, _ in todo))
     stop = _stop_layer(model, hooks)
-    per_hook: dict[str, list[tuple[list[int], torch.Tensor]]] = {h: [] for h in hooks}
-    state: dict[str, object] = {}
+    chunks: dict[tuple[str, str], list[tuple[list[int], torch.Tensor]]] = {k: [] for k in todo}
+    state: dict[object, object] = {}
 
     def make_hook(name: str):
+        selects = [s for h, s in todo if h == name]
+
         def fn(act: torch.Tensor, _hook: object) -> None:
-            rows = select_tokens(act, select, state.get("positions"), state.get("mask"))  # type: ignore[arg-type]
-            per_hook[name].append((state["idx"], rows.detach().float().cpu()))  # type: ignore[arg-type]
+            for s in selects:
+                rows = select_tokens(act, s, state.get(("positions", s)), state.get(("mask", s)))  # type: ignore[arg-type]
+                chunks[(name, s)].append((state["idx"], rows.detach().float().cpu()))  # type: ignore[arg-type]
 
         return fn
 
@@ -159,15 +184,17 @@ def _run_capture(
 
         it = tqdm(it, total=(len(encoded) + batch_size - 1) // batch_size, desc="capture", leave=False)
     device = model.device
+    all_selects = list(dict.fromkeys(s for _, s in todo))
     with model.hooks([(h, make_hook(h)) for h in hooks]):
         for idx, ids, mask in it:
             state["idx"] = idx
-            if select in ("last", "prompt_last"):
-                state["positions"] = _positions(encoded, idx, select).to(device)
-            else:
-                state["mask"] = _span_mask(encoded, idx, ids.shape[1], select).to(device)
+            for s in all_selects:
+                if s in ("last", "prompt_last"):
+                    state[("positions", s)] = _positions(encoded, idx, s).to(device)
+                else:
+                    state[("mask", s)] = _span_mask(encoded, idx, ids.shape[1], s).to(device)
             model.forward(ids.to(device), mask.to(device), stop_at_layer=stop)
-    return {h: _assemble(chunks, encoded, select) for h, chunks in per_hook.items()}
+    return {k: _assemble(c, encoded, k[1]) for k, c in chunks.items()}
 
 
 def _assemble(chunks: list[tuple[list[int], torch.Tensor]], encoded: list[Encoded], select: str) -> tuple[np.ndarray, np.ndarray]:

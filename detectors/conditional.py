@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from circuits import HookedModel, capture
+from circuits import HookedModel, capture_selections
 from circuits.errors import ArtifactError
 from circuits.inputs import Item
 from detectors.detector import Detector
@@ -67,9 +67,8 @@ class ConditionalDetector(Detector):
     def score(self, model: HookedModel, items: Sequence[Item], batch_size: int = 16, cache_dir: str | None = None) -> np.ndarray:
         self.check_model(model)
         hook = self.hooks[0]
-        prompt = capture(model, items, hook, select=self.context_select, batch_size=batch_size, cache_dir=cache_dir)
-        response = capture(model, items, hook, select=self.select, batch_size=batch_size, cache_dir=cache_dir)
-        return self.score_pairs(prompt[hook], response[hook])
+        acts = capture_selections(model, items, hook, [self.context_select, self.select], batch_size, cache_dir)
+        return self.score_pairs(acts[self.context_select][hook], acts[self.select][hook])
 
     def config(self) -> dict[str, Any]:
         return super().config() | {"kind": self.kind, "c": self.c, "context_select": self.context_select}

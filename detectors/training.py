@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from circuits import HookedModel
+from circuits import HookedModel, capture_selections
 from circuits.errors import InputError
 from circuits.generation import complete
 from detectors.conditional import ConditionalDetector
@@ -132,6 +132,9 @@ def train_detector(
 
 def _activations(model: HookedModel, dataset: LabelledDataset, hooks: list[str], method: str, capture_kw: dict) -> ActivationSet:
     """Activations for ``method``: the conditional probe reads ``[prompt_last | response]`` side by side."""
+    if method == "conditional":  # one forward pass fills the cache for both selections
+        capture_selections(model, dataset.items, hooks, ["prompt_last", capture_kw["select"]],
+                           cache_dir=capture_kw["cache_dir"], progress=capture_kw["progress"])
     acts = ActivationSet.from_dataset(model, dataset, hooks, **capture_kw)
     if method == "conditional":
         ctx = ActivationSet.from_dataset(model, dataset, hooks, **(capture_kw | {"select": "prompt_last"}))

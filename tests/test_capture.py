@@ -146,3 +146,18 @@ def test_disk_cache_roundtrip_and_corruption(tiny, tmp_path):
         np.testing.assert_allclose(first[hook], healed[hook], atol=1e-6)
     finally:
         handle.remove()
+
+
+def test_several_selections_in_one_pass_match_separate_captures(tiny):
+    from circuits import capture_selections
+
+    calls = []
+    handle = tiny.hf_model.model.layers[0].register_forward_hook(lambda *a: calls.append(1))
+    try:
+        both = capture_selections(tiny, CHATS, "blocks.1.hook_resid_post", ["prompt_last", "response_mean"], batch_size=8)
+        assert len(calls) == 1  # one batch, one forward pass for both selections
+    finally:
+        handle.remove()
+    for select in ("prompt_last", "response_mean"):
+        alone = capture(tiny, CHATS, "blocks.1.hook_resid_post", select=select)
+        np.testing.assert_allclose(both[select]["blocks.1.hook_resid_post"], alone["blocks.1.hook_resid_post"], atol=1e-6)
