@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from circuits import load_model
+from circuits import capture_selections, load_model
 from probe.activation_set import ActivationSet
 from probe.datasets import load_dataset
 from probe.metrics import auroc, bootstrap_auroc_ci, calibration_report, threshold_at_fpr
@@ -29,6 +29,8 @@ CANDIDATES = [("conditional", {"n_components": k}) for k in (64, 96)] + [("logis
 
 
 def both_selections(model, ds, cache):
+    # one forward pass fills the cache for both selections
+    capture_selections(model, ds.items, HOOKS, ["response_mean", "prompt_last"], batch_size=8, cache_dir=cache, progress=True)
     resp = ActivationSet.from_dataset(model, ds, HOOKS, select="response_mean", batch_size=8, cache_dir=cache, progress=True)
     ctx = ActivationSet.from_dataset(model, ds, HOOKS, select="prompt_last", batch_size=8, cache_dir=cache, progress=True)
     return resp, ctx

@@ -189,13 +189,14 @@ def cmd_guard(args: argparse.Namespace) -> int:
         top_p=args.top_p, seed=args.seed, batch_size=args.batch_size, correct=args.correct,
     )
     names = guard.names
-    thr = {r.name: r.monitor for r in guard._res}
     rows = []
     for i, o in enumerate(outs):
-        mx = o.max_scores()
-        cells = [f"{_fmt(mx[n])}{'*' if mx[n] > thr[n] else ''}" for n in names]
+        mx = o.max_scores(policy=True)
+        flagged = {a.detector for a in o.actions if a.kind == "monitor"}
+        cells = [f"{_fmt(mx[n])}{'*' if n in flagged else ''}" for n in names]
         rows.append([str(i), o.finish_reason, o.blocked_by or "-", *cells, _action_summary(o.actions), _clip(o.text, 60)])
-    print(f"model {guard.model.model_id}  policy {guard.policy.source}  (* = above the monitor threshold)")
+    print(f"model {guard.model.model_id}  policy {guard.policy.source}  (max of the statistic the policy acts on; "
+          "* = above the monitor threshold)")
     print(_table(rows, ["#", "finish", "blocked_by", *[f"max {n}" for n in names], "actions", "text"]))
     if args.json:
         payload = {
@@ -284,9 +285,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
             print(flush=True)
         parts = []
         for n in names:
-            s = out.scores[n]
-            mx = float(s.max()) if s.size else float("nan")
-            flag = " FLAG" if mx > thr[n] else ""
+            s = out.policy_scores[n]
+            mx = out.max_scores(policy=True)[n]
+            flag = " FLAG" if any(a.kind == "monitor" and a.detector == n for a in out.actions) else ""
             parts.append(f"{n} max {_fmt(mx)} last {_fmt(float(s[-1]) if s.size else float('nan'))} thr {_fmt(thr[n])}{flag}")
         print("[scores] " + " | ".join(parts), flush=True)
         for a in out.actions:

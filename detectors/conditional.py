@@ -70,6 +70,15 @@ class ConditionalDetector(Detector):
         acts = capture_selections(model, items, hook, [self.context_select, self.select], batch_size, cache_dir)
         return self.score_pairs(acts[self.context_select][hook], acts[self.select][hook])
 
+    def token_scores(self, model: HookedModel, items: Sequence[Item], batch_size: int = 16,
+                     cache_dir: str | None = None) -> list[np.ndarray]:
+        self.check_model(model)
+        hook = self.hooks[0]
+        acts = capture_selections(model, items, hook, [self.context_select, "response_each"], batch_size, cache_dir)
+        ctx, each = acts[self.context_select], acts["response_each"]
+        s = self.score_pairs(ctx[hook][each.index], each[hook])
+        return [s[each.index == i] for i in range(len(items))]
+
     def config(self) -> dict[str, Any]:
         return super().config() | {"kind": self.kind, "c": self.c, "context_select": self.context_select}
 

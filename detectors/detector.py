@@ -24,6 +24,8 @@ from circuits.errors import ArtifactError, InputError
 from circuits.inputs import Item
 from detectors.artifact import library_version, read_artifact, write_artifact
 
+MEAN_SELECTIONS = ("response_mean", "all_mean")
+
 _REQUIRED = {
     "kind": str,
     "behaviour": str,
@@ -53,6 +55,9 @@ class Detector:
         probe_kind: the probe family that produced the weights.
         metrics: evaluation numbers recorded at training time.
         data_hash: hash of the training data.
+        stream_threshold: threshold for the *running mean* of per-token scores during generation
+            (see :meth:`calibrate_stream`); None if the detector was not stream-calibrated.
+        stream_warmup: tokens the running mean must cover before it may trigger an action.
     """
 
     behaviour: str
@@ -70,6 +75,8 @@ class Detector:
     data_hash: str = ""
     name: str = ""
     created: float = field(default_factory=time.time)
+    stream_threshold: float | None = None
+    stream_warmup: int = 1
 
     kind = "linear_detector"  # class attribute (not a field): the artifact's ``kind``
 
@@ -84,6 +91,11 @@ class Detector:
             )
         self.name = self.name or self.behaviour
         self.bias, self.threshold, self.fpr = float(self.bias), float(self.threshold), float(self.fpr)
+        if self.stream_threshold is not None:
+            self.stream_threshold = float(self.stream_threshold)
+        self.stream_warmup = int(self.stream_warmup)
+        if self.stream_warmup < 1:
+            raise InputError(f"stream_warmup must be >= 1, got {self.stream_warmup}")
         self._cast: dict[tuple[torch.device, torch.dtype], Tensor] = {}
 
     # --- identity -----------------------------------------------------------------------
@@ -151,6 +163,42 @@ class Detector:
     def flag(self, scores: np.ndarray) -> np.ndarray:
         return np.asarray(scores) > self.threshold
 
+    @property
+    def streams_mean(self) -> bool:
+        """Whether a Guard should act on the running mean of token scores (the statistic this
+        detector was calibrated on) rather than on each token's own score."""
+        return self.stream_threshold is not None and self.select in MEAN_SELECTIONS
+
+    def token_scores(self, model: HookedModel, items: Sequence[Item], batch_size: int = 16,
+                     cache_dir: str | None = None) -> list[np.ndarray]:
+        """Per-token scores over each item's response (what the Guard computes while generating)."""
+        self.check_model(model)
+        acts = capture(model, items, self.hooks, select="response_each", batch_size=batch_size, cache_dir=cache_dir)
+        s = self.score_arrays(acts.acts)
+        return [s[acts.index == i] for i in range(len(items))]
+
+    def calibrate_stream(self, model: HookedModel, control: Sequence[Item], warmup: int = 4,
+                         batch_size: int = 16, cache_dir: str | None = None) -> float:
+        """Set ``stream_threshold`` so that at most ``fpr`` of the ``control`` responses (benign
+        chats with the model's own answers) would ever trigger while being generated.
+
+        The item threshold is calibrated on the mean over a whole response; while generating, the
+        Guard only has the mean so far, which swings more over the first tokens. The statistic
+        calibrated here is the peak of that running mean from token ``warmup`` on.
+        """
+        from probe.metrics import running_mean_peak, threshold_at_fpr
+
+        if self.select not in MEAN_SELECTIONS:
+            raise InputError(f"stream calibration applies to mean selections {MEAN_SELECTIONS}, not {self.select!r}")
+        per_item = self.token_scores(model, control, batch_size=batch_size, cache_dir=cache_dir)
+        peaks = np.array([running_mean_peak(s, warmup) for s in per_item if len(s)])
+        if len(peaks) == 0:
+            raise InputError("stream calibration needs control items with a non-empty response")
+        self.stream_threshold = float(threshold_at_fpr(peaks, self.fpr))
+        self.stream_warmup = int(warmup)
+        self.metrics["stream_control_fpr"] = float(np.mean(peaks > self.stream_threshold))
+        return self.stream_threshold
+
     # --- persistence ----------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
         return {
@@ -169,6 +217,8 @@ class Detector:
             "metrics": self.metrics,
             "data_hash": self.data_hash,
             "created": self.created,
+            "stream_threshold": self.stream_threshold,
+            "stream_warmup": self.stream_warmup,
             "library_version": library_version(),
             "detector_id": self.id,
         }
@@ -197,6 +247,8 @@ class Detector:
             raise ArtifactError(f"{path}/weights.safetensors: missing tensor 'weight'")
         if "bias" not in cfg or not isinstance(cfg["bias"], (int, float)):
             raise ArtifactError(f"{path}/config.json: missing or non-numeric field 'bias'")
+        if not isinstance(cfg.get("stream_threshold"), (int, float, type(None))) or not isinstance(cfg.get("stream_warmup", 1), int):
+            raise ArtifactError(f"{path}/config.json: 'stream_threshold' must be a number or null and 'stream_warmup' an integer")
         try:
             det = registry[cfg["kind"]]._from_artifact(
                 tensors, cfg,
@@ -205,6 +257,7 @@ class Detector:
                 model_fingerprint=cfg["model_fingerprint"], d_model=cfg["d_model"],
                 probe_kind=cfg.get("probe_kind", "unknown"), metrics=cfg.get("metrics", {}),
                 data_hash=cfg.get("data_hash", ""), name=cfg.get("name", ""), created=cfg.get("created", 0.0),
+                stream_threshold=cfg.get("stream_threshold"), stream_warmup=cfg.get("stream_warmup", 1),
             )
         except (InputError, ArtifactError) as e:
             raise ArtifactError(f"{path}: {e}") from e

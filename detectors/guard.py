@@ -34,6 +34,17 @@ emitted: a blocked row never shows the token that tripped the block, and a corre
 at step ``t`` steers from token ``t + 1`` on. A blocked row's scores have one entry more than its
 tokens (the step that blocked it).
 
+**What the policy acts on.** A detector calibrated on the mean over a response
+(``select="response_mean"``, the default for chats) and stream-calibrated at training
+(``Detector.stream_threshold``) is judged by the **running mean** of its token scores since the
+response began (or since a correction for it started), from token ``stream_warmup`` on, against
+``stream_threshold``: the threshold at which at most ``fpr`` of benign control responses would ever
+trigger while being generated. Single token scores swing far more than a response mean, so
+comparing them with the item-level threshold would flag most benign generations. Other detectors
+(last-token or max selections, hand-made ones, ``Guard(scoring="token")``) are judged token by
+token against ``threshold``. ``out.scores`` always holds the raw token scores and
+``out.policy_scores`` the statistic the policy saw.
+
 **Decoding.** A small greedy/sampling loop over ``hf_model(...)`` with the KV cache, left padding
 and position ids from the attention mask, exactly as ``transformers``' ``generate`` feeds the
 model (greedy outputs are token-identical to ``hf_model.generate``; see the tests). A check of
@@ -150,6 +161,8 @@ class GuardOutput:
         token_ids: generated token ids (up to and including EOS, excluding a blocked step).
         scores: ``{detector name: float32 array [n_steps]}``; ``scores[name][t]`` is read while
             producing token ``t`` (see the module docstring).
+        policy_scores: the statistic the policy compared with its tiers at each step (the running
+            mean for stream-calibrated detectors, else the token score; NaN before a step ran).
         actions: everything the Guard did, in token order.
         decisions: human decisions on escalations.
         blocked, blocked_by: whether a block ended the row, and which detector (None for a
@@ -164,6 +177,7 @@ class GuardOutput:
     generated_text: str
     token_ids: list[int]
     scores: dict[str, np.ndarray]
+    policy_scores: dict[str, np.ndarray]
     actions: list[Action]
     decisions: list[HumanDecision]
     blocked: bool
@@ -173,8 +187,10 @@ class GuardOutput:
     prompt_tokens: int
     errors: list[dict[str, Any]]
 
-    def max_scores(self) -> dict[str, float]:
-        return {k: (float(np.nanmax(v)) if v.size and np.isfinite(v).any() else float("nan")) for k, v in self.scores.items()}
+    def max_scores(self, policy: bool = False) -> dict[str, float]:
+        """Per detector, the largest token score (``policy=True``: of the statistic the policy acted on)."""
+        src = self.policy_scores if policy else self.scores
+        return {k: (float(np.nanmax(v)) if v.size and np.isfinite(v).any() else float("nan")) for k, v in src.items()}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -182,6 +198,7 @@ class GuardOutput:
             "generated_text": self.generated_text,
             "token_ids": self.token_ids,
             "scores": {k: [None if not math.isfinite(x) else float(x) for x in v.tolist()] for k, v in self.scores.items()},
+            "policy_scores": {k: [None if not math.isfinite(x) else float(x) for x in v.tolist()] for k, v in self.policy_scores.items()},
             "actions": [a.to_dict() for a in self.actions],
             "decisions": [d.to_dict() for d in self.decisions],
             "blocked": self.blocked,
@@ -205,6 +222,7 @@ class TokenEvent:
     actions: list[Action]
     done: bool = False
     output: GuardOutput | None = None
+    policy_scores: dict[str, float] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------
@@ -259,6 +277,10 @@ class _Run:
         device = guard.model.device
         self.steps = gen.max_new_tokens
         self.buf = guard._scorer.bias.to(device).expand(self.steps, self.B, -1).clone()
+        self.stat = torch.full_like(self.buf, float("nan"))  # what the policy compared, per step
+        n_det = len(guard.detectors)
+        self.cum = torch.zeros(self.B, n_det, device=device)
+        self.cnt = torch.zeros(self.B, n_det, device=device)
         self.t = 0
         self.n_steps = 0
         self.in_fwd = False
@@ -397,6 +419,9 @@ class Guard:
         chat: ``"auto"`` wraps plain-string prompts as a user message when the tokenizer has a chat
             template; ``True`` always, ``False`` never (strings are raw text).
         batch_size: default prompts per batch in :meth:`generate`.
+        scoring: ``"calibrated"`` (default): stream-calibrated mean detectors are judged by the
+            running mean of their token scores, the others token by token (see the module
+            docstring); ``"token"``: every detector token by token against its item threshold.
 
     Usable as a wrapper (``guard.generate(...)``, ``guard(...)``) or a context manager
     (``with Guard(...) as guard:``; on exit any stream still open is closed, which removes its
@@ -414,6 +439,7 @@ class Guard:
         strict: bool = True,
         chat: bool | str = "auto",
         batch_size: int = 8,
+        scoring: str = "calibrated",
     ) -> None:
         if not isinstance(model, HFHookedModel):
             raise InputError(
@@ -452,7 +478,15 @@ class Guard:
             eos_ids.add(int(model.tokenizer.eos_token_id))
         self._eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=model.device)
         self._pad = pad_id(model.tokenizer)
-        self._thresholds = {n: float(d.threshold) for n, d in zip(self.names, self.detectors)}
+        if scoring not in ("calibrated", "token"):
+            raise InputError(f"scoring must be 'calibrated' or 'token', got {scoring!r}")
+        self.scoring = scoring
+        mean = [scoring == "calibrated" and bool(getattr(d, "streams_mean", False)) for d in self.detectors]
+        self._mean = torch.tensor(mean, dtype=torch.bool, device=model.device)
+        self._warmup = torch.tensor([float(d.stream_warmup) if m else 1.0 for d, m in zip(self.detectors, mean)],
+                                    device=model.device)
+        # the number "threshold" means in the policy: the calibration of the statistic acted on
+        self._thresholds = {n: float(d.stream_threshold if m else d.threshold) for n, d, m in zip(self.names, self.detectors, mean)}
         self._streams: "weakref.WeakSet[Any]" = weakref.WeakSet()
         if policy is None:
             policy = Policy.default()
@@ -469,12 +503,14 @@ class Guard:
                 "behaviour": getattr(d, "behaviour", n),
                 "id": getattr(d, "id", None),
                 "threshold": float(d.threshold),
+                "policy_threshold": self._thresholds[n],
+                "policy_statistic": "running_mean" if bool(self._mean[j]) else "token",
                 "hooks": list(d.hooks),
                 "probe_kind": getattr(d, "probe_kind", type(d).__name__),
                 "created": getattr(d, "created", None),
                 "model_id": getattr(d, "model_id", None),
             }
-            for n, d in zip(self.names, self.detectors)
+            for j, (n, d) in enumerate(zip(self.names, self.detectors))
         ]
 
     # -- policy ---------------------------------------------------------------------------------
@@ -499,7 +535,7 @@ class Guard:
             raise PolicyError(f"red line(s) {', '.join(map(repr, missing))} have no detector in this Guard (detectors: {', '.join(self.names)})")
         res = []
         for name, det in zip(self.names, self.detectors):
-            r = policy.resolve(name, float(det.threshold))
+            r = policy.resolve(name, self._thresholds[name])
             if name in self._locked:  # belt and braces: a red line's block never rises above where it started
                 r = Resolved(**{**r.__dict__, "block": min(r.block, self._locked[name]), "red_line": True})
             if math.isfinite(r.correct) or math.isfinite(r.escalate):
@@ -602,14 +638,15 @@ class Guard:
                 acts = run.actions[0][n_actions:]
                 n_actions = len(run.actions[0])
                 scores = dict(zip(self.names, run.buf[t, 0].tolist()))
+                pol = dict(zip(self.names, run.stat[t, 0].tolist()))
                 if run.blocked_at[0] == t:
-                    yield TokenEvent(t, None, "", scores, acts)
+                    yield TokenEvent(t, None, "", scores, acts, policy_scores=pol)
                     continue
                 tid = int(run.tokens[t][0])
                 ids = [int(x[0]) for x in run.tokens[: t + 1]]
                 new = tok.decode(ids, skip_special_tokens=True)
                 piece, text = new[len(text):], new
-                yield TokenEvent(t, tid, piece, scores, acts)
+                yield TokenEvent(t, tid, piece, scores, acts, policy_scores=pol)
         finally:
             steps.close()
         out = run.outputs[0]
@@ -770,12 +807,16 @@ class Guard:
 
     # -- the policy, per step -------------------------------------------------------------------
     def _decide(self, run: _Run, t: int) -> None:
-        s = run.buf[t]
+        raw = run.buf[t]
         if self._scorer.custom:
-            self._score_custom(run, t, s)
+            self._score_custom(run, t, raw)
         if run.pending:
             self._handle_errors(run, t)
-        hit = ~(s <= run.thr_act) & run.active.unsqueeze(-1) & run.det_live
+        run.cum.add_(raw)
+        run.cnt.add_(1.0)
+        s = run.stat[t]
+        torch.where(self._mean, run.cum / run.cnt, raw, out=s)
+        hit = ~(s <= run.thr_act) & (run.cnt >= self._warmup) & run.active.unsqueeze(-1) & run.det_live
         if not bool(hit.any()):
             return
         rows, dets = hit.nonzero(as_tuple=True)
@@ -891,6 +932,8 @@ class Guard:
             det = self.detectors[j]
             route = self.router.route(det, res)
             self._corrector(run, route, det).set_row(b, 1.0)
+            run.cum[b, j] = 0.0  # re-score the corrected continuation on its own
+            run.cnt[b, j] = 0.0
             run.corrected[key] = route
             run.run_start[key] = run.last_hit[key] = t
             run.actions[b].append(Action(t, "correct", self.names[j], x, route.to_dict()))
@@ -962,6 +1005,7 @@ class Guard:
         n = run.n_steps
         toks = torch.stack(run.tokens).cpu().numpy() if run.tokens else np.zeros((0, run.B), dtype=np.int64)
         buf = run.buf[:n].detach().cpu().numpy() if n else np.zeros((0, run.B, len(self.names)), dtype=np.float32)
+        stat = run.stat[:n].detach().cpu().numpy() if n else buf
         eos = set(self._eos_list())
         tok = self.model.tokenizer
         for b, p in enumerate(run.prompts):
@@ -979,7 +1023,8 @@ class Guard:
                 reason = "error"
             n_sc = min(n_sc, n)
             scores = {name: buf[:n_sc, b, j].copy() for j, name in enumerate(self.names)}
-            actions = self._monitor_actions(run, scores) + run.actions[b]
+            policy_scores = {name: stat[:n_sc, b, j].copy() for j, name in enumerate(self.names)}
+            actions = self._monitor_actions(run, policy_scores) + run.actions[b]
             actions.sort(key=lambda a: a.token)
             generated = tok.decode(ids, skip_special_tokens=True)
             blocked = run.blocked_at[b] is not None
@@ -993,6 +1038,7 @@ class Guard:
                 generated_text=generated,
                 token_ids=[int(i) for i in ids],
                 scores=scores,
+                policy_scores=policy_scores,
                 actions=actions,
                 decisions=list(run.decisions[b]),
                 blocked=blocked,
@@ -1013,7 +1059,7 @@ class Guard:
             if not math.isfinite(thr):
                 continue
             s = scores[name]
-            above = np.nan_to_num(s, nan=-np.inf) > thr
+            above = (np.nan_to_num(s, nan=-np.inf) > thr) & (np.arange(len(s)) + 1 >= float(self._warmup[j]))
             rises = np.nonzero(above & ~np.concatenate([[False], above[:-1]]))[0]
             out.extend(Action(int(i), "monitor", name, float(s[i])) for i in rises)
         return out

@@ -16,7 +16,7 @@ from circuits import HookedModel, capture_selections
 from circuits.errors import InputError
 from circuits.generation import complete
 from detectors.conditional import ConditionalDetector
-from detectors.detector import Detector
+from detectors.detector import MEAN_SELECTIONS, Detector
 from probe.activation_set import ActivationSet
 from probe.datasets import LabelledDataset, load_dataset, recipe
 from probe.metrics import calibration_report
@@ -74,6 +74,7 @@ def train_detector(
     cache_dir: str | os.PathLike | None = None,
     progress: bool = False,
     name: str | None = None,
+    stream_warmup: int = 4,
     **probe_params: Any,
 ) -> Detector:
     """Train and calibrate a detector.
@@ -88,6 +89,8 @@ def train_detector(
         fpr: target false-positive rate on the benign control set for the threshold.
         n_control: number of benign control prompts (answered by the model itself).
         test_fraction: held-out share (pairs kept together) for the reported metrics.
+        stream_warmup: for mean selections, the Guard's running mean of token scores is also
+            calibrated on the control set (``stream_threshold``), acting from this token on.
 
     Returns:
         A calibrated :class:`Detector` whose ``metrics`` hold validation and control figures.
@@ -125,9 +128,13 @@ def train_detector(
         data_hash=dataset.content_hash(), name=name or behaviour,
     )
     if method == "conditional":
-        return ConditionalDetector.from_probe(probe, train.X[hook][:, : model.d_model], **common)
-    weight, bias = linear_readout(probe)
-    return Detector(weight=weight.astype(np.float32), bias=bias, **common)
+        det: Detector = ConditionalDetector.from_probe(probe, train.X[hook][:, : model.d_model], **common)
+    else:
+        weight, bias = linear_readout(probe)
+        det = Detector(weight=weight.astype(np.float32), bias=bias, **common)
+    if select in MEAN_SELECTIONS:
+        det.calibrate_stream(model, control.items, warmup=stream_warmup, cache_dir=str(cache / "acts"))
+    return det
 
 
 def _activations(model: HookedModel, dataset: LabelledDataset, hooks: list[str], method: str, capture_kw: dict) -> ActivationSet:

@@ -55,6 +55,18 @@ def fpr_at_threshold(negative_scores, threshold: float) -> float:
     return float((_scores(negative_scores, "negative_scores") > threshold).mean())
 
 
+def running_mean_peak(token_scores, warmup: int = 1) -> float:
+    """Largest running mean of ``token_scores`` from token ``warmup`` on (the whole mean when the
+    sequence is shorter): what a streaming monitor acting on the mean-so-far would peak at."""
+    s = np.asarray(token_scores, dtype=np.float64).reshape(-1)
+    if s.size == 0:
+        raise ValueError("running_mean_peak needs at least one token score")
+    if warmup < 1:
+        raise ValueError(f"warmup must be >= 1, got {warmup}")
+    m = np.cumsum(s) / np.arange(1, s.size + 1)
+    return float(m[min(warmup, s.size) - 1:].max())
+
+
 def threshold_at_fpr(negative_scores, fpr: float = 0.01, confidence: float | None = 0.95) -> float:
     """Threshold from a benign control set such that at most ``fpr`` of controls exceed it.
 
