@@ -1,0 +1,155 @@
+"""What the Guard returns and reports: outputs, actions, human decisions, escalation contexts,
+stream events."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from circuits.errors import CoalignError
+from circuits.inputs import Item
+
+
+class DetectorFailure(CoalignError):
+    """A detector raised (or returned a non-finite score) and the policy says ``on_detector_error = "raise"``."""
+
+
+# --------------------------------------------------------------------------------------------
+# results
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Action:
+    """Something the Guard did. ``token`` is the generated-token index it happened at.
+
+    ``kind``: ``monitor`` (score rose above the monitor tier), ``correct``, ``escalate``,
+    ``block``, ``move_up`` (a correction did not clear the flag within ``patience`` tokens) or
+    ``detector_error``.
+    """
+
+    token: int
+    kind: str
+    detector: str | None
+    score: float | None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"token": self.token, "kind": self.kind, "detector": self.detector, "score": self.score, **({"detail": self.detail} if self.detail else {})}
+
+
+@dataclass
+class HumanDecision:
+    """A decision on an escalation (``by``: ``callback`` or ``default`` when no callback was given)."""
+
+    token: int
+    detector: str
+    score: float
+    decision: str
+    by: str
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class EscalationContext:
+    """What ``on_escalate`` is given.
+
+    Attributes:
+        prompt: the item as passed to ``generate``; ``prompt_text`` the rendered prompt.
+        text: the response generated so far (the flagged token not yet included).
+        detector, behaviour: which detector flagged; ``score`` its score; ``threshold`` the tier's.
+        token_index: index of the token about to be generated.
+        row: batch row.
+        red_line: the detector is a red line (an "allow" will not lift its block tier).
+        reason: ``"tier"`` (score above the escalate tier) or ``"correction_persisted"``.
+    """
+
+    prompt: Item
+    prompt_text: str
+    text: str
+    detector: str
+    behaviour: str
+    score: float
+    threshold: float
+    token_index: int
+    row: int
+    red_line: bool
+    reason: str
+
+
+@dataclass
+class GuardOutput:
+    """The result for one prompt.
+
+    Attributes:
+        text: what to show (the refusal text if the row was blocked).
+        generated_text: what the model generated (up to the block, if blocked).
+        token_ids: generated token ids (up to and including EOS, excluding a blocked step).
+        scores: ``{detector name: float32 array [n_steps]}``; ``scores[name][t]`` is read while
+            producing token ``t`` (see the module docstring).
+        policy_scores: the statistic the policy compared with its tiers at each step (the running
+            mean for stream-calibrated detectors, else the token score; NaN before a step ran).
+        actions: everything the Guard did, in token order.
+        decisions: human decisions on escalations.
+        blocked, blocked_by: whether a block ended the row, and which detector (None for a
+            detector failure with fail-closed).
+        finish_reason: ``eos``, ``length``, ``blocked`` or ``error``.
+        correctors: correctors used on this row (spec, hook, dose, from which token).
+        errors: detector failures seen.
+    """
+
+    prompt: Item
+    text: str
+    generated_text: str
+    token_ids: list[int]
+    scores: dict[str, np.ndarray]
+    policy_scores: dict[str, np.ndarray]
+    actions: list[Action]
+    decisions: list[HumanDecision]
+    blocked: bool
+    blocked_by: str | None
+    finish_reason: str
+    correctors: list[dict[str, Any]]
+    prompt_tokens: int
+    errors: list[dict[str, Any]]
+
+    def max_scores(self, policy: bool = False) -> dict[str, float]:
+        """Per detector, the largest token score (``policy=True``: of the statistic the policy acted on)."""
+        src = self.policy_scores if policy else self.scores
+        return {k: (float(np.nanmax(v)) if v.size and np.isfinite(v).any() else float("nan")) for k, v in src.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "generated_text": self.generated_text,
+            "token_ids": self.token_ids,
+            "scores": {k: [None if not math.isfinite(x) else float(x) for x in v.tolist()] for k, v in self.scores.items()},
+            "policy_scores": {k: [None if not math.isfinite(x) else float(x) for x in v.tolist()] for k, v in self.policy_scores.items()},
+            "actions": [a.to_dict() for a in self.actions],
+            "decisions": [d.to_dict() for d in self.decisions],
+            "blocked": self.blocked,
+            "blocked_by": self.blocked_by,
+            "finish_reason": self.finish_reason,
+            "correctors": self.correctors,
+            "prompt_tokens": self.prompt_tokens,
+            "errors": self.errors,
+        }
+
+
+@dataclass
+class TokenEvent:
+    """One step of :meth:`Guard.stream`: the new token (None if the step was blocked), the new
+    text piece, this step's scores and actions. The last event has ``done=True`` and ``output``."""
+
+    index: int
+    token_id: int | None
+    text: str
+    scores: dict[str, float]
+    actions: list[Action]
+    done: bool = False
+    output: GuardOutput | None = None
+    policy_scores: dict[str, float] = field(default_factory=dict)
