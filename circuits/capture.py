@@ -10,6 +10,9 @@ Token selection is explicit (``select``):
 ``response_each``  every token of the judged span, one row each (see ``Activations.index``)
 ``all_mean``       mean over every token
 ``all_each``       every token, one row each
+``decode_each``    what a Guard reads while generating the response: from the last prompt
+                   token to the last token, one row each (row t predicts response token t;
+                   the last row predicts the end of turn)
 =================  ===================================================================
 
 Rows are padded on the right so real tokens never see padding (causal attention), and the
@@ -31,7 +34,7 @@ from circuits.errors import InputError
 from circuits.hooked_model import HookedModel
 from circuits.inputs import Encoded, Item, batches, encode, encoded_hash, pad_id
 
-SELECTIONS = ("last", "prompt_last", "response_mean", "response_max", "response_each", "all_mean", "all_each")
+SELECTIONS = ("last", "prompt_last", "response_mean", "response_max", "response_each", "all_mean", "all_each", "decode_each")
 
 
 @dataclass
@@ -52,12 +55,19 @@ class Activations:
         return self.acts[hook]
 
 
+def _span_start(e: Encoded, select: str) -> int:
+    if select.startswith("all"):
+        return 0
+    if select == "decode_each":
+        return max(e.prompt_end - 1, 0)
+    return e.span_start
+
+
 def _span_mask(encoded: Sequence[Encoded], idx: list[int], width: int, select: str) -> torch.Tensor:
     mask = torch.zeros(len(idx), width, dtype=torch.bool)
     for r, i in enumerate(idx):
         e = encoded[i]
-        start = 0 if select.startswith("all") else e.span_start
-        mask[r, start : len(e.ids)] = True
+        mask[r, _span_start(e, select) : len(e.ids)] = True
     return mask
 
 
@@ -207,9 +217,7 @@ def _assemble(chunks: list[tuple[list[int], torch.Tensor]], encoded: list[Encode
         return out, np.arange(len(encoded))
     by_item: dict[int, np.ndarray] = {}
     for idx, rows in chunks:
-        counts = [
-            len(encoded[i].ids) - (0 if select.startswith("all") else encoded[i].span_start) for i in idx
-        ]
+        counts = [len(encoded[i].ids) - _span_start(encoded[i], select) for i in idx]
         for i, part in zip(idx, torch.split(rows, counts)):
             by_item[i] = part.numpy()
     order = sorted(by_item)

@@ -74,8 +74,8 @@ class ConditionalDetector(Detector):
                      cache_dir: str | None = None) -> list[np.ndarray]:
         self.check_model(model)
         hook = self.hooks[0]
-        acts = capture_selections(model, items, hook, [self.context_select, "response_each"], batch_size, cache_dir)
-        ctx, each = acts[self.context_select], acts["response_each"]
+        acts = capture_selections(model, items, hook, [self.context_select, "decode_each"], batch_size, cache_dir)
+        ctx, each = acts[self.context_select], acts["decode_each"]
         s = self.score_pairs(ctx[hook][each.index], each[hook])
         return [s[each.index == i] for i in range(len(items))]
 

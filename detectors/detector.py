@@ -171,9 +171,11 @@ class Detector:
 
     def token_scores(self, model: HookedModel, items: Sequence[Item], batch_size: int = 16,
                      cache_dir: str | None = None) -> list[np.ndarray]:
-        """Per-token scores over each item's response (what the Guard computes while generating)."""
+        """Per-token scores of each item's response exactly as a Guard computes them while generating
+        it: step ``t`` reads the position before response token ``t``, and the last step (the one
+        that would emit the end of turn) reads the last response token."""
         self.check_model(model)
-        acts = capture(model, items, self.hooks, select="response_each", batch_size=batch_size, cache_dir=cache_dir)
+        acts = capture(model, items, self.hooks, select="decode_each", batch_size=batch_size, cache_dir=cache_dir)
         s = self.score_arrays(acts.acts)
         return [s[acts.index == i] for i in range(len(items))]
 

@@ -44,7 +44,25 @@ def test_token_scores_average_to_the_item_score(tiny):
     items = chats(9)
     per_token = det.token_scores(tiny, items)
     assert [len(s) > 0 for s in per_token] == [True] * len(items)
-    assert np.allclose([s.mean() for s in per_token], det.score(tiny, items), atol=1e-5)
+    # row 0 is the last prompt token (it predicts the first response token); the rest is the response
+    assert np.allclose([s[1:].mean() for s in per_token], det.score(tiny, items), atol=1e-5)
+
+
+def test_token_scores_read_the_positions_the_guard_reads(tiny):
+    # test_guard checks that Guard step t reads position (prompt length - 1 + t) of a manual
+    # forward; here the offline token scores must read the same positions
+    from circuits.inputs import encode
+
+    det = Detector.from_linear("ab", tiny, [H0, H1], torch.randn(2, 16, generator=torch.Generator().manual_seed(2)), bias=-0.1)
+    items = chats(4, seed=3)
+    per_token = det.token_scores(tiny, items)
+    for item, got in zip(items, per_token):
+        e = encode(tiny.tokenizer, [item], tiny.n_ctx)[0]
+        acts = {}
+        with tiny.hooks([(h, lambda a, hp: acts.__setitem__(hp.name, a[0].detach().clone())) for h in (H0, H1)]):
+            tiny.forward(torch.tensor([list(e.ids)]))
+        pos = torch.arange(e.prompt_end - 1, len(e.ids))
+        assert np.allclose(got, det.score_tensor({h: acts[h][pos] for h in det.hooks}).numpy(), atol=1e-5)
 
 
 def test_calibrate_stream_bounds_the_running_mean_on_controls(tiny):
@@ -122,3 +140,19 @@ def test_monitor_actions_respect_the_warmup(tiny):
     det.stream_threshold, det.stream_warmup = 0.0, 3
     out = Guard(tiny, [det]).generate(PROMPTS[1], max_new_tokens=5, min_new_tokens=5)[0]
     assert [(a.kind, a.token) for a in out.actions] == [("monitor", 2)]
+
+
+def test_conditional_token_scores_average_to_its_item_score(tiny):
+    from detectors.conditional import TENSORS, ConditionalDetector
+
+    g = torch.Generator().manual_seed(3)
+    k, d = 4, 16
+    shapes = {"pca_p": (k, d), "mean_p": (d,), "scale_p": (k,), "W": (k, k), "u": (k,), "pca_r": (k, d), "mean_r": (d,), "scale_r": (k,)}
+    parts = {n: torch.randn(*shapes[n], generator=g) for n in TENSORS}
+    parts["scale_p"], parts["scale_r"] = parts["scale_p"].abs() + 0.5, parts["scale_r"].abs() + 0.5
+    cond = ConditionalDetector.from_linear("cond", tiny, H1, torch.randn(16, generator=g), parts=parts, c=0.2)
+    items = chats(6, seed=4)
+    per_token = cond.token_scores(tiny, items)
+    assert np.allclose([s[1:].mean() for s in per_token], cond.score(tiny, items), atol=1e-5)
+    cond.fpr = 0.1
+    assert cond.calibrate_stream(tiny, items, warmup=2) == cond.stream_threshold
