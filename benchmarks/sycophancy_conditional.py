@@ -5,7 +5,7 @@ pass with ``--data``), chooses the hook and the PCA size on a held-out part of t
 kept together), and only then scores the untouched CAA *test* split, once. Compares with a
 linear probe selected the same way.
 
-Run: python benchmarks/sycophancy_conditional.py [--rows 300] [--cache DIR] [--out FILE]
+Run: python benchmarks/sycophancy_conditional.py [--rows 1000] [--cache DIR] [--out FILE]
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def features(method, resp, ctx, h):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rows", type=int, default=300, help="rows (pairs) of the generate split used")
+    ap.add_argument("--rows", type=int, default=1000, help="rows (pairs) of the generate split used")
     ap.add_argument("--cache", default=str(Path.home() / ".cache" / "coalign" / "acts"))
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
