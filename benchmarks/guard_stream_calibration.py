@@ -41,7 +41,7 @@ def fires(det: Detector, token_scores: np.ndarray) -> dict[str, bool]:
     s = np.asarray(token_scores, dtype=np.float64)
     out = {"token": bool((s > det.threshold).any())}
     if det.stream_threshold is not None:
-        out["running_mean"] = running_mean_peak(s, det.stream_warmup) > det.stream_threshold
+        out["running_mean"] = len(s) - 1 >= det.stream_warmup and running_mean_peak(s[1:], det.stream_warmup) > det.stream_threshold
     return out
 
 

@@ -186,16 +186,19 @@ class Detector:
 
         The item threshold is calibrated on the mean over a whole response; while generating, the
         Guard only has the mean so far, which swings more over the first tokens. The statistic
-        calibrated here is the peak of that running mean from token ``warmup`` on.
+        calibrated here is the peak of that running mean over the response tokens, from token
+        ``warmup`` on.
         """
         from probe.metrics import running_mean_peak, threshold_at_fpr
 
         if self.select not in MEAN_SELECTIONS:
             raise InputError(f"stream calibration applies to mean selections {MEAN_SELECTIONS}, not {self.select!r}")
         per_item = self.token_scores(model, control, batch_size=batch_size, cache_dir=cache_dir)
-        peaks = np.array([running_mean_peak(s, warmup) for s in per_item if len(s)])
+        # row 0 is the last prompt token; the Guard's mean covers the response tokens (rows 1:)
+        # responses shorter than the warm-up are never judged while streaming
+        peaks = np.array([running_mean_peak(s[1:], warmup) for s in per_item if len(s) - 1 >= warmup])
         if len(peaks) == 0:
-            raise InputError("stream calibration needs control items with a non-empty response")
+            raise InputError(f"stream calibration needs control responses of at least {warmup} tokens")
         self.stream_threshold = float(threshold_at_fpr(peaks, self.fpr))
         self.stream_warmup = int(warmup)
         self.metrics["stream_control_fpr"] = float(np.mean(peaks > self.stream_threshold))

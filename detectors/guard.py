@@ -36,8 +36,9 @@ tokens (the step that blocked it).
 
 **What the policy acts on.** A detector calibrated on the mean over a response
 (``select="response_mean"``, the default for chats) and stream-calibrated at training
-(``Detector.stream_threshold``) is judged by the **running mean** of its token scores since the
-response began (or since a correction for it started), from token ``stream_warmup`` on, against
+(``Detector.stream_threshold``) is judged by the **running mean** of its scores over the response
+tokens so far (from step 1: step 0 reads the last prompt token), restarted when a correction for
+it starts, once it covers ``stream_warmup`` tokens (NaN in ``policy_scores`` before), against
 ``stream_threshold``: the threshold at which at most ``fpr`` of benign control responses would ever
 trigger while being generated. Single token scores swing far more than a response mean, so
 comparing them with the item-level threshold would flag most benign generations. Other detectors
@@ -507,11 +508,14 @@ class Guard:
             self._score_custom(run, t, raw)
         if run.pending:
             self._handle_errors(run, t)
-        run.cum.add_(raw)
-        run.cnt.add_(1.0)
+        if t > 0:  # step 0 reads the last prompt token; the mean covers response tokens only
+            run.cum.add_(raw)
+            run.cnt.add_(1.0)
+        ready = ~self._mean | (run.cnt >= self._warmup)
         s = run.stat[t]
-        torch.where(self._mean, run.cum / run.cnt, raw, out=s)
-        hit = ~(s <= run.thr_act) & (run.cnt >= self._warmup) & run.active.unsqueeze(-1) & run.det_live
+        torch.where(self._mean, run.cum / run.cnt.clamp(min=1.0), raw, out=s)
+        s.masked_fill_(~ready, float("nan"))  # no statistic yet (warm-up)
+        hit = ~(s <= run.thr_act) & ready & run.active.unsqueeze(-1) & run.det_live
         if not bool(hit.any()):
             return
         rows, dets = hit.nonzero(as_tuple=True)
@@ -754,7 +758,7 @@ class Guard:
             if not math.isfinite(thr):
                 continue
             s = scores[name]
-            above = (np.nan_to_num(s, nan=-np.inf) > thr) & (np.arange(len(s)) + 1 >= float(self._warmup[j]))
+            above = np.nan_to_num(s, nan=-np.inf) > thr
             rises = np.nonzero(above & ~np.concatenate([[False], above[:-1]]))[0]
             out.extend(Action(int(i), "monitor", name, float(s[i])) for i in rises)
         return out

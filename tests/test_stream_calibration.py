@@ -71,11 +71,12 @@ def test_calibrate_stream_bounds_the_running_mean_on_controls(tiny):
     control = chats(200, seed=1)
     thr = det.calibrate_stream(tiny, control, warmup=3)
     assert det.stream_threshold == thr and det.stream_warmup == 3 and det.streams_mean
-    peaks = np.array([running_mean_peak(s, 3) for s in det.token_scores(tiny, control)])
-    assert np.mean(peaks > thr) <= 0.05
+    per_token = [s for s in det.token_scores(tiny, control) if len(s) - 1 >= 3]
+    peaks = np.array([running_mean_peak(s[1:], 3) for s in per_token])
+    assert len(peaks) >= 150 and np.mean(peaks > thr) <= 0.05
     assert det.metrics["stream_control_fpr"] == pytest.approx(np.mean(peaks > thr))
-    # the peak of a running mean is never below the final mean, so neither is its threshold
-    means = np.array([s.mean() for s in det.token_scores(tiny, control)])
+    # the peak of a running mean is never below the final mean (the item score), so neither is its threshold
+    means = np.array([s[1:].mean() for s in per_token])
     assert thr >= np.quantile(means, 0.95)
 
 
@@ -104,14 +105,16 @@ def _block_policy():
 
 
 def test_guard_acts_on_the_running_mean_after_warmup(tiny):
-    script = [3.0, -1.0, -1.0, -1.0, 6.0, 5.0, 5.0, 5.0]
+    script = [50.0, 3.0, -1.0, -1.0, -1.0, 6.0, 5.0, 5.0, 5.0]
     det = scripted(tiny, "d", lambda t: script[t], threshold=100.0)
     det.stream_threshold, det.stream_warmup = 1.0, 2
-    out = Guard(tiny, [det], policy=_block_policy()).generate(PROMPTS[0], max_new_tokens=8, min_new_tokens=8)[0]
-    # means 3, 1, .33, 0, 1.2: token 0's 3 > 1 is inside the warm-up, step 1's mean is not above 1
-    assert out.blocked and out.actions[-1].kind == "block" and out.actions[-1].token == 4
-    assert np.allclose(out.scores["d"], script[:5])
-    assert np.allclose(out.policy_scores["d"], np.cumsum(script[:5]) / np.arange(1, 6))
+    out = Guard(tiny, [det], policy=_block_policy()).generate(PROMPTS[0], max_new_tokens=9, min_new_tokens=9)[0]
+    # step 0 (last prompt token) is not in the mean; means of steps 1.. are 3, 1, .33, 0, 1.2:
+    # step 1's 3 > 1 is inside the warm-up, step 2's mean is not above 1
+    assert out.blocked and out.actions[-1].kind == "block" and out.actions[-1].token == 5
+    assert np.allclose(out.scores["d"], script[:6])
+    assert np.isnan(out.policy_scores["d"][:2]).all()
+    assert np.allclose(out.policy_scores["d"][2:], (np.cumsum(script[1:6]) / np.arange(1, 6))[1:])
     assert out.actions[-1].score == pytest.approx(1.2)
 
 
@@ -129,17 +132,17 @@ def test_correction_restarts_the_running_mean(tiny):
     det.stream_threshold, det.stream_warmup = 0.0, 1
     pol = Policy.from_dict({"detectors": {"d": {"correct_above": 1.0, "patience": 50, "dose": 1.0}}})
     out = Guard(tiny, [det], policy=pol).generate(PROMPTS[0], max_new_tokens=10, min_new_tokens=10)[0]
-    # running means -1, -1, 0, .5, .8, 1, 1.14 -> corrected at step 6; step 7 is averaged on its own
+    # running means from step 1: -1, .5, 1, 1.25 -> corrected at step 4; step 5 is averaged on its own
     correct = [a for a in out.actions if a.kind == "correct"]
-    assert [a.token for a in correct] == [6]
-    assert out.policy_scores["d"][7] == pytest.approx(2.0)
+    assert [a.token for a in correct] == [4]
+    assert out.policy_scores["d"][5] == pytest.approx(2.0)
 
 
 def test_monitor_actions_respect_the_warmup(tiny):
     det = lin(tiny, "d", H0, bias=10.0)  # every token far above
     det.stream_threshold, det.stream_warmup = 0.0, 3
     out = Guard(tiny, [det]).generate(PROMPTS[1], max_new_tokens=5, min_new_tokens=5)[0]
-    assert [(a.kind, a.token) for a in out.actions] == [("monitor", 2)]
+    assert [(a.kind, a.token) for a in out.actions] == [("monitor", 3)]  # 3 response tokens after step 0
 
 
 def test_conditional_token_scores_average_to_its_item_score(tiny):
