@@ -53,7 +53,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     model = _model(args.model)
     det = Detector.train(
         args.behaviour, model, data=args.data or None, method=args.method, layer=args.layer, fpr=args.fpr,
-        n_control=args.n_control, progress=True,
+        n_control=args.n_control, control=args.control, progress=True,
     )
     det.save(args.out)
     m = det.metrics
@@ -143,10 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True)
     t.add_argument("--model", default=None)
     t.add_argument("--data", nargs="+", default=None, help="statements CSV, A/B JSON(L) or chat JSONL files")
-    t.add_argument("--method", default="logistic", help="logistic | mass_mean | mass_mean_cov | lat | ttpd | ccs")
+    t.add_argument("--method", default="logistic", help="logistic | mass_mean | mass_mean_cov | lat | ttpd | ccs | conditional")
     t.add_argument("--layer", default="auto", help="auto or a hook name such as blocks.12.hook_resid_post")
     t.add_argument("--fpr", type=float, default=0.01)
     t.add_argument("--n-control", type=int, default=200)
+    t.add_argument("--control", nargs="+", default=None,
+                   help="your own benign calibration files (label-0 rows are used) instead of the shipped control chats")
     t.add_argument("--json", default=None)
     t.set_defaults(func=cmd_train)
 

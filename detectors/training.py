@@ -7,6 +7,7 @@ to use for a behaviour and packs the result into a :class:`~detectors.detector.D
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -60,6 +61,29 @@ def control_items(model: HookedModel, n: int, cache_dir: Path, max_new_tokens: i
     return [p + [{"role": "assistant", "content": a or "OK."}] for p, a in zip(prompts, answers)]
 
 
+def control_dataset(
+    model: HookedModel,
+    control: Sequence[str | os.PathLike] | Sequence[Any] | LabelledDataset | None,
+    n_control: int,
+    cache_dir: Path,
+) -> LabelledDataset:
+    """The benign set the threshold is calibrated on: the shipped benign instructions with the
+    model's own answers, or the user's (files in any supported format, a dataset, or chats); from
+    labelled data only the label-0 rows are used."""
+    if control is None:
+        return LabelledDataset("benign_control", _control_examples(control_items(model, n_control, cache_dir / "completions")))
+    if isinstance(control, LabelledDataset):
+        ds = control
+    elif control and all(isinstance(c, (str, os.PathLike)) and Path(c).exists() for c in control):
+        ds = LabelledDataset.concat(*[load_dataset(p) for p in control], name="control")  # type: ignore[arg-type]
+    else:
+        ds = LabelledDataset("control", _control_examples(list(control)))
+    neg = ds.subset(ds.labels == 0, name=f"{ds.name} (label 0)")
+    if len(neg) == 0:
+        raise InputError(f"control set {ds.name!r} has no label-0 (benign) rows to calibrate the threshold on")
+    return neg
+
+
 def train_detector(
     behaviour: str,
     model: HookedModel,
@@ -75,6 +99,7 @@ def train_detector(
     progress: bool = False,
     name: str | None = None,
     stream_warmup: int = 4,
+    control: Sequence[str | os.PathLike] | Sequence[Any] | LabelledDataset | None = None,
     **probe_params: Any,
 ) -> Detector:
     """Train and calibrate a detector.
@@ -88,6 +113,9 @@ def train_detector(
         select: token selection; default depends on the behaviour.
         fpr: target false-positive rate on the benign control set for the threshold.
         n_control: number of benign control prompts (answered by the model itself).
+        control: your own benign set instead (files, a dataset or chats; label-0 rows are used),
+            e.g. in-format negatives when the detector will watch A/B answers. Keep it apart
+            from the training data.
         test_fraction: held-out share (pairs kept together) for the reported metrics.
         stream_warmup: for mean selections, the Guard's running mean of token scores is also
             calibrated on the control set (``stream_threshold``), acting from this token on.
@@ -112,7 +140,7 @@ def train_detector(
     _, hook = result.best
     probe = fit_probe(method, train.X[hook], train.y, train.fit_params(), **probe_params)
 
-    control = LabelledDataset("benign_control", _control_examples(control_items(model, n_control, cache / "completions")))
+    control = control_dataset(model, control, n_control, cache)
     ctrl_scores = probe.decision_function(_activations(model, control, [hook], method, capture_kw).X[hook])
     threshold = calibrate_threshold(ctrl_scores, fpr)
     report = calibration_report(val.y, probe.decision_function(val.X[hook]), threshold)
@@ -133,7 +161,10 @@ def train_detector(
         weight, bias = linear_readout(probe)
         det = Detector(weight=weight.astype(np.float32), bias=bias, **common)
     if select in MEAN_SELECTIONS:
-        det.calibrate_stream(model, control.items, warmup=stream_warmup, cache_dir=str(cache / "acts"))
+        try:
+            det.calibrate_stream(model, control.items, warmup=stream_warmup, cache_dir=str(cache / "acts"))
+        except InputError as e:  # e.g. every control response shorter than the warm-up
+            warnings.warn(f"no stream calibration for {det.name!r} ({e}); a Guard will judge it token by token", RuntimeWarning, stacklevel=2)
     return det
 
 

@@ -139,3 +139,17 @@ def test_conditional_detector_roundtrip_and_readout(tiny, tmp_path):
     assert isinstance(back, ConditionalDetector) and back.id == det.id
     assert all(torch.equal(back.parts[k], det.parts[k]) for k in det.parts) and back.c == det.c
     np.testing.assert_allclose(back.score(tiny, ds.items), det.score(tiny, ds.items), rtol=0, atol=1e-12)
+
+
+def test_train_with_your_own_control_set(tiny, tmp_path):
+    from probe.metrics import threshold_at_fpr
+
+    data = _planted_dataset()
+    control = LabelledDataset("mine", [Example(item=e.item, label=e.label, group=e.group) for e in data.examples[:20]])
+    det = Detector.train("planted", tiny, data=data, control=control, cache_dir=tmp_path)
+    negatives = [e.item for e in control.examples if e.label == 0]
+    assert det.metrics["n_control"] == len(negatives) == 10
+    assert det.threshold == pytest.approx(threshold_at_fpr(det.score(tiny, negatives), 0.01), abs=1e-6)
+    only_pos = LabelledDataset("pos", [e for e in control.examples if e.label == 1])
+    with pytest.raises(InputError, match="no label-0"):
+        Detector.train("planted", tiny, data=data, control=only_pos, cache_dir=tmp_path)

@@ -43,3 +43,6 @@ def test_deception_detector_auroc_floor(smollm2, tmp_path):
     back = Detector.load(tmp_path / "dec", smollm2)
     lies = recipe("roleplay_lies")
     assert auroc(lies.labels, back.score(smollm2, lies.items)) >= 0.7
+    # stream calibration: the Guard's running mean on the control answers stays under it
+    assert back.streams_mean and back.stream_threshold == det.stream_threshold
+    assert det.metrics["stream_control_fpr"] <= 0.01
