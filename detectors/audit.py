@@ -118,15 +118,22 @@ class AuditLog:
             lines = [ln for ln in f if ln.strip()]
         return iter([json.loads(ln) for ln in lines])
 
-    def scores_field(self, scores: Mapping[str, np.ndarray], monitor: Mapping[str, float]) -> dict[str, Any]:
-        """The ``scores`` entry of a record: full per-token lists, or summaries."""
+    def scores_field(self, scores: Mapping[str, np.ndarray], monitor: Mapping[str, float],
+                     policy_scores: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
+        """The ``scores`` entry of a record: full per-token lists (raw token scores, and the
+        statistic the policy compared when given), or summaries of that statistic (the one the
+        monitor thresholds refer to)."""
         if not self.summary:
-            return {"per_token": {name: _round(s) for name, s in scores.items()}}
-        out = {}
-        for name, s in scores.items():
+            out: dict[str, Any] = {"per_token": {name: _round(s) for name, s in scores.items()}}
+            if policy_scores is not None:
+                out["policy_per_token"] = {name: _round(s) for name, s in policy_scores.items()}
+            return out
+        judged = policy_scores if policy_scores is not None else scores
+        summ = {}
+        for name, s in judged.items():
             above = monitor.get(name, math.inf) if self.summary_above == "threshold" else float(self.summary_above)
-            out[name] = score_summary(s, above)
-        return {"summary": out}
+            summ[name] = score_summary(s, above)
+        return {"summary": summ}
 
 
 def build_record(
@@ -143,6 +150,7 @@ def build_record(
     scores: Mapping[str, np.ndarray],
     monitor_thresholds: Mapping[str, float],
     actions: Sequence[Mapping[str, Any]],
+    policy_scores: Mapping[str, np.ndarray] | None = None,
     correctors: Sequence[Mapping[str, Any]],
     decisions: Sequence[Mapping[str, Any]],
     detector_errors: Sequence[Mapping[str, Any]],
@@ -172,7 +180,7 @@ def build_record(
         "finish_reason": finish_reason,
         "blocked": blocked,
         "blocked_by": blocked_by,
-        "scores": log.scores_field(scores, monitor_thresholds),
+        "scores": log.scores_field(scores, monitor_thresholds, policy_scores),
         "actions": list(actions),
         "correctors": list(correctors),
         "human_decisions": list(decisions),

@@ -37,6 +37,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (with --sample)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (with --sample)")
     p.add_argument("--seed", type=int, default=None, help="sampling seed")
+    p.add_argument("--scoring", choices=("calibrated", "token"), default="calibrated",
+                   help="calibrated: running mean for stream-calibrated detectors (default); token: each token vs the item threshold")
     p.add_argument("--model", default=DEFAULT_MODEL, help=argparse.SUPPRESS)
     p.add_argument("--no-strict", action="store_true", help=argparse.SUPPRESS)
 
@@ -122,7 +124,7 @@ def _load_guard(args: argparse.Namespace, on_escalate: Any = None) -> Any:
     strict = not args.no_strict
     dets = [Detector.load(d, model, strict=strict) for d in args.detector]
     policy = Policy.load(args.policy) if args.policy else None
-    return Guard(model, dets, policy=policy, on_escalate=on_escalate, audit=args.audit, strict=strict)
+    return Guard(model, dets, policy=policy, on_escalate=on_escalate, audit=args.audit, strict=strict, scoring=args.scoring)
 
 
 def _read_prompts(path: str) -> list[Any]:

@@ -779,6 +779,7 @@ class Guard:
                     settings={**run.gen.to_dict(), "batch_size": run.B},
                     row=b,
                     scores=o.scores,
+                    policy_scores=o.policy_scores,
                     monitor_thresholds=monitor,
                     actions=[a.to_dict() for a in o.actions],
                     correctors=o.correctors,

@@ -119,3 +119,18 @@ def test_records_append_and_read_back(tiny, tmp_path):
     guard.generate(PROMPTS[0], max_new_tokens=2)
     assert len(list(log.records())) == 3
     assert list(AuditLog(tmp_path / "none.jsonl").records()) == []
+
+
+def test_audit_records_the_statistic_the_policy_compared(tiny, tmp_path):
+    script = [9.0, 3.0, -1.0, 2.0, 4.0, 0.0]
+    det = scripted(tiny, "s", lambda t: script[t], threshold=100.0)
+    det.stream_threshold, det.stream_warmup = 1.5, 2
+    Guard(tiny, [det], audit=AuditLog(tmp_path / "full.jsonl")).generate("hello world", max_new_tokens=6, min_new_tokens=6)
+    rec = read(tmp_path / "full.jsonl")[0]
+    means = [None, None, 1.0, 4 / 3, 2.0, 1.6]  # response tokens from step 1; warm-up 2
+    assert rec["scores"]["per_token"]["s"] == script
+    assert [None if v is None else round(v, 4) for v in rec["scores"]["policy_per_token"]["s"]] == [None if v is None else round(v, 4) for v in means]
+    det.calls = 0  # the scripted detector counts its steps
+    Guard(tiny, [det], audit=AuditLog(tmp_path / "summary.jsonl", summary=True)).generate("hello world", max_new_tokens=6, min_new_tokens=6)
+    summ = read(tmp_path / "summary.jsonl")[0]["scores"]["summary"]["s"]
+    assert summ["above_threshold"] == 1.5 and summ["above"] == [[4, 2.0], [5, 1.6]] and summ["n_nan"] == 2
