@@ -14,7 +14,9 @@ highest tier the score is above:
 
 Thresholds are absolute numbers or relative to the detector's calibrated threshold:
 ``"threshold"``, ``"threshold + 1.5"``, ``"threshold - 0.5"``, ``"threshold * 2"``; ``"off"``
-(or ``false``) removes a tier.
+(or ``false``) removes a tier. In a Guard, ``"threshold"`` is the calibration of the statistic
+the policy compares: ``Detector.stream_threshold`` for stream-calibrated mean detectors (whose
+running mean is compared), else ``Detector.threshold`` (see :mod:`detectors.guard`).
 
 **Red lines** (``red_lines = ["deception"]``) are detectors whose ``block`` tier can never be
 relaxed: :meth:`Policy.update`, :meth:`Policy.merge`, loading a later file through
