@@ -43,7 +43,7 @@ def fires(det: Detector, token_scores: np.ndarray, warmup: int, stream_threshold
     """Whether each rule would fire on one response's guard token scores (step 0 = last prompt token)."""
     s = np.asarray(token_scores, dtype=np.float64)
     return {"token": bool((s > det.threshold).any()),
-            "running_mean": len(s) - 1 >= warmup and running_mean_peak(s[1:], warmup) > stream_threshold}
+            "running_mean": len(s) > 1 and running_mean_peak(s[1:], warmup) > stream_threshold}
 
 
 def rates(flags: list[dict[str, bool]]) -> dict[str, float]:

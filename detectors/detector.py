@@ -195,10 +195,10 @@ class Detector:
             raise InputError(f"stream calibration applies to mean selections {MEAN_SELECTIONS}, not {self.select!r}")
         per_item = self.token_scores(model, control, batch_size=batch_size, cache_dir=cache_dir)
         # row 0 is the last prompt token; the Guard's mean covers the response tokens (rows 1:)
-        # responses shorter than the warm-up are never judged while streaming
-        peaks = np.array([running_mean_peak(s[1:], warmup) for s in per_item if len(s) - 1 >= warmup])
+        # a response shorter than the warm-up is judged once, on its whole mean (as the Guard does)
+        peaks = np.array([running_mean_peak(s[1:], warmup) for s in per_item if len(s) > 1])
         if len(peaks) == 0:
-            raise InputError(f"stream calibration needs control responses of at least {warmup} tokens")
+            raise InputError("stream calibration needs control items with a non-empty response")
         self.stream_threshold = float(threshold_at_fpr(peaks, self.fpr))
         self.stream_warmup = int(warmup)
         self.metrics["stream_control_fpr"] = float(np.mean(peaks > self.stream_threshold))

@@ -38,7 +38,8 @@ tokens (the step that blocked it).
 (``select="response_mean"``, the default for chats) and stream-calibrated at training
 (``Detector.stream_threshold``) is judged by the **running mean** of its scores over the response
 tokens so far (from step 1: step 0 reads the last prompt token), restarted when a correction for
-it starts, once it covers ``stream_warmup`` tokens (NaN in ``policy_scores`` before), against
+it starts, once it covers ``stream_warmup`` tokens (NaN in ``policy_scores`` before; a response
+that ends sooner is judged on its whole mean before its end-of-turn token is emitted), against
 ``stream_threshold``: the threshold at which at most ``fpr`` of benign control responses would ever
 trigger while being generated. Single token scores swing far more than a response mean, so
 comparing them with the item-level threshold would flag most benign generations. Other detectors
@@ -179,6 +180,7 @@ class Guard:
         self.scoring = scoring
         mean = [scoring == "calibrated" and bool(getattr(d, "streams_mean", False)) for d in self.detectors]
         self._mean = torch.tensor(mean, dtype=torch.bool, device=model.device)
+        self._mean_any = any(mean)
         self._warmup = torch.tensor([float(d.stream_warmup) if m else 1.0 for d, m in zip(self.detectors, mean)],
                                     device=model.device)
         # the number "threshold" means in the policy: the calibration of the statistic acted on
@@ -442,6 +444,8 @@ class Guard:
                         logits[:, self._eos] = float("-inf")
                     self._decide(run, t)
                     nxt = self._select(logits, run)
+                    if self._mean_any and t > 0:
+                        self._judge_short(run, t, nxt)
                     nxt = torch.where(run.active, nxt, torch.full_like(nxt, self._pad))
                     run.tokens.append(nxt)
                     run.n_steps = t + 1
@@ -530,6 +534,20 @@ class Guard:
                 self._handle_errors(run, t)
                 continue
             self._act(run, b, j, x, t)
+
+    def _judge_short(self, run: _Run, t: int, nxt: Tensor) -> None:
+        """A response ending inside the warm-up is judged once, on its whole mean, before its
+        end-of-turn token is emitted (stream calibration counts such responses the same way)."""
+        ending = torch.isin(nxt, self._eos) & run.active
+        cand = ending.unsqueeze(-1) & self._mean & (run.cnt > 0) & (run.cnt < self._warmup) & run.det_live
+        if not bool(cand.any()):
+            return
+        s = run.stat[t]
+        s[cand] = (run.cum / run.cnt.clamp(min=1.0))[cand]
+        hit = cand & ~(s <= run.thr_act)
+        for b, j in zip(*(x.tolist() for x in hit.nonzero(as_tuple=True))):
+            if run.active_py[b]:
+                self._act(run, b, j, float(s[b, j]), t)
 
     def _score_custom(self, run: _Run, t: int, s: Tensor) -> None:
         for j in self._scorer.custom:

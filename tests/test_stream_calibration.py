@@ -71,9 +71,9 @@ def test_calibrate_stream_bounds_the_running_mean_on_controls(tiny):
     control = chats(200, seed=1)
     thr = det.calibrate_stream(tiny, control, warmup=3)
     assert det.stream_threshold == thr and det.stream_warmup == 3 and det.streams_mean
-    per_token = [s for s in det.token_scores(tiny, control) if len(s) - 1 >= 3]
+    per_token = det.token_scores(tiny, control)
     peaks = np.array([running_mean_peak(s[1:], 3) for s in per_token])
-    assert len(peaks) >= 150 and np.mean(peaks > thr) <= 0.05
+    assert len(peaks) == 200 and np.mean(peaks > thr) <= 0.05
     assert det.metrics["stream_control_fpr"] == pytest.approx(np.mean(peaks > thr))
     # the peak of a running mean is never below the final mean (the item score), so neither is its threshold
     means = np.array([s[1:].mean() for s in per_token])
@@ -159,3 +159,22 @@ def test_conditional_token_scores_average_to_its_item_score(tiny):
     assert np.allclose([s[1:].mean() for s in per_token], cond.score(tiny, items), atol=1e-5)
     cond.fpr = 0.1
     assert cond.calibrate_stream(tiny, items, warmup=2) == cond.stream_threshold
+
+
+def test_a_response_ending_inside_the_warmup_is_judged_on_its_mean(tiny):
+    det = scripted(tiny, "d", lambda t: [0.0, 5.0, 1.0, 0.0, 0.0, 0.0][t], threshold=100.0)
+    det.stream_threshold, det.stream_warmup = 2.5, 4
+    guard = Guard(tiny, [det], policy=_block_policy())
+    eos = int(guard._eos[0])
+    select = guard._select
+    guard._select = lambda logits, run: torch.full_like(select(logits, run), eos) if run.t == 2 else select(logits, run)
+    out = guard.generate(PROMPTS[0], max_new_tokens=6)[0]
+    # two response tokens (steps 1, 2), mean 3 > 2.5: blocked before the end-of-turn token
+    assert out.blocked and [(a.kind, a.token) for a in out.actions if a.kind == "block"] == [("block", 2)]
+    assert out.policy_scores["d"][2] == pytest.approx(3.0) and len(out.token_ids) == 2
+    det.calls = 0
+    det.stream_threshold = 3.5  # thresholds are read when a Guard is built
+    guard = Guard(tiny, [det], policy=_block_policy())
+    guard._select = lambda logits, run: torch.full_like(select(logits, run), eos) if run.t == 2 else select(logits, run)
+    out = guard.generate(PROMPTS[0], max_new_tokens=6)[0]
+    assert not out.blocked and out.finish_reason == "eos" and out.token_ids[-1] == eos
