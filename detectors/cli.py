@@ -54,6 +54,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     det = Detector.train(
         args.behaviour, model, data=args.data or None, method=args.method, layer=args.layer, fpr=args.fpr,
         n_control=args.n_control, control=args.control, progress=True,
+        confidence=None if args.confidence <= 0 else args.confidence,
     )
     det.save(args.out)
     m = det.metrics
@@ -147,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--layer", default="auto", help="auto or a hook name such as blocks.12.hook_resid_post")
     t.add_argument("--fpr", type=float, default=0.01)
     t.add_argument("--n-control", type=int, default=200)
+    t.add_argument("--confidence", type=float, default=0.95,
+                   help="confidence that the control FPR bound holds on fresh data (0: plain empirical quantile)")
     t.add_argument("--control", nargs="+", default=None,
                    help="your own benign calibration files (label-0 rows are used) instead of the shipped control chats")
     t.add_argument("--json", default=None)

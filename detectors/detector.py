@@ -180,7 +180,7 @@ class Detector:
         return [s[acts.index == i] for i in range(len(items))]
 
     def calibrate_stream(self, model: HookedModel, control: Sequence[Item], warmup: int = 4,
-                         batch_size: int = 16, cache_dir: str | None = None) -> float:
+                         batch_size: int = 16, cache_dir: str | None = None, confidence: float | None = 0.95) -> float:
         """Set ``stream_threshold`` so that at most ``fpr`` of the ``control`` responses (benign
         chats with the model's own answers) would ever trigger while being generated.
 
@@ -199,7 +199,7 @@ class Detector:
         peaks = np.array([running_mean_peak(s[1:], warmup) for s in per_item if len(s) > 1])
         if len(peaks) == 0:
             raise InputError("stream calibration needs control items with a non-empty response")
-        self.stream_threshold = float(threshold_at_fpr(peaks, self.fpr))
+        self.stream_threshold = float(threshold_at_fpr(peaks, self.fpr, confidence))
         self.stream_warmup = int(warmup)
         self.metrics["stream_control_fpr"] = float(np.mean(peaks > self.stream_threshold))
         return self.stream_threshold

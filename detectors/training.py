@@ -100,6 +100,7 @@ def train_detector(
     name: str | None = None,
     stream_warmup: int = 4,
     control: Sequence[str | os.PathLike] | Sequence[Any] | LabelledDataset | None = None,
+    confidence: float | None = 0.95,
     **probe_params: Any,
 ) -> Detector:
     """Train and calibrate a detector.
@@ -116,6 +117,9 @@ def train_detector(
         control: your own benign set instead (files, a dataset or chats; label-0 rows are used),
             e.g. in-format negatives when the detector will watch A/B answers. Keep it apart
             from the training data.
+        confidence: the threshold keeps the false-positive rate at most ``fpr`` with this confidence
+            on fresh data (binomial bound; with 200 controls at 1% that is their maximum). None: the
+            plain empirical quantile, which flags more and over-runs ``fpr`` about half the time.
         test_fraction: held-out share (pairs kept together) for the reported metrics.
         stream_warmup: for mean selections, the Guard's running mean of token scores is also
             calibrated on the control set (``stream_threshold``), acting from this token on.
@@ -142,11 +146,12 @@ def train_detector(
 
     control = control_dataset(model, control, n_control, cache)
     ctrl_scores = probe.decision_function(_activations(model, control, [hook], method, capture_kw).X[hook])
-    threshold = calibrate_threshold(ctrl_scores, fpr)
+    threshold = calibrate_threshold(ctrl_scores, fpr, confidence)
     report = calibration_report(val.y, probe.decision_function(val.X[hook]), threshold)
     metrics = {"val_" + k: v for k, v in report.items()} | {
         "control_fpr": float(np.mean(ctrl_scores > threshold)),
         "n_control": len(ctrl_scores),
+        "threshold_confidence": confidence,
         "n_train": len(tr),
         "sweep": result.table(),
     }
@@ -162,7 +167,7 @@ def train_detector(
         det = Detector(weight=weight.astype(np.float32), bias=bias, **common)
     if select in MEAN_SELECTIONS:
         try:
-            det.calibrate_stream(model, control.items, warmup=stream_warmup, cache_dir=str(cache / "acts"))
+            det.calibrate_stream(model, control.items, warmup=stream_warmup, cache_dir=str(cache / "acts"), confidence=confidence)
         except InputError as e:  # e.g. every control response shorter than the warm-up
             warnings.warn(f"no stream calibration for {det.name!r} ({e}); a Guard will judge it token by token", RuntimeWarning, stacklevel=2)
     return det

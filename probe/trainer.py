@@ -73,8 +73,9 @@ def split_indices(y: np.ndarray, groups: np.ndarray | None, test_fraction: float
     return tr, va
 
 
-def calibrate_threshold(control_scores: np.ndarray, fpr: float) -> float:
-    """Threshold above which at most ``fpr`` of the benign control scores fall."""
+def calibrate_threshold(control_scores: np.ndarray, fpr: float, confidence: float | None = 0.95) -> float:
+    """Threshold above which at most ``fpr`` of the benign control scores fall (with ``confidence``
+    for fresh data; None: the plain empirical quantile; see :func:`probe.metrics.threshold_at_fpr`)."""
     if len(control_scores) == 0:
         raise InputError("calibration needs a non-empty benign control set")
-    return float(threshold_at_fpr(np.asarray(control_scores), fpr))
+    return float(threshold_at_fpr(np.asarray(control_scores), fpr, confidence))

@@ -150,6 +150,10 @@ def test_train_with_your_own_control_set(tiny, tmp_path):
     negatives = [e.item for e in control.examples if e.label == 0]
     assert det.metrics["n_control"] == len(negatives) == 10
     assert det.threshold == pytest.approx(threshold_at_fpr(det.score(tiny, negatives), 0.01), abs=1e-6)
+    loose = Detector.train("planted", tiny, data=data, control=control, cache_dir=tmp_path, fpr=0.2, confidence=None)
+    ctrl = loose.score(tiny, negatives)
+    assert loose.threshold == pytest.approx(threshold_at_fpr(ctrl, 0.2, None), abs=1e-6)
+    assert np.sum(ctrl > loose.threshold + 1e-4) == 2 and loose.metrics["threshold_confidence"] is None  # floor(0.2 * 10)
     only_pos = LabelledDataset("pos", [e for e in control.examples if e.label == 1])
     with pytest.raises(InputError, match="no label-0"):
         Detector.train("planted", tiny, data=data, control=only_pos, cache_dir=tmp_path)
