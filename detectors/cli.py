@@ -47,6 +47,14 @@ def _model(name: str | None, detector_dir: str | None = None):
     return load_model(name or DEFAULT_MODEL)
 
 
+def _negatives(arg: list[str] | None) -> Any:
+    if arg is None:
+        return "auto"
+    if len(arg) == 1 and arg[0] in ("auto", "benign", "none"):
+        return None if arg[0] == "none" else arg[0]
+    return arg
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from detectors import Detector
 
@@ -54,7 +62,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     det = Detector.train(
         args.behaviour, model, data=args.data or None, method=args.method, layer=args.layer, fpr=args.fpr,
         n_control=args.n_control, control=args.control, progress=True,
-        confidence=None if args.confidence <= 0 else args.confidence,
+        confidence=None if args.confidence <= 0 else args.confidence, negatives=_negatives(args.negatives),
     )
     det.save(args.out)
     m = det.metrics
@@ -152,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="confidence that the control FPR bound holds on fresh data (0: plain empirical quantile)")
     t.add_argument("--control", nargs="+", default=None,
                    help="your own benign calibration files (label-0 rows are used) instead of the shipped control chats")
+    t.add_argument("--negatives", nargs="+", default=None, metavar="auto|benign|none|FILE",
+                   help="extra benign rows for training only: 'benign' (the model's answers to shipped everyday "
+                        "instructions), 'none', your own files (label-0 rows are used), or 'auto' (default: "
+                        "'benign' for deception, none otherwise)")
     t.add_argument("--json", default=None)
     t.set_defaults(func=cmd_train)
 

@@ -6,6 +6,7 @@ to use for a behaviour and packs the result into a :class:`~detectors.detector.D
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from pathlib import Path
@@ -26,6 +27,10 @@ from probe.trainer import calibrate_threshold, fit_probe, linear_readout, split_
 BEHAVIOURS = ("deception", "sycophancy", "truth")
 # Token selection per behaviour: chats are judged over the response; bare statements at their end.
 DEFAULT_SELECT = {"deception": "response_mean", "sycophancy": "response_mean", "truth": "last"}
+# Benign training negatives where they were measured to help on benign chats never seen
+# (benchmarks/benign_negatives.py): deception recall at the deployed threshold 0.04 -> 0.96 with
+# 1.1% false positives on Alpaca tasks; for sycophancy they raised that rate (8% -> 22%) instead.
+DEFAULT_NEGATIVES = {"deception": "benign"}
 
 
 def default_cache_dir() -> Path:
@@ -54,9 +59,14 @@ def training_data(behaviour: str, data: Sequence[str | os.PathLike] | LabelledDa
     return recipe(behaviour, seed=seed).check_two_classes()
 
 
-def control_items(model: HookedModel, n: int, cache_dir: Path, max_new_tokens: int = 32) -> list[Any]:
-    """Benign instructions with the model's own greedy answers (generated once, cached by fingerprint)."""
-    prompts = recipe("benign").items[:n]
+#: probes that accept extra unpaired negatives (LAT and CCS need pairs, TTPD needs polarity)
+NEGATIVE_METHODS = ("logistic", "mass_mean", "mass_mean_cov", "conditional")
+
+
+def control_items(model: HookedModel, n: int, cache_dir: Path, max_new_tokens: int = 32, source: str = "benign") -> list[Any]:
+    """Benign instructions (recipe ``source``) with the model's own greedy answers (generated once,
+    cached by fingerprint)."""
+    prompts = recipe(source).items[:n]
     answers = complete(model, prompts, max_new_tokens=max_new_tokens, cache_dir=cache_dir)
     return [p + [{"role": "assistant", "content": a or "OK."}] for p, a in zip(prompts, answers)]
 
@@ -72,16 +82,48 @@ def control_dataset(
     labelled data only the label-0 rows are used."""
     if control is None:
         return LabelledDataset("benign_control", _control_examples(control_items(model, n_control, cache_dir / "completions")))
-    if isinstance(control, LabelledDataset):
-        ds = control
-    elif control and all(isinstance(c, (str, os.PathLike)) and Path(c).exists() for c in control):
-        ds = LabelledDataset.concat(*[load_dataset(p) for p in control], name="control")  # type: ignore[arg-type]
-    else:
-        ds = LabelledDataset("control", _control_examples(list(control)))
+    return _label0(_user_set(control, "control"), "control set")
+
+
+def _label0(ds: LabelledDataset, what: str) -> LabelledDataset:
     neg = ds.subset(ds.labels == 0, name=f"{ds.name} (label 0)")
     if len(neg) == 0:
-        raise InputError(f"control set {ds.name!r} has no label-0 (benign) rows to calibrate the threshold on")
+        raise InputError(f"{what} {ds.name!r} has no label-0 (benign) rows")
     return neg
+
+
+def _user_set(rows: Sequence[str | os.PathLike] | Sequence[Any] | LabelledDataset, name: str) -> LabelledDataset:
+    """Files in any supported format, a dataset, or bare chats (taken as label 0)."""
+    if isinstance(rows, LabelledDataset):
+        return rows
+    if rows and all(isinstance(c, (str, os.PathLike)) and Path(c).exists() for c in rows):
+        return LabelledDataset.concat(*[load_dataset(p) for p in rows], name=name)  # type: ignore[arg-type]
+    return LabelledDataset(name, _control_examples(list(rows)))
+
+
+def training_negatives(
+    model: HookedModel, negatives: Any, dataset: LabelledDataset, select: str, method: str, cache_dir: Path,
+) -> LabelledDataset | None:
+    """Extra benign rows for the training part only. ``"benign"``: the shipped benign-negatives
+    instructions with the model's own answers, used when the detector reads a chat response with a
+    probe that accepts unpaired rows (else nothing); ``None``: none; or the user's own rows."""
+    if negatives is None:
+        return None
+    if isinstance(negatives, str) and negatives == "benign":
+        chats = all(isinstance(it, (list, tuple)) for it in dataset.items)
+        if not (chats and select.startswith("response") and method in NEGATIVE_METHODS):
+            return None
+        return LabelledDataset("benign_negatives", _control_examples(
+            control_items(model, len(recipe("benign_negatives")), cache_dir / "completions", source="benign_negatives")))
+    if isinstance(negatives, (str, os.PathLike)):
+        if not Path(negatives).exists():
+            raise InputError(f"negatives={str(negatives)!r}: expected 'auto', 'benign', None, files, a dataset or chats "
+                             "(no such file)")
+        negatives = [negatives]
+    if method not in NEGATIVE_METHODS:
+        raise InputError(f"method {method!r} cannot take extra negatives (it needs contrast pairs or polarity); "
+                         f"use one of {', '.join(NEGATIVE_METHODS)} or negatives=None")
+    return _label0(_user_set(negatives, "negatives"), "negatives set")
 
 
 def train_detector(
@@ -101,6 +143,7 @@ def train_detector(
     stream_warmup: int = 4,
     control: Sequence[str | os.PathLike] | Sequence[Any] | LabelledDataset | None = None,
     confidence: float | None = 0.95,
+    negatives: Any = "auto",
     **probe_params: Any,
 ) -> Detector:
     """Train and calibrate a detector.
@@ -120,6 +163,15 @@ def train_detector(
         confidence: the threshold keeps the false-positive rate at most ``fpr`` with this confidence
             on fresh data (binomial bound; with 200 controls at 1% that is their maximum). None: the
             plain empirical quantile, which flags more and over-runs ``fpr`` about half the time.
+        negatives: extra label-0 rows added to the training part only (never to validation or
+            calibration). ``"benign"``: the model's own answers to 200 shipped everyday
+            instructions, disjoint from the control set; used for chat detectors read over the
+            response by a probe that accepts unpaired rows. Without them a deception probe learns
+            only "dishonest vs honest instruction" and also fires on ordinary chats that merely
+            differ from its training format (e.g. letters written in someone's voice), which
+            pushes the calibrated threshold above most positives. ``"auto"`` (default):
+            ``"benign"`` for deception, none otherwise (measured; see ``DEFAULT_NEGATIVES``).
+            ``None``: off; or your own files/dataset/chats.
         test_fraction: held-out share (pairs kept together) for the reported metrics.
         stream_warmup: for mean selections, the Guard's running mean of token scores is also
             calibrated on the control set (``stream_threshold``), acting from this token on.
@@ -140,6 +192,11 @@ def train_detector(
     acts = _activations(model, dataset, hooks, method, capture_kw)
     tr, va = split_indices(acts.y, acts.groups, test_fraction, seed)
     train, val = acts.subset(tr), acts.subset(va)
+    if isinstance(negatives, str) and negatives == "auto":
+        negatives = DEFAULT_NEGATIVES.get(behaviour)
+    neg = training_negatives(model, negatives, dataset, select, method, cache)
+    if neg is not None:
+        train = train.append(_activations(model, neg, hooks, method, capture_kw))
     result = sweep(train, val, [method], hooks, **probe_params)
     _, hook = result.best
     probe = fit_probe(method, train.X[hook], train.y, train.fit_params(), **probe_params)
@@ -152,13 +209,14 @@ def train_detector(
         "control_fpr": float(np.mean(ctrl_scores > threshold)),
         "n_control": len(ctrl_scores),
         "threshold_confidence": confidence,
-        "n_train": len(tr),
+        "n_train": len(train),
+        "n_negatives": 0 if neg is None else len(neg),
         "sweep": result.table(),
     }
     common = dict(
         behaviour=behaviour, hooks=[hook], threshold=threshold, fpr=fpr, select=select, model_id=model.model_id,
         model_fingerprint=model.fingerprint, d_model=model.d_model, probe_kind=method, metrics=metrics,
-        data_hash=dataset.content_hash(), name=name or behaviour,
+        data_hash=_data_hash(dataset, neg), name=name or behaviour,
     )
     if method == "conditional":
         det: Detector = ConditionalDetector.from_probe(probe, train.X[hook][:, : model.d_model], **common)
@@ -183,6 +241,12 @@ def _activations(model: HookedModel, dataset: LabelledDataset, hooks: list[str],
         ctx = ActivationSet.from_dataset(model, dataset, hooks, **(capture_kw | {"select": "prompt_last"}))
         acts.X = {h: np.hstack([ctx.X[h], acts.X[h]]) for h in hooks}
     return acts
+
+
+def _data_hash(dataset: LabelledDataset, negatives: LabelledDataset | None) -> str:
+    if negatives is None:
+        return dataset.content_hash()
+    return hashlib.sha256(f"{dataset.content_hash()}+negatives:{negatives.content_hash()}".encode()).hexdigest()
 
 
 def _control_examples(items: list[Any]) -> list[Any]:

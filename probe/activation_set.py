@@ -46,6 +46,26 @@ class ActivationSet:
             None if self.polarity is None else self.polarity[idx], self.select, self.data_hash,
         )
 
+    def append(self, other: "ActivationSet") -> "ActivationSet":
+        """These rows followed by ``other``'s (same hooks). Rows without a pair or polarity id get -1,
+        so pair- and polarity-based fitting is off for the result unless both sets have them."""
+        if set(other.X) != set(self.X):
+            raise ValueError(f"cannot append activations at hooks {sorted(other.X)} to activations at {sorted(self.X)}")
+
+        def ids(a: np.ndarray | None, b: np.ndarray | None, shift: bool) -> np.ndarray | None:
+            if a is None and b is None:
+                return None
+            a = np.full(len(self), -1) if a is None else a
+            b = np.full(len(other), -1) if b is None else b
+            if shift and len(a) and (b >= 0).any():  # pair ids of the two sets must not collide
+                b = np.where(b >= 0, b + int(a.max()) + 1, -1)
+            return np.concatenate([a, b])
+
+        return ActivationSet(
+            {h: np.concatenate([x, other.X[h]]) for h, x in self.X.items()}, np.concatenate([self.y, other.y]),
+            ids(self.groups, other.groups, True), ids(self.polarity, other.polarity, False), self.select, self.data_hash,
+        )
+
     def fit_params(self) -> dict[str, Any]:
         """Extra ``fit`` arguments a probe may use (pairs for LAT/CCS, polarity for TTPD)."""
         out: dict[str, Any] = {}

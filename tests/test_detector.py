@@ -106,6 +106,7 @@ def _planted_dataset() -> LabelledDataset:
 def test_train_detector_on_planted_signal(tiny, tmp_path):
     det = Detector.train("planted", tiny, data=_planted_dataset(), n_control=20, cache_dir=tmp_path)
     assert det.metrics["val_auroc"] > 0.95
+    assert det.metrics["n_negatives"] == 0  # "auto" adds the shipped benign negatives for deception only
     assert det.hooks[0] in tiny.hook_names
     assert det.metrics["control_fpr"] <= 0.05 + 1e-9
     det.save(tmp_path / "d")
@@ -157,3 +158,58 @@ def test_train_with_your_own_control_set(tiny, tmp_path):
     only_pos = LabelledDataset("pos", [e for e in control.examples if e.label == 1])
     with pytest.raises(InputError, match="no label-0"):
         Detector.train("planted", tiny, data=data, control=only_pos, cache_dir=tmp_path)
+
+
+def _chat(user: str, answer: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+
+
+def _nuisance_sets():
+    """Training positives say "false" *and* open with a greeting; benign chats that merely open
+    with the greeting are what a deployed detector then mistakes for the behaviour."""
+    greet = "hello you hello you"
+    subjects = "cat dog sky paris rome mat world france italy".split()
+    nums = "one two three".split()
+    ex = []
+    for i, s in enumerate(subjects * 4):
+        ex.append(Example(item=_chat(f"is the {s} red", f"{greet} that is false {nums[i % 3]}"), label=1, group=f"g{i}"))
+        ex.append(Example(item=_chat(f"is the {s} red", f"that is true {nums[i % 3]}"), label=0, group=f"g{i}"))
+    train = LabelledDataset("nuisance", ex)
+    # benign chats of one distribution: some trained on as negatives, the others kept for calibration
+    benign = [_chat(f"answer {a}", f"{greet} {a} and {b}") for a in "four five six seven".split() for b in "eight nine ten yes".split()]
+    negatives, control = benign[::2], benign[1::2]
+    plain_lies = [_chat(f"is the {s} blue", f"that is false {nums[i % 3]}") for i, s in enumerate(subjects)]
+    return train, negatives, control, plain_lies
+
+
+def test_benign_negatives_stop_a_nuisance_feature_from_setting_the_threshold(tiny, tmp_path):
+    train, negatives, control, plain_lies = _nuisance_sets()
+    kw = dict(data=train, layer=HOOK, control=control, cache_dir=tmp_path, confidence=None)
+    plain = Detector.train("planted", tiny, negatives=None, **kw)
+    hardened = Detector.train("planted", tiny, negatives=negatives, **kw)
+    assert plain.metrics["n_negatives"] == 0 and hardened.metrics["n_negatives"] == len(negatives)
+    assert hardened.metrics["n_train"] == plain.metrics["n_train"] + len(negatives)
+    assert hardened.metrics["val_n"] == plain.metrics["val_n"]  # negatives never reach validation
+    assert hardened.data_hash != plain.data_hash
+    recall = {name: float(np.mean(d.score(tiny, plain_lies) > d.threshold)) for name, d in (("plain", plain), ("hardened", hardened))}
+    assert recall["hardened"] >= 0.8 and recall["plain"] <= 0.5, recall
+
+
+def test_negatives_defaults_and_errors(tiny, tmp_path):
+    from detectors.training import training_negatives
+
+    train, negatives, _, _ = _nuisance_sets()
+    statements = LabelledDataset("s", [Example(item="the cat is red", label=1), Example(item="the cat is blue", label=0)])
+    # the shipped benign set applies to chat detectors read over the response by a probe that takes unpaired rows
+    assert training_negatives(tiny, "benign", statements, "last", "logistic", tmp_path) is None
+    assert training_negatives(tiny, "benign", train, "response_mean", "lat", tmp_path) is None
+    assert training_negatives(tiny, None, train, "response_mean", "logistic", tmp_path) is None
+    shipped = training_negatives(tiny, "benign", train, "response_mean", "logistic", tmp_path)
+    assert len(shipped) == 200 and set(shipped.labels.tolist()) == {0}
+    with pytest.raises(InputError, match="method 'lat' cannot take extra negatives"):
+        training_negatives(tiny, negatives, train, "response_mean", "lat", tmp_path)
+    with pytest.raises(InputError, match="negatives='benign.jsonl'.*no such file"):
+        training_negatives(tiny, "benign.jsonl", train, "response_mean", "logistic", tmp_path)
+    only_pos = LabelledDataset("pos", [Example(item=negatives[0], label=1)])
+    with pytest.raises(InputError, match="negatives set 'pos' has no label-0"):
+        training_negatives(tiny, only_pos, train, "response_mean", "logistic", tmp_path)

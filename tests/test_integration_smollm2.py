@@ -39,6 +39,8 @@ def test_capture_matches_hf_hidden_states_and_padding(smollm2):
 def test_deception_detector_auroc_floor(smollm2, tmp_path):
     det = Detector.train("deception", smollm2, layer=MID, n_control=40, cache_dir=tmp_path)
     assert det.metrics["val_auroc"] >= 0.9, det.metrics
+    # trained with the shipped benign negatives, most held-out lies clear the calibrated threshold
+    assert det.metrics["n_negatives"] == 200 and det.metrics["val_recall_at_threshold"] >= 0.5, det.metrics
     det.save(tmp_path / "dec")
     back = Detector.load(tmp_path / "dec", smollm2)
     lies = recipe("roleplay_lies")

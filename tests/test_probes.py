@@ -415,3 +415,17 @@ def test_conditional_probe_recovers_a_relation_linear_probes_cannot():
     # for a fixed prompt the score is linear in the response: the guard relies on this
     w, b = cond.readout(P[te])
     np.testing.assert_allclose((R[te] * w).sum(1) + b, cond.decision_function(X[te]), atol=1e-9)
+
+
+def test_activation_set_append_keeps_pairs_apart():
+    from probe.activation_set import ActivationSet
+
+    a = ActivationSet({"h": np.ones((4, 2), np.float32)}, np.array([1, 0, 1, 0]), np.array([0, 0, 1, 1]), None, "last")
+    b = ActivationSet({"h": np.zeros((2, 2), np.float32)}, np.array([0, 0]), None, None, "last")
+    c = a.append(b)
+    assert c.X["h"].shape == (6, 2) and c.y.tolist() == [1, 0, 1, 0, 0, 0]
+    assert c.groups.tolist() == [0, 0, 1, 1, -1, -1] and c.polarity is None
+    assert "groups" not in c.fit_params()  # unpaired rows switch pair-based fitting off
+    assert a.append(a).groups.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    with pytest.raises(ValueError, match="hooks"):
+        a.append(ActivationSet({"g": np.zeros((1, 2))}, np.array([0]), None, None, "last"))

@@ -36,6 +36,10 @@
 ``"benign"``
     ``benign_control.jsonl``: 200 everyday instructions as one-message user chats, all
     label 0 (for false-positive rates; single class on purpose).
+``"benign_negatives"``
+    ``benign_negatives.jsonl``: 200 other everyday instructions (none shared with ``benign``),
+    all label 0: benign negatives a detector is trained on, so that the set it is calibrated on
+    stays unseen.
 
 Files are read with ``importlib.resources``; ``seed`` is ignored by the file-backed sets.
 """
@@ -154,6 +158,7 @@ RECIPES: dict[str, Callable[[int], LabelledDataset]] = {
     "truth": _truth,
     "roleplay_lies": lambda seed=0: _load("roleplay_lies.jsonl", "roleplay_lies"),
     "benign": lambda seed=0: _load("benign_control.jsonl", "benign"),
+    "benign_negatives": lambda seed=0: _load("benign_negatives.jsonl", "benign_negatives"),
 }
 
 

@@ -1,0 +1,98 @@
+"""Does the way a statement is shown to the model change how well its truth can be read out?
+
+The probe benchmark reads a bare statement at its last token. RepE instead wraps it in a question
+("Consider the amount of truthfulness ... The amount of truthfulness in the statement is") and
+reads the last token of that; a chat model can also be asked directly. For each format, at each
+hook, this reports:
+
+* ``transfer_*``: probes trained on the truth suite's training sets (cities, sp_en_trans and their
+  negations; all rows), mean AUROC over the 10 unseen sets (label 1 = false), for logistic
+  regression, mass-mean (directions from per-set centred data) and the paper's two-feature TTPD
+  read-out (projections on t_G and on a polarity direction, then logistic regression);
+* ``in_set_ceiling``: the mean over the same 10 sets of a logistic probe's 5-fold cross-validated
+  AUROC *within* each set: how well the model's own activations separate that set at all.
+
+Run: python benchmarks/truth_prompt_formats.py [--out benchmarks/results/truth_prompt_formats.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+from circuits import capture, load_model
+from detectors.training import default_cache_dir
+from probe.bench_data import TRUTH_TEST, TRUTH_TRAIN, cap_rows, default_datasets_dir
+from probe.datasets import load_dataset
+
+FORMATS = {
+    "bare": lambda s: s,
+    "repe": lambda s: ("Consider the amount of truthfulness in the following statement:\n"
+                       f"Statement: {s}\nThe amount of truthfulness in the statement is"),
+    "chat": lambda s: [{"role": "user", "content": f"Is the following statement true or false?\n{s}"},
+                       {"role": "assistant", "content": "The statement is"}],
+}
+HOOKS = [f"blocks.{i}.hook_resid_post" for i in (12, 14, 16, 18, 20, 22, 24)]
+
+
+def _lr() -> LogisticRegression:
+    return LogisticRegression(C=0.1, max_iter=5000)
+
+
+def evaluate_hook(sets: dict, train: list[str], test: list[str], hook: str) -> dict[str, float]:
+    X = {k: sets[k][0][hook].astype(np.float64) for k in sets}
+    y = {k: sets[k][1] for k in sets}
+    Xtr = np.concatenate([X[k] for k in train])
+    ytr = np.concatenate([y[k] for k in train])
+    Xc = np.concatenate([X[k] - X[k].mean(0) for k in train])
+    pol = np.concatenate([np.full(len(y[k]), 0 if k.startswith("neg_") else 1) for k in train])
+
+    def mean_auc(score) -> float:
+        return float(np.mean([roc_auc_score(y[k], score(X[k])) for k in test]))
+
+    lr = _lr().fit(Xtr, ytr)
+    d = Xc[ytr == 1].mean(0) - Xc[ytr == 0].mean(0)
+    tau, p = 2.0 * ytr - 1, 2.0 * pol - 1
+    t_g = np.linalg.lstsq(np.column_stack([tau, tau * p]), Xc, rcond=None)[0][0]
+    p_dir = _lr().fit(Xtr, pol).coef_[0]
+    ttpd = LogisticRegression(max_iter=5000).fit(np.column_stack([Xtr @ t_g, Xtr @ p_dir]), ytr)
+    cv = StratifiedKFold(5, shuffle=True, random_state=0)
+    return {
+        "transfer_logistic": mean_auc(lr.decision_function),
+        "transfer_mass_mean": mean_auc(lambda A: A @ d),
+        "transfer_ttpd_2d": mean_auc(lambda A: ttpd.decision_function(np.column_stack([A @ t_g, A @ p_dir]))),
+        "in_set_ceiling": float(np.mean([cross_val_score(_lr(), X[k], y[k], cv=cv, scoring="roc_auc").mean() for k in test])),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--rows", type=int, default=400, help="rows per statement set (class-balanced sample)")
+    args = ap.parse_args()
+    model = load_model()
+    root = default_datasets_dir()
+    train, test = [Path(p).stem for p in TRUTH_TRAIN], [Path(p).stem for p in TRUTH_TEST]
+    res: dict = {"model": model.model_id, "rows_per_set": args.rows, "train_sets": train, "test_sets": test, "formats": {}}
+    for fmt, wrap in FORMATS.items():
+        sets = {}
+        for rel in TRUTH_TRAIN + TRUTH_TEST:
+            ds = cap_rows(load_dataset(root / rel), args.rows, 0)
+            acts = capture(model, [wrap(s) for s in ds.items], HOOKS, select="last", batch_size=32,
+                           cache_dir=default_cache_dir() / "acts")
+            sets[Path(rel).stem] = (acts.acts, np.asarray(ds.labels))
+        res["formats"][fmt] = {h: evaluate_hook(sets, train, test, h) for h in HOOKS}
+        best = max(res["formats"][fmt].values(), key=lambda r: r["transfer_logistic"])
+        print(fmt, json.dumps(best), flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()
