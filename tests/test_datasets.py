@@ -321,6 +321,7 @@ SIZES = {
     "truth": 532,
     "roleplay_lies": 120,
     "benign": 200,
+    "benign_negatives": 200,
 }
 
 
@@ -329,14 +330,19 @@ def test_recipe_sizes_and_classes(name):
     d = recipe(name)
     assert len(d) == SIZES[name]
     assert d.content_hash() == recipe(name).content_hash()  # deterministic
-    if name == "benign":
+    if name.startswith("benign"):
         assert set(d.labels) == {0}
         assert all(isinstance(it, list) and len(it) == 1 and it[0]["role"] == "user" for it in d.items)
-        with pytest.raises(InputError, match="'benign' has only label 0"):
+        with pytest.raises(InputError, match=f"'{name}' has only label 0"):
             d.check_two_classes()
     else:
         d.check_two_classes()
         assert d.class_counts()[0] == d.class_counts()[1]
+
+
+def test_benign_negatives_are_disjoint_from_the_calibration_set():
+    calibration = {it[0]["content"].strip().lower() for it in recipe("benign").items}
+    assert not [it for it in recipe("benign_negatives").items if it[0]["content"].strip().lower() in calibration]
 
 
 def test_recipe_names():
@@ -356,7 +362,7 @@ def test_recipe_items_render_with_chat_template():
             prefix, response, is_chat = render(tok, it, where=f"{name} item {i}")
             assert prefix
             assert is_chat == (not isinstance(it, str))
-            if name != "benign" and is_chat:
+            if not name.startswith("benign") and is_chat:
                 assert response.strip()
         encode(tok, d.items[:5], n_ctx=10_000)
 
