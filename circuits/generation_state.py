@@ -86,11 +86,13 @@ class GenerationState:
                 "forward pass; attach it with corrector.attach(model) (which tracks positions) or drive the "
                 "state with state.begin()/state.step()"
             )
-        if positions == "generated":
+        if positions in ("generated", "response"):
             if self.decoding:
                 return True
             assert self.prompt_lens is not None
-            mask = self.positions >= self.prompt_lens.unsqueeze(-1)
+            # "response" also takes the last prompt token: its output is the first generated token
+            start = self.prompt_lens - 1 if positions == "response" else self.prompt_lens
+            mask = self.positions >= start.unsqueeze(-1)
         else:
             mask = self.positions >= int(positions)
         if bool(mask.all()):
@@ -163,8 +165,8 @@ def _past_length(kwargs: dict) -> int:
 
 
 def _check_positions(positions: Positions) -> Positions:
-    if positions in ("all", "generated"):
+    if positions in ("all", "generated", "response"):
         return positions
     if isinstance(positions, (int, np.integer)) and not isinstance(positions, bool) and positions >= 0:
         return int(positions)
-    raise InputError(f"positions must be 'all', 'generated' or a non-negative int start position, got {positions!r}")
+    raise InputError(f"positions must be 'all', 'generated', 'response' or a non-negative int start position, got {positions!r}")

@@ -23,7 +23,9 @@ The model is never modified: the edit happens in a forward hook that is removed 
 
 **Positions.** ``positions="all"`` edits every token; ``"generated"`` only tokens at row positions
 ``>= prompt length`` (during KV-cache decoding that is every decode step, and no prompt token);
-an ``int`` ``k`` edits row positions ``>= k``. Row positions count the row's own tokens (left
+``"response"`` those and the last prompt token, i.e. every position whose output is a generated
+token (with ``"generated"`` the first generated token is still chosen unsteered); an ``int`` ``k``
+edits row positions ``>= k``. Row positions count the row's own tokens (left
 padding excluded). Where the current forward sits is held in a :class:`GenerationState`: the
 Guard updates one it shares with its correctors; a corrector used on its own keeps a private one
 that a pre-forward hook fills in from the model's inputs (``input_ids``, ``attention_mask``,
@@ -104,7 +106,7 @@ class Corrector(ABC):
     Args:
         hook: TransformerLens hook name, e.g. ``"blocks.12.hook_resid_post"``.
         alpha: the dose.
-        positions: ``"all"``, ``"generated"`` or an int start position (see module docstring).
+        positions: ``"all"``, ``"generated"``, ``"response"`` or an int start position (see module docstring).
         state: a shared :class:`GenerationState`; without one a private, self-tracking state is
             made when needed.
     """
@@ -286,7 +288,7 @@ class ActivationAddition(Corrector):
         hook: hook name.
         vector: ``[d_model]`` steering vector (e.g. a CAA mean difference, or ``-detector.direction``).
         alpha: dose (multiplies the vector as given; no normalisation).
-        positions: ``"all"``, ``"generated"`` or an int start position.
+        positions: ``"all"``, ``"generated"``, ``"response"`` or an int start position.
         state: optional shared :class:`GenerationState`.
 
     Example:

@@ -11,8 +11,10 @@ Corrector specs (the policy's ``corrector`` key):
 any other name    a factory registered with :meth:`Router.register`
 ================  ==================================================================================
 
-Correctors built by the router edit only generated positions and start with every batch row off;
-the Guard switches a row on when it is flagged (conditional steering). If the flag does not clear
+Correctors built by the router edit only the positions whose outputs are generated tokens
+(``positions="response"``: the last prompt token and every generated one, so a correction forced
+from the start also steers the first new token) and start with every batch row off; the Guard
+switches a row on when it is flagged (conditional steering). If the flag does not clear
 within ``patience`` tokens of correcting, the Guard moves up a tier (:meth:`Resolved.next_tier`).
 """
 
@@ -35,7 +37,7 @@ from circuits.steering_vectors import SteeringVector
 from detectors.policy import PolicyError, Resolved
 
 CorrectorFactory = Callable[[Any, float, HookedModel, GenerationState], Corrector]
-"""``factory(detector, dose, model, state) -> Corrector`` (positions should be ``"generated"``)."""
+"""``factory(detector, dose, model, state) -> Corrector`` (positions should be ``"response"``)."""
 
 
 @dataclass(frozen=True)
@@ -60,11 +62,11 @@ class Route:
 
 
 def _addition(det: Any, dose: float, model: HookedModel, state: GenerationState) -> Corrector:
-    return ActivationAddition(det.hooks[0], -det.direction, alpha=dose, positions="generated", state=state)
+    return ActivationAddition(det.hooks[0], -det.direction, alpha=dose, positions="response", state=state)
 
 
 def _ablation(det: Any, dose: float, model: HookedModel, state: GenerationState) -> Corrector:
-    return DirectionalAblation(det.hooks[0], det.direction, alpha=min(float(dose), 1.0), positions="generated", state=state)
+    return DirectionalAblation(det.hooks[0], det.direction, alpha=min(float(dose), 1.0), positions="response", state=state)
 
 
 class Router:
@@ -134,10 +136,10 @@ class Router:
             sae = self._saes.get(route.hook)
             if sae is None:
                 raise PolicyError(f"no SAE registered for {route.hook}")
-            return SAEClamp(route.hook, sae, route.features or (0,), values=0.0, alpha=route.dose, positions="generated", state=state)
+            return SAEClamp(route.hook, sae, route.features or (0,), values=0.0, alpha=route.dose, positions="response", state=state)
         if spec.startswith("vector:"):
             sv = self._vector(spec)
-            return ActivationAddition(sv.hook, sv.vector, alpha=-route.dose, positions="generated", state=state)
+            return ActivationAddition(sv.hook, sv.vector, alpha=-route.dose, positions="response", state=state)
         factory = self._factories.get(spec)
         if factory is None:
             raise PolicyError(f"unknown corrector {spec!r}")

@@ -200,11 +200,17 @@ def test_correction_changes_the_generation(tiny):
     off = guard.generate("hello world", max_new_tokens=10, correct=False)[0]
     assert off.token_ids == base.token_ids
     assert [(a.kind, a.detail.get("applied")) for a in off.actions if a.kind != "monitor"] == [("correct", False)]
-    # correct=True steers every row from the first generated token on
-    forced = Guard(tiny, [lin(tiny, "syc", H0, scale=1.0)], policy=policy(syc={"dose": 80.0})).generate("hello world", max_new_tokens=10, correct=True)[0]
+    # correct=True steers every row from the first generated token on: the last prompt token's
+    # output (which picks token 0) is steered too, exactly as a plain generate under the corrector
+    fdet = lin(tiny, "syc", H0, scale=1.0)
+    forced = Guard(tiny, [fdet], policy=policy(syc={"dose": 80.0})).generate("hello world", max_new_tokens=10, correct=True)[0]
     acts = [a for a in forced.actions if a.kind != "monitor"]
     assert acts[0].kind == "correct" and acts[0].detail["forced"] and acts[0].token == 0
-    assert forced.token_ids == out.token_ids  # same direction and dose, on from the same token
+    ids = torch.tensor([encode(tiny.tokenizer, ["hello world"], tiny.n_ctx)[0].ids])
+    with ActivationAddition(H0, -fdet.direction, alpha=80.0, positions="response").apply(tiny):
+        ref = tiny.hf_model.generate(ids, max_new_tokens=10, do_sample=False, pad_token_id=0)[0, ids.shape[1]:]
+    assert forced.token_ids == ref.tolist()[: len(forced.token_ids)]
+    assert forced.token_ids[0] != base.token_ids[0]  # the first token is corrected, not only later ones
 
 
 def test_steering_lowers_the_detector_reading_downstream(tiny):

@@ -132,6 +132,32 @@ def test_addition_generated_positions_under_kv_cache_generate(tiny):
         assert torch.equal(y, x + 1.5 * v)  # every decode step is a generated position
 
 
+def test_response_positions_steer_the_first_generated_token(tiny):
+    """'generated' leaves the first new token's logits (read at the last prompt token) unsteered;
+    'response' edits exactly that prompt position too, and every decode step."""
+    torch.manual_seed(2)
+    v = torch.randn(16) * 4
+    ids, mask = ids_mask(tiny, ["hello world", "the cat sat on the mat"], side="left")
+    c = ActivationAddition(HOOK, v, alpha=1.0, positions="response")
+    before, after, hs = around(tiny, c)
+    try:
+        tiny.hf_model.generate(ids, attention_mask=mask, max_new_tokens=3, do_sample=False, pad_token_id=0)
+    finally:
+        for h in hs:
+            h.remove()
+    x, y = before.acts[0], after.acts[0]
+    assert torch.equal(y[:, -1], x[:, -1] + v)  # the last prompt token of each (left-padded) row
+    assert torch.equal(y[:, :-1], x[:, :-1])
+    for x, y in zip(before.acts[1:], after.acts[1:]):
+        assert torch.equal(y, x + v)
+    with ActivationAddition(HOOK, v, positions="generated").apply(tiny):
+        gen_first = tiny.forward(ids, mask)[:, -1]
+    with ActivationAddition(HOOK, v, positions="response").apply(tiny):
+        resp_first = tiny.forward(ids, mask)[:, -1]
+    assert torch.equal(gen_first, tiny.forward(ids, mask)[:, -1])
+    assert not torch.allclose(resp_first, gen_first)
+
+
 def test_addition_from_position_with_left_padding(tiny):
     v = torch.ones(16)
     texts = ["hello world", "the cat sat on the mat"]
@@ -323,8 +349,10 @@ def test_generation_state_scope():
     scope = st.in_scope("generated")
     assert scope.tolist() == [[False, False, False, True], [False, False, True, True]]
     assert st.in_scope("all") is True
+    assert st.in_scope("response").tolist() == [[False, False, True, True], [False, True, True, True]]
     st.step(torch.tensor([[3], [4]]))
     assert st.in_scope("generated") is True
+    assert st.in_scope("response") is True
     assert st.in_scope(4).tolist() == [[False], [True]]
     assert st.in_scope(10) is False
 
