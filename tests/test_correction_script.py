@@ -72,6 +72,11 @@ def test_correction_script_runs_on_tiny(tmp_path, monkeypatch):
     assert saved["sycophancy"][0]["ppl_rise_pct"] == 0.0
     assert 0.0 <= saved["sycophancy"][1]["caa_all"]["rate"] <= 1.0
     assert saved["sycophancy"][1]["kl_benign_all"] >= 0.0
-    assert set(saved["deception"]["curves"]) == {"addition", "caa_vector"}
+    sets = saved["deception"]["sets"]
+    assert set(sets) == {"dishonest_person", "liar"}
+    for sr in sets.values():
+        assert set(sr["curves"]) == {"addition", "caa_vector"}
+        assert [r["dose"] for r in sr["curves"]["addition"]] == [0.0, 1.0]
+        assert 0.0 <= sr["lie_uncorrected"]["flag_rate_neutral_context"] <= 1.0
     assert "Correction benchmark" in (out / "report.md").read_text()
     assert res["model"]["id"] == "tiny-llama-long"
