@@ -491,7 +491,9 @@ def run_deception(model: Any, args: argparse.Namespace, cfg: dict, out: Path, te
                    "pair_consistency": dv_raw.metrics["pair_consistency"], "path": str(out / "deception_vector")},
         "n_prompts": len(topics), "neutral_template": NEUTRAL, "sets": {},
     }
-    specs = {"addition": "addition", "caa_vector": f"vector:{out / 'deception_vector'}"}
+    # label -> (policy corrector, policy positions); "caa_vector_all" also steers the prompt, as CAA does
+    specs = {"addition": ("addition", "response"), "caa_vector": (f"vector:{out / 'deception_vector'}", "response"),
+             "caa_vector_all": (f"vector:{out / 'deception_vector'}", "all")}
     cost: dict[tuple[str, float], dict[str, float]] = {}  # capability cost per corrector and dose (same for every set)
     keys = ("flag_rate", "flag_rate_guard_token_mean", "flag_rate_neutral_context", "mean_item_score", "mean_token_score")
     for set_name, (lie_t, honest_t) in PROMPT_SETS.items():
@@ -503,21 +505,23 @@ def run_deception(model: Any, args: argparse.Namespace, cfg: dict, out: Path, te
         log(f"[{set_name}] honest prompts flag rate {sr['honest_uncorrected']['flag_rate']:.2f}; lie prompts {base['flag_rate']:.2f} "
             f"(same responses after a neutral prompt {base['flag_rate_neutral_context']:.2f})")
         curves: dict[str, list] = {}
-        for label, spec in specs.items():
+        for label, (spec, positions) in specs.items():
             curve = []
             unit_d = det.direction if spec == "addition" else dv.vector
             for d in cfg["dec_doses"]:
                 if d == 0:
                     r = {"dose": 0.0, **{k: base[k] for k in keys}, "ppl_rise_pct": 0.0, "kl_benign_generated": 0.0}
                 else:
-                    pol = base_policy.update(det.name, corrector=spec, dose=float(d))
+                    pol = base_policy.update(det.name, corrector=spec, dose=float(d), positions=positions)
                     g = guard_run(model, det, lies, pol, True, cfg["max_new_tokens"], 8, neutral)
                     r = {"dose": d} | {k: g[k] for k in keys + ("rows_corrected", "empty_responses", "samples")}
                     if (label, d) not in cost:
                         ppl = perplexity(model, texts, [ActivationAddition(det.hooks[0], -unit_d, alpha=d, positions="all")])
+                        # KL over the benign answers with the corrector where the Guard puts it
+                        kl_c = [ActivationAddition(det.hooks[0], -unit_d, alpha=d, positions=positions)]
                         cost[(label, d)] = {
                             "ppl_rise_pct": 100.0 * (ppl / ppl0 - 1.0),
-                            "kl_benign_generated": mean_kl(base_lp, response_logprob_rows(model, benign, [ActivationAddition(det.hooks[0], -unit_d, alpha=d, positions="generated")])),
+                            "kl_benign_generated": mean_kl(base_lp, response_logprob_rows(model, benign, kl_c)),
                         }
                     r |= cost[(label, d)]
                 r["drop_pct"] = 100.0 * (1.0 - r["flag_rate"] / base["flag_rate"]) if base["flag_rate"] > 0 else float("nan")
@@ -591,9 +595,10 @@ def plot(res: dict[str, Any], path: Path) -> None:
         ax = axes[2]
         dec = res["deception"]
         i = 0
+        styles = {"addition": "o-", "caa_vector": "s--", "caa_vector_all": "^:"}
         for set_name, sr in dec["sets"].items():
             for label, curve in sr["curves"].items():
-                ax.plot([r["dose"] for r in curve], [r["flag_rate"] for r in curve], "o-" if label == "addition" else "s--",
+                ax.plot([r["dose"] for r in curve], [r["flag_rate"] for r in curve], styles.get(label, "x-"),
                         color=f"C{i}", label=f"{set_name}, {label}")
                 i += 1
         first = next(iter(dec["sets"].values()))
@@ -671,7 +676,8 @@ def report(res: dict[str, Any]) -> str:
             f"CAA deception vector: raw norm {d['vector']['raw_norm']:.2f}, cosine with the detector direction {d['vector']['cos_with_detector']:.3f}.",
             "",
             f"{d['n_prompts']} topics per prompt set, greedy, {c['max_new_tokens']} new tokens, Guard with `correct=True` "
-            "(corrector from the last prompt token on, so the first new token is steered too). Flagged = the detector's item score of "
+            "(corrector from the last prompt token on, so the first new token is steered too; `caa_vector_all`: policy "
+            "`positions = \"all\"`, the prompt is steered as well). KL benign: corrector at the same positions. Flagged = the detector's item score of "
             "the generated chat (re-read without correction) above its threshold; \"neutral ctx\" = the same response re-read after "
             f"`{d['neutral_template']}` instead of the lie instruction; \"token-mean\" = the Guard's mean per-token score over generated "
             "tokens (read under correction) above the threshold.",

@@ -26,6 +26,12 @@ or drop it from the red lines. A red line without an explicit ``block_above`` bl
 calibrated ``"threshold"``. A human's "allow" at the escalate tier does not lift a red line's
 block tier either, and a red-line detector that fails always fails closed.
 
+``positions``: where a corrector edits. ``"response"`` (default): every position whose output is
+a generated token (the last prompt token and each new one). ``"all"``: the prompt's tokens too,
+as CAA adds its vectors; this only differs when the correction is on before the prompt is read
+(``generate(..., correct=True)``), because a correction switched on by a flag cannot reach prompt
+positions already in the KV cache.
+
 ``on_detector_error``: ``"fail_closed"`` (block every row in flight), ``"fail_open"`` (record the
 error and carry on without that detector) or ``"raise"`` (re-raise after cleaning up).
 
@@ -41,6 +47,7 @@ File format (TOML; YAML with the same keys works too)::
     corrector = "addition"          # addition | ablation | vector:PATH | sae | a registered name
     dose = 16.0
     patience = 8
+    positions = "response"          # response | all (see below)
 
     [detectors.deception]
     correct_above = "threshold"
@@ -65,6 +72,7 @@ from typing import Any, Mapping
 from circuits.errors import CoalignError
 
 TIERS = ("monitor", "correct", "escalate", "block")
+POSITIONS = ("response", "all")
 ERROR_MODES = ("fail_closed", "fail_open", "raise")
 DEFAULT_REFUSAL = "I'm sorry, but I can't continue with this response."
 DEFAULT_DOSE = 16.0
@@ -195,6 +203,7 @@ class DetectorPolicy:
     corrector: str | None = None
     dose: float | None = None
     patience: int | None = None
+    positions: str | None = None
     refusal_text: str | None = None
 
     @classmethod
@@ -236,6 +245,10 @@ def _field_value(key: str, v: Any, where: str) -> Any:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise PolicyError(f"{where}: expected a number, got {v!r}")
         return float(v)
+    if key == "positions":
+        if v not in POSITIONS:
+            raise PolicyError(f"{where}: expected one of {', '.join(POSITIONS)}, got {v!r}")
+        return str(v)
     if key == "patience":
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise PolicyError(f"{where}: expected a positive integer, got {v!r}")
@@ -251,6 +264,7 @@ BUILTIN = DetectorPolicy(
     corrector="addition",
     dose=DEFAULT_DOSE,
     patience=DEFAULT_PATIENCE,
+    positions="response",
 )
 
 
@@ -268,6 +282,7 @@ class Resolved:
     patience: int
     refusal_text: str
     red_line: bool
+    positions: str = "response"
 
     def threshold_of(self, tier: str) -> float:
         return float(getattr(self, tier))
@@ -431,6 +446,7 @@ class Policy:
             patience=int(dp.patience),  # type: ignore[arg-type]
             refusal_text=dp.refusal_text if dp.refusal_text is not None else self.refusal,
             red_line=name in self.red_lines,
+            positions=str(dp.positions),
         )
 
     @property

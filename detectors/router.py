@@ -13,7 +13,8 @@ any other name    a factory registered with :meth:`Router.register`
 
 Correctors built by the router edit only the positions whose outputs are generated tokens
 (``positions="response"``: the last prompt token and every generated one, so a correction forced
-from the start also steers the first new token) and start with every batch row off; the Guard
+from the start also steers the first new token), or every position with the policy's
+``positions = "all"``; they start with every batch row off; the Guard
 switches a row on when it is flagged (conditional steering). If the flag does not clear
 within ``patience`` tokens of correcting, the Guard moves up a tier (:meth:`Resolved.next_tier`).
 """
@@ -49,24 +50,27 @@ class Route:
     dose: float
     hook: str
     features: tuple[int, ...] = ()
+    positions: str = "response"
 
     @property
     def key(self) -> tuple:
-        return (self.detector, self.corrector, self.hook, self.features)
+        return (self.detector, self.corrector, self.hook, self.features, self.positions)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"detector": self.detector, "corrector": self.corrector, "dose": self.dose, "hook": self.hook}
         if self.features:
             d["features"] = list(self.features)
+        if self.positions != "response":
+            d["positions"] = self.positions
         return d
 
 
-def _addition(det: Any, dose: float, model: HookedModel, state: GenerationState) -> Corrector:
-    return ActivationAddition(det.hooks[0], -det.direction, alpha=dose, positions="response", state=state)
+def _addition(det: Any, dose: float, model: HookedModel, state: GenerationState, positions: str = "response") -> Corrector:
+    return ActivationAddition(det.hooks[0], -det.direction, alpha=dose, positions=positions, state=state)
 
 
-def _ablation(det: Any, dose: float, model: HookedModel, state: GenerationState) -> Corrector:
-    return DirectionalAblation(det.hooks[0], det.direction, alpha=min(float(dose), 1.0), positions="response", state=state)
+def _ablation(det: Any, dose: float, model: HookedModel, state: GenerationState, positions: str = "response") -> Corrector:
+    return DirectionalAblation(det.hooks[0], det.direction, alpha=min(float(dose), 1.0), positions=positions, state=state)
 
 
 class Router:
@@ -123,11 +127,11 @@ class Router:
         clamp when an SAE is registered for the detector's hook."""
         hook = detector.hooks[0]
         if features and hook in self._saes:
-            return Route(detector.name, "sae", 1.0, hook, tuple(int(f) for f in features))
+            return Route(detector.name, "sae", 1.0, hook, tuple(int(f) for f in features), resolved.positions)
         spec = resolved.corrector
         if spec.startswith("vector:"):
             hook = self._vector(spec).hook
-        return Route(detector.name, spec, resolved.dose, hook)
+        return Route(detector.name, spec, resolved.dose, hook, positions=resolved.positions)
 
     def build(self, route: Route, detector: Any, model: HookedModel, state: GenerationState) -> Corrector:
         """Make the corrector for ``route`` (not attached)."""
@@ -136,14 +140,16 @@ class Router:
             sae = self._saes.get(route.hook)
             if sae is None:
                 raise PolicyError(f"no SAE registered for {route.hook}")
-            return SAEClamp(route.hook, sae, route.features or (0,), values=0.0, alpha=route.dose, positions="response", state=state)
+            return SAEClamp(route.hook, sae, route.features or (0,), values=0.0, alpha=route.dose, positions=route.positions, state=state)
         if spec.startswith("vector:"):
             sv = self._vector(spec)
-            return ActivationAddition(sv.hook, sv.vector, alpha=-route.dose, positions="response", state=state)
+            return ActivationAddition(sv.hook, sv.vector, alpha=-route.dose, positions=route.positions, state=state)
         factory = self._factories.get(spec)
         if factory is None:
             raise PolicyError(f"unknown corrector {spec!r}")
-        return factory(detector, route.dose, model, state)
+        if factory in (_addition, _ablation):
+            return factory(detector, route.dose, model, state, route.positions)
+        return factory(detector, route.dose, model, state)  # a registered factory chooses its own positions
 
     def _vector(self, spec: str) -> SteeringVector:
         path = spec.split(":", 1)[1]

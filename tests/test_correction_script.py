@@ -75,7 +75,7 @@ def test_correction_script_runs_on_tiny(tmp_path, monkeypatch):
     sets = saved["deception"]["sets"]
     assert set(sets) == {"dishonest_person", "liar"}
     for sr in sets.values():
-        assert set(sr["curves"]) == {"addition", "caa_vector"}
+        assert set(sr["curves"]) == {"addition", "caa_vector", "caa_vector_all"}
         assert [r["dose"] for r in sr["curves"]["addition"]] == [0.0, 1.0]
         assert 0.0 <= sr["lie_uncorrected"]["flag_rate_neutral_context"] <= 1.0
     assert "Correction benchmark" in (out / "report.md").read_text()

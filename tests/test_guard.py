@@ -211,6 +211,12 @@ def test_correction_changes_the_generation(tiny):
         ref = tiny.hf_model.generate(ids, max_new_tokens=10, do_sample=False, pad_token_id=0)[0, ids.shape[1]:]
     assert forced.token_ids == ref.tolist()[: len(forced.token_ids)]
     assert forced.token_ids[0] != base.token_ids[0]  # the first token is corrected, not only later ones
+    # positions = "all": a forced correction also steers the prompt, as CAA does
+    forced_all = Guard(tiny, [fdet], policy=policy(syc={"dose": 80.0, "positions": "all"})).generate("hello world", max_new_tokens=10, correct=True)[0]
+    with ActivationAddition(H0, -fdet.direction, alpha=80.0, positions="all").apply(tiny):
+        ref_all = tiny.hf_model.generate(ids, max_new_tokens=10, do_sample=False, pad_token_id=0)[0, ids.shape[1]:]
+    assert forced_all.token_ids == ref_all.tolist()[: len(forced_all.token_ids)]
+    assert [a.detail["positions"] for a in forced_all.actions if a.kind == "correct"] == ["all"]
 
 
 def test_steering_lowers_the_detector_reading_downstream(tiny):

@@ -130,6 +130,7 @@ def test_default_policy_file_is_monitor_only():
         ('[detectors.deception]\nblock_above = "sometimes"', "detectors.deception.block_above"),
         ("[detectors.deception]\npatience = 0", "detectors.deception.patience"),
         ('[defaults]\ndose = "big"', "defaults.dose"),
+        ('[defaults]\npositions = "prompt"', "defaults.positions: expected one of response, all"),
         ('red_lines = ["deception"]\n[detectors.deception]\nblock_above = "off"', "red line"),
         ("this is not toml", "cannot parse"),
     ],
@@ -161,6 +162,8 @@ def test_update_and_merge(files):
     assert p.resolve("sycophancy", 0.0).escalate == 1.5  # immutable: p is unchanged
     r = p.update(on_detector_error="fail_open")
     assert r.error_mode == "fail_open"
+    assert p.resolve("sycophancy", 0.0).positions == "response"  # the built-in default
+    assert p.update("sycophancy", positions="all").resolve("sycophancy", 0.0).positions == "all"
     m = p.merge(Policy.from_dict({"red_lines": ["sycophancy"], "detectors": {"sycophancy": {"block_above": 5}}}))
     assert m.red_lines == {"deception", "sycophancy"}
     assert m.resolve("sycophancy", 0.0).block == 5.0
