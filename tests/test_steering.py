@@ -56,6 +56,17 @@ def around(model, corrector, hook=HOOK):
     return before, after, [h3, h2, h1]
 
 
+def generate_around(model, corrector, ids, mask, max_new_tokens):
+    """Greedy KV-cache generate with :func:`around`'s recorders; returns (before, after)."""
+    before, after, hs = around(model, corrector)
+    try:
+        model.hf_model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0)
+    finally:
+        for h in hs:
+            h.remove()
+    return before, after
+
+
 # --------------------------------------------------------------------------------------------
 # activation addition
 # --------------------------------------------------------------------------------------------
@@ -119,12 +130,7 @@ def test_addition_generated_positions_under_kv_cache_generate(tiny):
     v = torch.randn(16)
     ids, mask = ids_mask(tiny, ["hello world", "the cat sat on the mat"], side="left")
     c = ActivationAddition(HOOK, v, alpha=1.5, positions="generated")
-    before, after, hs = around(tiny, c)
-    try:
-        tiny.hf_model.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0)
-    finally:
-        for h in hs:
-            h.remove()
+    before, after = generate_around(tiny, c, ids, mask, 4)
     assert len(before.acts) == 4  # prefill + 3 decode steps
     assert torch.equal(after.acts[0], before.acts[0])  # the prompt is untouched
     for x, y in zip(before.acts[1:], after.acts[1:]):
@@ -139,12 +145,7 @@ def test_response_positions_steer_the_first_generated_token(tiny):
     v = torch.randn(16) * 4
     ids, mask = ids_mask(tiny, ["hello world", "the cat sat on the mat"], side="left")
     c = ActivationAddition(HOOK, v, alpha=1.0, positions="response")
-    before, after, hs = around(tiny, c)
-    try:
-        tiny.hf_model.generate(ids, attention_mask=mask, max_new_tokens=3, do_sample=False, pad_token_id=0)
-    finally:
-        for h in hs:
-            h.remove()
+    before, after = generate_around(tiny, c, ids, mask, 3)
     x, y = before.acts[0], after.acts[0]
     assert torch.equal(y[:, -1], x[:, -1] + v)  # the last prompt token of each (left-padded) row
     assert torch.equal(y[:, :-1], x[:, :-1])
