@@ -11,7 +11,7 @@ import torch
 
 from circuits.errors import InputError
 from circuits.hooked_model import HFHookedModel, HookedModel
-from circuits.inputs import Item, batches, encode, pad_id
+from circuits.inputs import Item, as_chat, batches, encode, pad_id
 
 
 @torch.inference_mode()
@@ -21,14 +21,19 @@ def complete(
     max_new_tokens: int = 48,
     batch_size: int = 16,
     cache_dir: str | Path | None = None,
+    chat: bool | str = "auto",
 ) -> list[str]:
     """Greedy completions of ``items`` (left-padded batches, KV cache), optionally cached on disk.
+
+    ``chat="auto"`` (as in the Guard) sends a plain-string prompt as a user message when the
+    tokenizer has a chat template; ``chat=False`` keeps strings as raw text.
 
     The cache key is the model's weight fingerprint, the token ids and ``max_new_tokens``, so the
     control answers of a model are generated once per machine.
     """
     if not isinstance(model, HFHookedModel):
         raise InputError("complete() needs a Hugging Face backed model (circuits.load_model / from_hf)")
+    items = [as_chat(model.tokenizer, it, chat) for it in items]
     encoded = encode(model.tokenizer, items, model.n_ctx - max_new_tokens)
     path = None
     if cache_dir is not None:

@@ -66,6 +66,26 @@ def render(tokenizer: Any, item: Item, where: str = "item") -> tuple[str, str, b
     raise InputError(f"{where}: expected a string, a list of chat messages or a (prompt, response) pair, got {type(item).__name__}")
 
 
+def check_chat_mode(chat: Any) -> None:
+    if chat not in (True, False, "auto") or isinstance(chat, int) and not isinstance(chat, bool):
+        raise InputError(f"chat must be True, False or 'auto', got {chat!r}")
+
+
+def as_chat(tokenizer: Any, item: Item, chat: bool | str = "auto") -> Item:
+    """Wrap a plain-string prompt as a one-message user chat.
+
+    ``chat="auto"`` wraps when the tokenizer has a chat template (an instruct model fed raw text
+    tends to end its turn at once); ``True`` always wraps, ``False`` never. Chats and
+    ``(prompt, response)`` pairs are returned unchanged.
+    """
+    check_chat_mode(chat)
+    if isinstance(item, str):
+        has_template = getattr(tokenizer, "chat_template", None) is not None
+        if chat is True or (chat == "auto" and has_template):
+            return [{"role": "user", "content": item}]
+    return item
+
+
 def encode(tokenizer: Any, items: Sequence[Item], n_ctx: int) -> list[Encoded]:
     """Tokenise items; raises InputError naming the item if one is longer than the context."""
     out = []

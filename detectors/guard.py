@@ -73,7 +73,7 @@ from torch import Tensor
 
 from circuits.errors import InputError
 from circuits.hooked_model import HFHookedModel, HookedModel
-from circuits.inputs import Item, encode, pad_id, render
+from circuits.inputs import Item, as_chat, check_chat_mode, encode, pad_id, render
 from circuits.steering import Corrector
 from detectors.audit import AuditLog, build_record
 from detectors.policy import (
@@ -163,6 +163,7 @@ class Guard:
         self.on_escalate = on_escalate
         self.router = router or Router()
         self.audit = AuditLog(audit) if isinstance(audit, (str, Path)) else audit
+        check_chat_mode(chat)
         self.chat = chat
         self.batch_size = int(batch_size)
         self._scorer = _Scorer(self.detectors, model.d_model)
@@ -366,15 +367,8 @@ class Guard:
         self.close()
 
     # -- preparation ----------------------------------------------------------------------------
-    def _wrap(self, item: Item) -> Item:
-        if isinstance(item, str):
-            has_template = getattr(self.model.tokenizer, "chat_template", None) is not None
-            if self.chat is True or (self.chat == "auto" and has_template):
-                return [{"role": "user", "content": item}]
-        return item
-
     def _prepare(self, items: list[Item]) -> list[_Prompt]:
-        wrapped = [self._wrap(it) for it in items]
+        wrapped = [as_chat(self.model.tokenizer, it, self.chat) for it in items]
         enc = encode(self.model.tokenizer, wrapped, self.model.n_ctx)
         out = []
         for i, (it, w, e) in enumerate(zip(items, wrapped, enc)):

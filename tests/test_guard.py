@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from circuits.errors import InputError
+from circuits.generation import complete
 from circuits.inputs import encode
 from circuits.steering import ActivationAddition
 from detectors.audit import AuditLog
@@ -143,6 +144,23 @@ def test_input_validation(tiny):
         guard.generate([], max_new_tokens=3)
     with pytest.raises(InputError):
         guard.generate("hi", max_new_tokens=0)
+    with pytest.raises(InputError, match="chat must be"):
+        Guard(tiny, [d], chat="yes")
+
+
+def test_complete_wraps_plain_strings_as_the_guard_does(tiny):
+    def decoded(rows):
+        return [tiny.tokenizer.decode(r, skip_special_tokens=True).strip() for r in rows]
+
+    wrapped = decoded(hf_greedy(tiny, PROMPTS, 6))
+    assert complete(tiny, PROMPTS, max_new_tokens=6) == wrapped
+    assert complete(tiny, PROMPTS, max_new_tokens=6, chat=True) == wrapped
+    chats = [[{"role": "user", "content": p}] for p in PROMPTS]
+    assert complete(tiny, chats, max_new_tokens=6, chat=False) == wrapped
+    raw = complete(tiny, PROMPTS, max_new_tokens=6, chat=False)
+    assert raw != wrapped  # raw text continues the string; no chat turn around it
+    with pytest.raises(InputError, match="chat must be"):
+        complete(tiny, PROMPTS, chat="yes")
 
 
 # --------------------------------------------------------------------------------------------
