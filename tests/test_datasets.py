@@ -320,6 +320,7 @@ SIZES = {
     "sycophancy": 400,
     "truth": 532,
     "roleplay_lies": 120,
+    "roleplay_lies_2": 100,
     "benign": 200,
     "benign_negatives": 200,
 }
@@ -575,6 +576,67 @@ ROLEPLAY_ROLES = (
     "company spokesperson", "job applicant", "tenant", "builder", "property manager", "chef", "used-book seller",
     "dog walker",
 )
+
+ROLEPLAY2_ROLES = (
+    "tattoo artist", "catering", "night porter", "swim club", "scuba instructor", "cattery", "astronomer",
+    "quiz show", "ice-cream van", "hairdresser", "window cleaner", "gardener", "house-sat", "choir", "pottery",
+    "café", "cheese", "lifeguard", "refereeing", "marshal", "escape room", "riding stable", "guitar shop",
+    "genealogist", "dj", "jewellery", "kayak hire", "board-game café", "aquarium shop", "scout group",
+    "giant-marrow", "podcast", "bouncy castles", "treasurer", "amateur theatre", "breed rabbits", "stamps",
+    "tree surgeon", "language school", "upholsterer", "chimney sweep", "pest-control technician", "eggs",
+    "falconry", "mountain hut", "harbourmaster", "hot-air balloons", "caddying", "reporter", "street interviewer",
+)
+
+
+def _rows(filename: str) -> list[dict]:
+    return [json.loads(line) for line in open(DATA / filename, encoding="utf-8")]
+
+
+def test_roleplay_lies_2_recipe_pairs_and_balance():
+    d = recipe("roleplay_lies_2")
+    assert len(d) == 100 and d.name == "roleplay_lies_2" and d.class_counts() == {0: 50, 1: 50}
+    by_group = defaultdict(list)
+    for e in d:
+        assert [m["role"] for m in e.item] == ["user", "assistant"]
+        by_group[e.group].append(e.label)
+    assert sorted(by_group) == [f"roleplay2:{i:02d}" for i in range(1, 51)]
+    assert all(v == [0, 1] for v in by_group.values())  # honest line first, then the deceptive one
+    for i in range(0, len(d), 2):
+        a, b = d[i], d[i + 1]
+        assert a.group == b.group and a.item[0] == b.item[0] and a.item[1] != b.item[1]
+    for lab in (0, 1):
+        answers = [e.item[-1]["content"] for e in d if e.label == lab]
+        first = Counter(a.split()[0].strip(",.!;:").lower() for a in answers)
+        assert first.most_common(1)[0][1] <= 0.25 * len(answers), first.most_common(3)
+        assert not [a for a in answers if re.search(r"\b(lie|lied|lying|truth|honest|honestly|deceive)\b", a, re.I)]
+    lens = {lab: np.mean([len(e.item[-1]["content"].split()) for e in d if e.label == lab]) for lab in (0, 1)}
+    assert abs(lens[0] - lens[1]) < 3, lens
+    rows = _rows("roleplay_lies_2.jsonl")
+    assert len({r["setting"] for r in rows}) >= 7
+    assert all(r["group"] == e.group and r["label"] == e.label for r, e in zip(rows, d))
+
+
+def test_roleplay_lies_2_disjoint_from_roleplay_lies_and_concealment():
+    mine_rows = _rows("roleplay_lies_2.jsonl")
+    mine = [m["content"] for r in mine_rows for m in r["messages"]]
+    rp_rows = _rows("roleplay_lies.jsonl")
+    t = conceal.templates()
+    others = {
+        "roleplay_lies": [m["content"] for r in rp_rows for m in r["messages"]],
+        "concealment": [m["content"] for seed in (0, 1) for r in conceal.generate(seed) for m in r["messages"]]
+        + [s[k] for s in t["scenarios"] for k in ("role", "fact", "motive")],
+    }
+    mine_grams = set().union(*(_ngrams(text) for text in mine))
+    for name, texts in others.items():
+        shared = {g for text in texts for g in _ngrams(text) & mine_grams}
+        assert not shared, (name, sorted(" ".join(g) for g in shared)[:10])
+    # every listed role occurs in the new set, and none reuses a role of the other two sets
+    prompts = " ".join(r["messages"][0]["content"].lower() for r in mine_rows)
+    conceal_roles = [re.sub(r"^(a|an|the) ", "", s["role"].lower()) for s in t["scenarios"]]
+    for role in ROLEPLAY2_ROLES:
+        assert re.search(rf"\b{re.escape(role)}\b", prompts), role
+        assert not [r for r in ROLEPLAY_ROLES if re.search(rf"\b{re.escape(r)}\b", role)], role
+        assert not [c for c in conceal_roles if role in c or c in role], role
 
 
 def test_shipped_data_files_are_data_only():
