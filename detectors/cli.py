@@ -77,12 +77,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from detectors import Detector
-    from probe.datasets import load_dataset
+    from probe.datasets import load_data
     from probe.metrics import calibration_report
 
     model = _model(args.model, args.detector)
     det = Detector.load(args.detector, model)
-    data = load_dataset(args.data).check_two_classes()
+    data = load_data(args.data).check_two_classes()
     scores = det.score(model, data.items)
     report = calibration_report(data.labels, scores, det.threshold)
     print_table(f"{det.name} on {args.data}", [report])
@@ -92,7 +92,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_scan(args: argparse.Namespace) -> int:
     from detectors import Detector
-    from probe.datasets import load_dataset
+    from probe.datasets import load_data
 
     model = _model(args.model, args.detector)
     det = Detector.load(args.detector, model)
@@ -102,7 +102,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
             item.append({"role": "assistant", "content": args.response})
         items, labels = [item], [None]
     else:
-        ds = load_dataset(args.data)
+        ds = load_data(args.data)
         items, labels = ds.items, list(ds.labels)
     scores = det.score(model, items)
     rows = [
@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("behaviour", help="deception | sycophancy | truth (built-in recipes) or any name with --data")
     t.add_argument("--out", required=True)
     t.add_argument("--model", default=None)
-    t.add_argument("--data", nargs="+", default=None, help="statements CSV, A/B JSON(L) or chat JSONL files")
+    t.add_argument("--data", nargs="+", default=None, help="statements CSV, A/B JSON(L) or chat JSONL files, or built-in sets as recipe:NAME (e.g. recipe:deception/concealment)")
     t.add_argument("--method", default="logistic", help="logistic | mass_mean | mass_mean_cov | lat | ttpd | ccs | conditional")
     t.add_argument("--layer", default="auto", help="auto or a hook name such as blocks.12.hook_resid_post")
     t.add_argument("--fpr", type=float, default=0.01)
@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="evaluate a detector on a labelled file")
     e.add_argument("detector")
-    e.add_argument("--data", required=True)
+    e.add_argument("--data", required=True, help="a labelled file or recipe:NAME (e.g. recipe:roleplay_lies_2)")
     e.add_argument("--model", default=None)
     e.add_argument("--json", default=None)
     e.set_defaults(func=cmd_eval)

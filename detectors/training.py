@@ -20,7 +20,7 @@ from circuits.generation import complete
 from detectors.conditional import ConditionalDetector
 from detectors.detector import MEAN_SELECTIONS, Detector
 from probe.activation_set import ActivationSet
-from probe.datasets import LabelledDataset, load_dataset, recipe
+from probe.datasets import LabelledDataset, is_data_spec, load_data, recipe
 from probe.metrics import calibration_report
 from probe.trainer import calibrate_threshold, fit_probe, linear_readout, split_indices, sweep
 
@@ -52,7 +52,7 @@ def training_data(behaviour: str, data: Sequence[str | os.PathLike] | LabelledDa
     if isinstance(data, LabelledDataset):
         return data.check_two_classes()
     if data:
-        parts = [load_dataset(p) for p in data]
+        parts = [load_data(p) for p in data]
         return LabelledDataset.concat(*parts).check_two_classes()
     if behaviour not in BEHAVIOURS:
         raise InputError(f"no built-in recipe for {behaviour!r}; use one of {', '.join(BEHAVIOURS)} or pass data=[files]")
@@ -96,8 +96,8 @@ def _user_set(rows: Sequence[str | os.PathLike] | Sequence[Any] | LabelledDatase
     """Files in any supported format, a dataset, or bare chats (taken as label 0)."""
     if isinstance(rows, LabelledDataset):
         return rows
-    if rows and all(isinstance(c, (str, os.PathLike)) and Path(c).exists() for c in rows):
-        return LabelledDataset.concat(*[load_dataset(p) for p in rows], name=name)  # type: ignore[arg-type]
+    if rows and all(is_data_spec(c) for c in rows):
+        return LabelledDataset.concat(*[load_data(p) for p in rows], name=name)  # type: ignore[arg-type]
     return LabelledDataset(name, _control_examples(list(rows)))
 
 
@@ -116,9 +116,9 @@ def training_negatives(
         return LabelledDataset("benign_negatives", _control_examples(
             control_items(model, len(recipe("benign_negatives")), cache_dir / "completions", source="benign_negatives")))
     if isinstance(negatives, (str, os.PathLike)):
-        if not Path(negatives).exists():
-            raise InputError(f"negatives={str(negatives)!r}: expected 'auto', 'benign', None, files, a dataset or chats "
-                             "(no such file)")
+        if not is_data_spec(negatives):
+            raise InputError(f"negatives={str(negatives)!r}: expected 'auto', 'benign', None, files, 'recipe:<name>', "
+                             "a dataset or chats (no such file)")
         negatives = [negatives]
     if method not in NEGATIVE_METHODS:
         raise InputError(f"method {method!r} cannot take extra negatives (it needs contrast pairs or polarity); "

@@ -352,6 +352,18 @@ def test_recipe_names():
         recipe("nope")
 
 
+def test_load_data_takes_files_and_recipe_specs(tmp_path):
+    from probe.datasets import is_data_spec, load_data
+
+    assert load_data("recipe:roleplay_lies").content_hash() == recipe("roleplay_lies").content_hash()
+    f = tmp_path / "s.csv"
+    f.write_text("statement,label\nThe sky is blue.,1\nThe sky is green.,0\n")
+    assert load_data(f).labels.tolist() == [0, 1]
+    assert is_data_spec("recipe:anything") and is_data_spec(f) and not is_data_spec(tmp_path / "missing.csv")
+    with pytest.raises(InputError, match="unknown dataset recipe 'nope'"):
+        load_data("recipe:nope")
+
+
 def test_recipe_items_render_with_chat_template():
     from circuits.inputs import encode, render
     from tiny import tiny_tokenizer

@@ -119,6 +119,18 @@ def test_train_rejects_one_class_and_unknown_behaviour(tiny, tmp_path):
         Detector.train("x", tiny, data=one_class, cache_dir=tmp_path)
     with pytest.raises(InputError, match="no built-in recipe for 'honesty'"):
         Detector.train("honesty", tiny, cache_dir=tmp_path)
+    with pytest.raises(InputError, match="unknown dataset recipe 'nope'"):
+        Detector.train("x", tiny, data=["recipe:nope"], cache_dir=tmp_path)
+
+
+def test_training_data_mixes_recipes_and_files(tmp_path):
+    from detectors.training import training_data
+    from probe.datasets import recipe
+
+    f = tmp_path / "more.jsonl"
+    f.write_text('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "label": 1}\n')
+    ds = training_data("deception", ["recipe:deception/concealment", f], 0)
+    assert len(ds) == len(recipe("deception/concealment")) + 1
 
 
 def test_conditional_detector_roundtrip_and_readout(tiny, tmp_path):

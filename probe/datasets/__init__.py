@@ -5,7 +5,7 @@ Items are in the forms ``circuits.inputs`` accepts (text, chat messages, (prompt
 """
 
 from .loaders import FORMATS, detect_format, expand_answer, load_dataset, parse_choices
-from .recipes import RECIPES, data_path, recipe
+from .recipes import RECIPES, data_path, is_data_spec, load_data, recipe
 from .types import UNKNOWN_POLARITY, Example, LabelledDataset, concat
 
 __all__ = [
@@ -19,6 +19,8 @@ __all__ = [
     "expand_answer",
     "FORMATS",
     "recipe",
+    "load_data",
+    "is_data_spec",
     "RECIPES",
     "data_path",
 ]

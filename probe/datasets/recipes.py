@@ -172,3 +172,25 @@ def recipe(name: str, seed: int = 0) -> LabelledDataset:
     if name not in RECIPES:
         raise InputError(f"unknown dataset recipe {name!r}; valid: {', '.join(RECIPES)}")
     return RECIPES[name](seed)
+
+
+RECIPE_PREFIX = "recipe:"
+
+
+def load_data(spec: str | Path) -> LabelledDataset:
+    """A dataset from a file path or a built-in recipe written ``"recipe:<name>"``.
+
+    Lets the command line and ``data=[...]`` mix users' files with shipped sets, e.g.
+    ``--data recipe:deception/concealment my_lies.jsonl``.
+    """
+    text = str(spec)
+    if text.startswith(RECIPE_PREFIX):
+        return recipe(text[len(RECIPE_PREFIX):])
+    return load_dataset(spec)
+
+
+def is_data_spec(spec: object) -> bool:
+    """True for an existing file or a ``"recipe:<name>"`` string (not yet checked against RECIPES)."""
+    if isinstance(spec, str) and spec.startswith(RECIPE_PREFIX):
+        return True
+    return isinstance(spec, (str, Path)) and Path(spec).exists()
