@@ -1,0 +1,82 @@
+"""Which training data makes a deception detector transfer to role-play lies.
+
+Four setups, fixed before the second role-play set (``roleplay_lies_2``) was scored for the
+first time, all trained with the public API (``Detector.train``, layer chosen on its own
+validation split, threshold on the shipped benign control chats):
+
+* ``recipe``: the built-in deception recipe (instructed, false-statement and concealment
+  families) with the benign training negatives, as ``coalign train deception`` does;
+* ``recipe_no_negatives``: the same without the negatives;
+* ``concealment``: only the ``deception/concealment`` family (someone in a role answers a
+  question truthfully or deceptively; the context is the same in both), no negatives;
+* ``concealment_negatives``: the same with the benign negatives.
+
+Each is scored on: its own held-out validation part; the instructed and false-statement
+families (held-out rows for the recipe setups are inside ``val_auroc``; for the concealment
+setups the whole families are unseen); ``roleplay_lies`` (60 scenes; the set the
+concealment setups were formed after looking at); and ``roleplay_lies_2`` (50 scenes written
+later as a confirmation set). AUROC with a 95% bootstrap CI, and recall / false-positive rate
+at the deployed threshold.
+
+Run: python benchmarks/deception_training_data.py [--out benchmarks/results/deception_training_data.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+from circuits import load_model
+from detectors import Detector
+from probe.datasets import recipe
+from probe.metrics import bootstrap_auroc_ci, calibration_report
+
+SETUPS = {
+    "recipe": dict(data=None, negatives="benign"),
+    "recipe_no_negatives": dict(data=None, negatives=None),
+    "concealment": dict(data=["recipe:deception/concealment"], negatives=None),
+    "concealment_negatives": dict(data=["recipe:deception/concealment"], negatives="benign"),
+}
+EVAL_SETS = ("deception/instructed", "deception/false_statement", "roleplay_lies", "roleplay_lies_2")
+
+
+def evaluate(model, det: Detector, name: str) -> dict:
+    ds = recipe(name)
+    scores = np.asarray(det.score(model, ds.items))
+    rep = calibration_report(ds.labels, scores, det.threshold)
+    lo, hi = bootstrap_auroc_ci(ds.labels, scores)
+    return rep | {"auroc_ci": [lo, hi]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=None, help="write the results as JSON here")
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    args = ap.parse_args()
+    model = load_model(args.model)
+    t0 = time.perf_counter()
+    results = {}
+    for setup, kw in SETUPS.items():
+        det = Detector.train("deception", model, **kw)
+        m = det.metrics
+        row = {"hook": det.hooks[0], "id": det.id, "threshold": det.threshold, "val_auroc": m["val_auroc"],
+               "val_recall_at_threshold": m["val_recall_at_threshold"], "n_train": m["n_train"],
+               "n_negatives": m["n_negatives"], "eval": {n: evaluate(model, det, n) for n in EVAL_SETS}}
+        results[setup] = row
+        ev = row["eval"]
+        print(f"{setup:22s} {det.hooks[0]:26s} val {m['val_auroc']:.3f} | " + " | ".join(
+            f"{n.split('/')[-1]} {ev[n]['auroc']:.3f} [{ev[n]['auroc_ci'][0]:.2f}-{ev[n]['auroc_ci'][1]:.2f}] "
+            f"rec {ev[n]['recall_at_threshold']:.2f} fpr {ev[n]['fpr_at_threshold']:.2f}" for n in EVAL_SETS), flush=True)
+    out = {"model": model.model_id, "fingerprint": model.fingerprint, "seconds": round(time.perf_counter() - t0, 1),
+           "setups": SETUPS,
+           "results": results}
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
