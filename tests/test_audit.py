@@ -8,7 +8,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from circuits.inputs import render
 from detectors.audit import AuditLog, score_summary
