@@ -151,7 +151,8 @@ def train_detector(
     Args:
         behaviour: ``"deception"``, ``"sycophancy"``, ``"truth"`` (built-in recipes) or any name with ``data``.
         model: the hooked model.
-        data: files (statements CSV, A/B JSON(L), chat JSONL) or a LabelledDataset; default: the recipe.
+        data: files (statements CSV, A/B JSON(L), chat JSONL), built-in sets as ``"recipe:<name>"``
+            (e.g. ``"recipe:deception/concealment"``), or a LabelledDataset; default: the recipe.
         method: probe kind (``logistic``, ``mass_mean``, ``mass_mean_cov``, ``lat``, ``ttpd``, ``ccs``).
         layer: ``"auto"`` (sweep, pick the best validation AUROC), a hook name, or a list of hooks.
         select: token selection; default depends on the behaviour.
