@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -51,12 +52,13 @@ def evaluate(model, det: Detector, name: str) -> dict:
     return rep | {"auroc_ci": [lo, hi]}
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None, model: Any = None) -> dict[str, Any]:
+    """Run the benchmark; ``model`` is for tests (a tiny model instead of ``--model``)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     ap.add_argument("--model", default="smollm2-135m-instruct")
-    args = ap.parse_args()
-    model = load_model(args.model)
+    args = ap.parse_args(argv)
+    model = model if model is not None else load_model(args.model)
     t0 = time.perf_counter()
     results = {}
     for setup, kw in SETUPS.items():
@@ -76,6 +78,7 @@ def main() -> None:
     if args.out:
         with open(args.out, "w") as f:
             json.dump(out, f, indent=1)
+    return out
 
 
 if __name__ == "__main__":
