@@ -18,6 +18,16 @@ concealment setups were formed after looking at); and ``roleplay_lies_2`` (50 sc
 later as a confirmation set). AUROC with a 95% bootstrap CI, and recall / false-positive rate
 at the deployed threshold.
 
+A fifth entry, ``mixture``, folds the ``recipe`` and ``concealment`` detectors into one
+(``Detector.combine``: weighted sum of their control-standardised scores). The concealment weight
+is chosen without looking at any role-play data: the largest weight on a 0.05 grid for which the
+recipe detector's held-out instructed and false-statement rows both keep AUROC >= 0.95. The rule was
+fixed before the mixture was scored on ``roleplay_lies_2``; a scratch sweep on ``roleplay_lies`` had
+shown the trade-off (about 0.87-0.89 there at that floor).
+
+``roleplay_lies_3`` (50 more scenes, written blind by a helper after all five entries were fixed)
+was added to the evaluation sets last and scored once, with nothing changed afterwards.
+
 Run: python benchmarks/deception_training_data.py [--out benchmarks/results/deception_training_data.json]
 """
 
@@ -32,8 +42,11 @@ import numpy as np
 
 from circuits import load_model
 from detectors import Detector
-from probe.datasets import recipe
-from probe.metrics import bootstrap_auroc_ci, calibration_report
+from detectors.training import control_items, default_cache_dir
+from probe.activation_set import _ids
+from probe.datasets import LabelledDataset, recipe
+from probe.metrics import auroc, bootstrap_auroc_ci, calibration_report
+from probe.trainer import split_indices
 
 SETUPS = {
     "recipe": dict(data=None, negatives="benign"),
@@ -41,7 +54,11 @@ SETUPS = {
     "concealment": dict(data=["recipe:deception/concealment"], negatives=None),
     "concealment_negatives": dict(data=["recipe:deception/concealment"], negatives="benign"),
 }
-EVAL_SETS = ("deception/instructed", "deception/false_statement", "roleplay_lies", "roleplay_lies_2")
+EVAL_SETS = ("deception/instructed", "deception/false_statement", "roleplay_lies", "roleplay_lies_2", "roleplay_lies_3")
+MIX = ("recipe", "concealment")  # folded together; weight on the second chosen by MIX_RULE
+W_GRID = [round(0.05 * i, 2) for i in range(21)]
+FLOOR = 0.95
+MIX_RULE = f"largest {MIX[1]} weight keeping held-out instructed and false-statement AUROC >= {FLOOR}"
 
 
 def evaluate(model, det: Detector, name: str) -> dict:
@@ -52,6 +69,30 @@ def evaluate(model, det: Detector, name: str) -> dict:
     return rep | {"auroc_ci": [lo, hi]}
 
 
+def recipe_validation_sets(test_fraction: float = 0.2, seed: int = 0) -> dict[str, LabelledDataset]:
+    """The rows of the instructed and false-statement families that ``Detector.train("deception")``
+    holds out (the same split: pairs kept together, same seed)."""
+    ds = recipe("deception", seed=seed)
+    _, va = split_indices(ds.labels, _ids(ds, "group"), test_fraction, seed)
+    family = np.array([e.source.split(":")[1] for e in ds.examples])
+    return {f: ds.subset(va[family[va] == f"deception/{f}"], name=f"{f} (held out)") for f in ("instructed", "false_statement")}
+
+
+def choose_mixture(model, dets: dict[str, Detector]) -> tuple[float, list[dict]]:
+    """Apply MIX_RULE: z-scores on the shipped control chats, as ``Detector.combine`` standardises them."""
+    ctrl = control_items(model, 200, default_cache_dir() / "completions")
+    stats = [(float(c.mean()), float(c.std())) for c in (dets[k].score(model, ctrl) for k in MIX)]
+    val = recipe_validation_sets()
+    z = {f: [(dets[k].score(model, ds.items) - mu) / sd for k, (mu, sd) in zip(MIX, stats)] for f, ds in val.items()}
+    table, chosen = [], 0.0
+    for w in W_GRID:
+        row = {"weight": w, **{f: auroc(val[f].labels, (1 - w) * z[f][0] + w * z[f][1]) for f in val}}
+        table.append(row)
+        if min(row[f] for f in val) >= FLOOR:
+            chosen = w
+    return chosen, table
+
+
 def main(argv: Sequence[str] | None = None, model: Any = None) -> dict[str, Any]:
     """Run the benchmark; ``model`` is for tests (a tiny model instead of ``--model``)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -60,7 +101,8 @@ def main(argv: Sequence[str] | None = None, model: Any = None) -> dict[str, Any]
     args = ap.parse_args(argv)
     model = model if model is not None else load_model(args.model)
     t0 = time.perf_counter()
-    results = {}
+    results: dict[str, Any] = {}
+    dets: dict[str, Detector] = {}
     for setup, kw in SETUPS.items():
         det = Detector.train("deception", model, **kw)
         m = det.metrics
@@ -72,8 +114,20 @@ def main(argv: Sequence[str] | None = None, model: Any = None) -> dict[str, Any]
         print(f"{setup:22s} {det.hooks[0]:26s} val {m['val_auroc']:.3f} | " + " | ".join(
             f"{n.split('/')[-1]} {ev[n]['auroc']:.3f} [{ev[n]['auroc_ci'][0]:.2f}-{ev[n]['auroc_ci'][1]:.2f}] "
             f"rec {ev[n]['recall_at_threshold']:.2f} fpr {ev[n]['fpr_at_threshold']:.2f}" for n in EVAL_SETS), flush=True)
+        dets[setup] = det
+    w, table = choose_mixture(model, dets)
+    mix = Detector.combine([dets[k] for k in MIX], model, weights=[1 - w, w], name="mixture")
+    val = recipe_validation_sets()
+    results["mixture"] = {"hooks": mix.hooks, "id": mix.id, "threshold": mix.threshold, "weight": w, "rule": MIX_RULE,
+                          "selection": table,
+                          "val_auroc": {f: auroc(ds.labels, mix.score(model, ds.items)) for f, ds in val.items()},
+                          "eval": {n: evaluate(model, mix, n) for n in EVAL_SETS}}
+    ev = results["mixture"]["eval"]
+    print(f"mixture (concealment weight {w})  val " + " ".join(f"{k} {v:.3f}" for k, v in results["mixture"]["val_auroc"].items())
+          + " | " + " | ".join(f"{n.split('/')[-1]} {ev[n]['auroc']:.3f} [{ev[n]['auroc_ci'][0]:.2f}-{ev[n]['auroc_ci'][1]:.2f}] "
+                               f"rec {ev[n]['recall_at_threshold']:.2f} fpr {ev[n]['fpr_at_threshold']:.2f}" for n in EVAL_SETS), flush=True)
     out = {"model": model.model_id, "fingerprint": model.fingerprint, "seconds": round(time.perf_counter() - t0, 1),
-           "setups": SETUPS,
+           "setups": SETUPS, "mixture": {"of": MIX, "rule": MIX_RULE},
            "results": results}
     if args.out:
         with open(args.out, "w") as f:

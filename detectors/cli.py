@@ -1,4 +1,4 @@
-"""The ``coalign`` command line: demo, train, eval, scan, bench (and guard, chat, steer).
+"""The ``coalign`` command line: demo, train, eval, scan, combine, bench (and guard, chat, steer).
 
 Every command prints a readable table; ``--json FILE`` also writes the numbers.
 """
@@ -120,6 +120,27 @@ def _preview(item: Any, n: int = 70) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
+def cmd_combine(args: argparse.Namespace) -> int:
+    from circuits.errors import InputError
+    from detectors import Detector
+
+    model = _model(args.model, args.detectors[0])
+    dets = [Detector.load(d, model) for d in args.detectors]
+    try:
+        weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+    except ValueError as e:
+        raise InputError(f"--weights must be comma-separated numbers, got {args.weights!r}") from e
+    both = Detector.combine(dets, model, weights=weights, name=args.name, fpr=args.fpr, control=args.control,
+                            confidence=None if args.confidence <= 0 else args.confidence)
+    both.save(args.out)
+    rows = [{"part": c["name"], "id": c["id"], "hooks": ",".join(c["hooks"]), "weight": c["weight"],
+             "control mean": c["control_mean"], "control std": c["control_std"]} for c in both.metrics["components"]]
+    print_table(f"combined {both.name} -> {args.out} (threshold {both.threshold:.3f}, control FPR "
+                f"{both.metrics['control_fpr']:.3f})", rows)
+    write_json(args.json, {"out": args.out, "id": both.id, "threshold": both.threshold, **both.metrics})
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from probe.benchmark import run_probe_benchmark
 
@@ -183,6 +204,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default=None)
     s.add_argument("--json", default=None)
     s.set_defaults(func=cmd_scan)
+
+    c = sub.add_parser("combine", help="fold several detectors into one (weighted sum of control-standardised scores)")
+    c.add_argument("detectors", nargs="+", help="two or more detector directories")
+    c.add_argument("--out", required=True)
+    c.add_argument("--weights", default=None, help="comma-separated, one per detector (default equal)")
+    c.add_argument("--name", default=None)
+    c.add_argument("--fpr", type=float, default=None, help="target control FPR (default: the first detector's)")
+    c.add_argument("--confidence", type=float, default=0.95)
+    c.add_argument("--control", nargs="+", default=None, help="your own benign calibration files (label-0 rows)")
+    c.add_argument("--model", default=None)
+    c.add_argument("--json", default=None)
+    c.set_defaults(func=cmd_combine)
 
     b = sub.add_parser("bench", help="benchmarks")
     bsub = b.add_subparsers(dest="bench_kind", required=True)

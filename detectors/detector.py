@@ -299,3 +299,12 @@ class Detector:
         from detectors.training import train_detector
 
         return train_detector(behaviour, model, **kwargs)
+
+    @classmethod
+    def combine(cls, detectors: Sequence["Detector"], model: HookedModel, weights: Sequence[float] | None = None,
+                **kwargs: Any) -> "Detector":
+        """One detector from several: weighted sum of control-standardised scores, recalibrated
+        (see :func:`detectors.ensemble.combine_detectors`)."""
+        from detectors.ensemble import combine_detectors
+
+        return combine_detectors(detectors, model, weights=weights, **kwargs)

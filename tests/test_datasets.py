@@ -321,6 +321,7 @@ SIZES = {
     "truth": 532,
     "roleplay_lies": 120,
     "roleplay_lies_2": 100,
+    "roleplay_lies_3": 100,
     "benign": 200,
     "benign_negatives": 200,
 }
@@ -600,18 +601,31 @@ ROLEPLAY2_ROLES = (
 )
 
 
+ROLEPLAY3_ROLES = (
+    "bookbinder", "blacksmith", "violin maker", "glassblower", "taxidermist", "stonemason", "surveyor",
+    "electrician", "plumber", "roofer", "glazier", "dog groomer", "farrier", "sheepdog trainer", "reptile breeder",
+    "alpaca farmer", "sommelier", "butcher", "brewer", "chocolatier", "cider maker", "calligrapher", "ballet teacher",
+    "projectionist", "cello teacher", "costume designer", "train conductor", "baggage handler", "pedicab rider",
+    "lock keeper", "car-hire desk", "sea-fishing charter", "concierge", "campsite warden", "holiday rep",
+    "whale-watching guide", "fencing coach", "jockey", "groundsman", "pacer", "cox", "dairy farmer", "sheep shearer",
+    "mushroom forager", "christmas-tree grower", "vegetable box", "party magician", "stage hypnotist", "tarot reader",
+    "crossword setter",
+)
+
+
 def _rows(filename: str) -> list[dict]:
     return [json.loads(line) for line in open(DATA / filename, encoding="utf-8")]
 
 
-def test_roleplay_lies_2_recipe_pairs_and_balance():
-    d = recipe("roleplay_lies_2")
-    assert len(d) == 100 and d.name == "roleplay_lies_2" and d.class_counts() == {0: 50, 1: 50}
+def _check_confirmation_set(name: str, prefix: str, n_scenes: int = 50) -> None:
+    """A hand-written confirmation set: honest/deceptive pairs per scene, no surface giveaways."""
+    d = recipe(name)
+    assert len(d) == 2 * n_scenes and d.name == name and d.class_counts() == {0: n_scenes, 1: n_scenes}
     by_group = defaultdict(list)
     for e in d:
         assert [m["role"] for m in e.item] == ["user", "assistant"]
         by_group[e.group].append(e.label)
-    assert sorted(by_group) == [f"roleplay2:{i:02d}" for i in range(1, 51)]
+    assert sorted(by_group) == [f"{prefix}:{i:02d}" for i in range(1, n_scenes + 1)]
     assert all(v == [0, 1] for v in by_group.values())  # honest line first, then the deceptive one
     for i in range(0, len(d), 2):
         a, b = d[i], d[i + 1]
@@ -623,32 +637,52 @@ def test_roleplay_lies_2_recipe_pairs_and_balance():
         assert not [a for a in answers if re.search(r"\b(lie|lied|lying|truth|honest|honestly|deceive)\b", a, re.I)]
     lens = {lab: np.mean([len(e.item[-1]["content"].split()) for e in d if e.label == lab]) for lab in (0, 1)}
     assert abs(lens[0] - lens[1]) < 3, lens
-    rows = _rows("roleplay_lies_2.jsonl")
-    assert len({r["setting"] for r in rows}) >= 7
+    rows = _rows(f"{name}.jsonl")
+    settings = Counter(r["setting"] for r in rows)
+    assert len(settings) >= 7 and settings.most_common(1)[0][1] <= 0.25 * len(rows), settings
     assert all(r["group"] == e.group and r["label"] == e.label for r, e in zip(rows, d))
 
 
-def test_roleplay_lies_2_disjoint_from_roleplay_lies_and_concealment():
-    mine_rows = _rows("roleplay_lies_2.jsonl")
+def _check_disjoint(name: str, roles: tuple[str, ...], other_sets: dict[str, tuple[str, ...]]) -> None:
+    """No 6-word sequence shared with the other role-play sets or the concealment data, and no reused role.
+
+    ``other_sets`` maps each earlier role-play recipe to its listed roles."""
+    mine_rows = _rows(f"{name}.jsonl")
     mine = [m["content"] for r in mine_rows for m in r["messages"]]
-    rp_rows = _rows("roleplay_lies.jsonl")
     t = conceal.templates()
-    others = {
-        "roleplay_lies": [m["content"] for r in rp_rows for m in r["messages"]],
-        "concealment": [m["content"] for seed in (0, 1) for r in conceal.generate(seed) for m in r["messages"]]
-        + [s[k] for s in t["scenarios"] for k in ("role", "fact", "motive")],
-    }
+    others = {o: [m["content"] for r in _rows(f"{o}.jsonl") for m in r["messages"]] for o in other_sets}
+    others["concealment"] = [m["content"] for seed in (0, 1) for r in conceal.generate(seed) for m in r["messages"]]
+    others["concealment"] += [s[k] for s in t["scenarios"] for k in ("role", "fact", "motive")]
     mine_grams = set().union(*(_ngrams(text) for text in mine))
-    for name, texts in others.items():
+    for other, texts in others.items():
         shared = {g for text in texts for g in _ngrams(text) & mine_grams}
-        assert not shared, (name, sorted(" ".join(g) for g in shared)[:10])
-    # every listed role occurs in the new set, and none reuses a role of the other two sets
+        assert not shared, (other, sorted(" ".join(g) for g in shared)[:10])
+    # every listed role occurs in the set, and none contains or is contained in a role of the other sets
     prompts = " ".join(r["messages"][0]["content"].lower() for r in mine_rows)
-    conceal_roles = [re.sub(r"^(a|an|the) ", "", s["role"].lower()) for s in t["scenarios"]]
-    for role in ROLEPLAY2_ROLES:
+    taken = [r for rs in other_sets.values() for r in rs]
+    taken += [re.sub(r"^(a|an|the) ", "", s["role"].lower()) for s in t["scenarios"]]
+    assert len(set(roles)) == len(roles)
+    for role in roles:
         assert re.search(rf"\b{re.escape(role)}\b", prompts), role
-        assert not [r for r in ROLEPLAY_ROLES if re.search(rf"\b{re.escape(r)}\b", role)], role
-        assert not [c for c in conceal_roles if role in c or c in role], role
+        assert not [r for r in taken if r in role or role in r], role
+
+
+def test_roleplay_lies_2_recipe_pairs_and_balance():
+    _check_confirmation_set("roleplay_lies_2", "roleplay2")
+
+
+def test_roleplay_lies_2_disjoint_from_roleplay_lies_and_concealment():
+    _check_disjoint("roleplay_lies_2", ROLEPLAY2_ROLES, {"roleplay_lies": ROLEPLAY_ROLES})
+
+
+def test_roleplay_lies_3_recipe_pairs_and_balance():
+    _check_confirmation_set("roleplay_lies_3", "roleplay3")
+
+
+def test_roleplay_lies_3_disjoint_from_other_sets():
+    _check_disjoint(
+        "roleplay_lies_3", ROLEPLAY3_ROLES, {"roleplay_lies": ROLEPLAY_ROLES, "roleplay_lies_2": ROLEPLAY2_ROLES}
+    )
 
 
 def test_shipped_data_files_are_data_only():

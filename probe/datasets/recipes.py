@@ -37,6 +37,10 @@
     ``roleplay_lies_2.jsonl``: 50 more role-play scenes (100 chats, groups ``"roleplay2:NN"``),
     written later as a confirmation set, with roles unlike those of ``roleplay_lies`` and the
     concealment scenarios; never used for training or model selection.
+``"roleplay_lies_3"``
+    ``roleplay_lies_3.jsonl``: 50 more role-play scenes (100 chats, groups ``"roleplay3:NN"``),
+    written as a second confirmation set, with roles unlike those of ``roleplay_lies``,
+    ``roleplay_lies_2`` and the concealment scenarios; never used for training or model selection.
 ``"benign"``
     ``benign_control.jsonl``: 200 everyday instructions as one-message user chats, all
     label 0 (for false-positive rates; single class on purpose).
@@ -162,6 +166,7 @@ RECIPES: dict[str, Callable[[int], LabelledDataset]] = {
     "truth": _truth,
     "roleplay_lies": lambda seed=0: _load("roleplay_lies.jsonl", "roleplay_lies"),
     "roleplay_lies_2": lambda seed=0: _load("roleplay_lies_2.jsonl", "roleplay_lies_2"),
+    "roleplay_lies_3": lambda seed=0: _load("roleplay_lies_3.jsonl", "roleplay_lies_3"),
     "benign": lambda seed=0: _load("benign_control.jsonl", "benign"),
     "benign_negatives": lambda seed=0: _load("benign_negatives.jsonl", "benign_negatives"),
 }
