@@ -42,11 +42,9 @@ import numpy as np
 
 from circuits import load_model
 from detectors import Detector
-from detectors.training import control_items, default_cache_dir
-from probe.activation_set import _ids
+from detectors.training import control_items, default_cache_dir, validation_indices
 from probe.datasets import LabelledDataset, recipe
 from probe.metrics import auroc, bootstrap_auroc_ci, calibration_report
-from probe.trainer import split_indices
 
 SETUPS = {
     "recipe": dict(data=None, negatives="benign"),
@@ -73,7 +71,7 @@ def recipe_validation_sets(test_fraction: float = 0.2, seed: int = 0) -> dict[st
     """The rows of the instructed and false-statement families that ``Detector.train("deception")``
     holds out (the same split: pairs kept together, same seed)."""
     ds = recipe("deception", seed=seed)
-    _, va = split_indices(ds.labels, _ids(ds, "group"), test_fraction, seed)
+    va = validation_indices(ds, test_fraction, seed)
     family = np.array([e.source.split(":")[1] for e in ds.examples])
     return {f: ds.subset(va[family[va] == f"deception/{f}"], name=f"{f} (held out)") for f in ("instructed", "false_statement")}
 

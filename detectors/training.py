@@ -19,7 +19,7 @@ from circuits.errors import InputError
 from circuits.generation import complete
 from detectors.conditional import ConditionalDetector
 from detectors.detector import MEAN_SELECTIONS, Detector
-from probe.activation_set import ActivationSet
+from probe.activation_set import ActivationSet, group_codes
 from probe.datasets import LabelledDataset, is_data_spec, load_data, recipe
 from probe.metrics import calibration_report
 from probe.trainer import calibrate_threshold, fit_probe, linear_readout, split_indices, sweep
@@ -230,6 +230,12 @@ def train_detector(
         except InputError as e:  # e.g. every control response shorter than the warm-up
             warnings.warn(f"no stream calibration for {det.name!r} ({e}); a Guard will judge it token by token", RuntimeWarning, stacklevel=2)
     return det
+
+
+def validation_indices(dataset: LabelledDataset, test_fraction: float = 0.2, seed: int = 0) -> np.ndarray:
+    """Rows of ``dataset`` that :func:`train_detector` holds out for its validation metrics (same
+    split: contrast pairs kept together), e.g. to score another detector on the same held-out rows."""
+    return split_indices(dataset.labels, group_codes(dataset), test_fraction, seed)[1]
 
 
 def _activations(model: HookedModel, dataset: LabelledDataset, hooks: list[str], method: str, capture_kw: dict) -> ActivationSet:

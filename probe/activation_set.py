@@ -91,6 +91,11 @@ class ActivationSet:
         return cls(acts.acts, np.asarray(dataset.labels), _ids(dataset, "group"), _ids(dataset, "polarity"), select, dataset.content_hash())
 
 
+def group_codes(dataset: Any) -> np.ndarray | None:
+    """Integer contrast-pair ids of a dataset's examples, as an ActivationSet built from it holds them."""
+    return _ids(dataset, "group")
+
+
 def _ids(dataset: Any, field: str) -> np.ndarray | None:
     values = [getattr(e, field) for e in dataset.examples]
     if all(v is None for v in values):

@@ -12,6 +12,7 @@ from tiny import tiny_model
 from circuits import ArtifactError, HookNameError, InputError, ModelMismatchError
 from detectors import Detector
 from probe.datasets import Example, LabelledDataset
+from probe.metrics import auroc
 
 HOOK = "blocks.1.hook_resid_post"
 
@@ -104,8 +105,15 @@ def _planted_dataset() -> LabelledDataset:
 
 
 def test_train_detector_on_planted_signal(tiny, tmp_path):
-    det = Detector.train("planted", tiny, data=_planted_dataset(), n_control=20, cache_dir=tmp_path)
+    from detectors.training import validation_indices
+
+    data = _planted_dataset()
+    det = Detector.train("planted", tiny, data=data, n_control=20, cache_dir=tmp_path)
     assert det.metrics["val_auroc"] > 0.95
+    # validation_indices names the rows training held out (other detectors can be scored on them)
+    va = validation_indices(data)
+    assert det.metrics["val_n"] == len(va) and det.metrics["val_n_positive"] == int(data.labels[va].sum())
+    assert det.metrics["val_auroc"] == pytest.approx(auroc(data.labels[va], det.score(tiny, data.subset(va).items)), abs=1e-6)
     assert det.metrics["n_negatives"] == 0  # "auto" adds the shipped benign negatives for deception only
     assert det.hooks[0] in tiny.hook_names
     assert det.metrics["control_fpr"] <= 0.05 + 1e-9
