@@ -317,11 +317,13 @@ SIZES = {
     "deception/instructed": 432,
     "deception/false_statement": 432,
     "deception/concealment": 240,
+    "deception/concealment_2": 360,
     "sycophancy": 400,
     "truth": 532,
     "roleplay_lies": 120,
     "roleplay_lies_2": 100,
     "roleplay_lies_3": 100,
+    "roleplay_lies_4": 100,
     "benign": 200,
     "benign_negatives": 200,
 }
@@ -501,20 +503,27 @@ def _ngrams(text: str, n: int = 6) -> set[tuple[str, ...]]:
     return {tuple(w[i : i + n]) for i in range(len(w) - n + 1)}
 
 
-def test_concealment_recipe_pairs_and_determinism():
-    d = recipe("deception/concealment")
-    assert len(d) == 240 and d.class_counts() == {0: 120, 1: 120} and d.name == "deception/concealment"
-    assert d.content_hash() == recipe("deception/concealment", seed=0).content_hash()
-    assert d.content_hash() == conceal.dataset(0).content_hash()
-    other = recipe("deception/concealment", seed=3)
-    assert len(other) == 240 and other.content_hash() != d.content_hash()
-    assert other.content_hash() == recipe("deception/concealment", seed=3).content_hash()
+# part -> (recipe name, group prefix, scenarios, affirmative-claim scenarios)
+CONCEALMENT_PARTS = {1: ("deception/concealment", "conceal", 40, 8), 2: ("deception/concealment_2", "conceal2", 60, 12)}
+
+
+@pytest.mark.parametrize("part", sorted(CONCEALMENT_PARTS))
+def test_concealment_recipe_pairs_and_determinism(part):
+    name, prefix, n_scen, _ = CONCEALMENT_PARTS[part]
+    n_pairs = 3 * n_scen
+    d = recipe(name)
+    assert len(d) == 2 * n_pairs and d.class_counts() == {0: n_pairs, 1: n_pairs} and d.name == name
+    assert d.content_hash() == recipe(name, seed=0).content_hash()
+    assert d.content_hash() == conceal.dataset(0, part).content_hash()
+    other = recipe(name, seed=3)
+    assert len(other) == 2 * n_pairs and other.content_hash() != d.content_hash()
+    assert other.content_hash() == recipe(name, seed=3).content_hash()
     by_group = defaultdict(list)
     for e in d:
-        assert e.group.startswith("conceal:") and e.polarity is None
+        assert e.group.startswith(prefix + ":") and e.polarity is None
         assert [m["role"] for m in e.item] == ["user", "assistant"]
         by_group[e.group].append(e)
-    assert len(by_group) == 40 and all(len(es) == 6 and sum(e.label for e in es) == 3 for es in by_group.values())
+    assert len(by_group) == n_scen and all(len(es) == 6 and sum(e.label for e in es) == 3 for es in by_group.values())
     # consecutive rows are pairs: same prompt, same source, different answers and labels
     sources = set()
     for i in range(0, len(d), 2):
@@ -522,29 +531,44 @@ def test_concealment_recipe_pairs_and_determinism():
         assert (a.label, b.label) == (0, 1) and a.item[0] == b.item[0] and a.item[1] != b.item[1]
         assert a.source == b.source and a.group == b.group
         sources.add(a.source)
-    assert len(sources) == 120
-    assert len({e.item[1]["content"] for e in d}) >= 200  # answers are not mere copies
+    assert len(sources) == n_pairs
+    assert len({e.item[1]["content"] for e in d}) >= 0.8 * len(d)  # answers are not mere copies
 
 
-def test_concealment_mix_of_framings_questions_and_lie_kinds():
-    rows = conceal.generate(0)
+def test_concealment_parts_are_separate():
+    one, two = recipe("deception/concealment"), recipe("deception/concealment_2")
+    assert not {e.group for e in one} & {e.group for e in two}
+    assert not {e.source for e in one} & {e.source for e in two}
+    roles = [s["role"].lower() for p in (1, 2) for s in conceal.templates(p)["scenarios"]]
+    assert len(set(roles)) == len(roles) == 100
+    assert recipe("deception").content_hash() == recipe("deception", seed=0).content_hash()
+    assert not any(e.group.startswith("conceal2:") for e in recipe("deception"))  # not in the default recipe
+    with pytest.raises(ValueError, match="part"):
+        conceal.templates(3)
+
+
+@pytest.mark.parametrize("part", sorted(CONCEALMENT_PARTS))
+def test_concealment_mix_of_framings_questions_and_lie_kinds(part):
+    _, _, n_scen, n_claim = CONCEALMENT_PARTS[part]
+    n_pairs = 3 * n_scen
+    rows = conceal.generate(0, part)
     pairs = rows[::2]
     kinds = Counter(r["kind"] for r in pairs)
-    assert kinds["claim"] == 24 and kinds["denial"] == 96  # 20% affirmative false claims
-    assert 0.4 <= Counter(r["question"] for r in pairs)["yes_no"] / 120 <= 0.6
-    assert 0.35 <= Counter(r["framing"] for r in pairs)["first"] / 120 <= 0.65
+    assert kinds["claim"] == 3 * n_claim and kinds["denial"] == n_pairs - 3 * n_claim  # 20% affirmative false claims
+    assert 0.4 <= Counter(r["question"] for r in pairs)["yes_no"] / n_pairs <= 0.6
+    assert 0.35 <= Counter(r["framing"] for r in pairs)["first"] / n_pairs <= 0.65
     third = [r for r in rows if r["framing"] == "third"]
     assert all("You are" not in r["messages"][0]["content"] for r in third)
     # every template slot is filled
     assert not any("{" in m["content"] or "}" in m["content"] for r in rows for m in r["messages"])
-    t = conceal.templates()
+    t = conceal.templates(part)
     yn_honest = Counter(s["yes_no"]["honest"] for s in t["scenarios"])
-    assert yn_honest["No"] >= 15 and yn_honest["Yes"] >= 15
+    assert min(yn_honest["No"], yn_honest["Yes"]) >= 0.375 * n_scen
 
 
-@pytest.mark.parametrize("seed", [0, 1, 5])
-def test_concealment_no_class_giveaways(seed):
-    d = conceal.dataset(seed)
+@pytest.mark.parametrize("part,seed", [(1, 0), (1, 1), (1, 5), (2, 0), (2, 1)])
+def test_concealment_no_class_giveaways(part, seed):
+    d = conceal.dataset(seed, part)
     for lab in (0, 1):
         answers = [e.item[-1]["content"] for e in d if e.label == lab]
         first = Counter(a.split()[0].strip(",.!;:").lower() for a in answers)
@@ -558,6 +582,9 @@ def test_concealment_no_class_giveaways(seed):
     for w in {w for w, _ in first_all}:
         n0, n1 = first_all[(w, 0)], first_all[(w, 1)]
         assert n0 + n1 < 12 or min(n0, n1) / (n0 + n1) >= 0.25, (w, n0, n1)
+    # the scenario's own answer texts never name the behaviour (the shared lead "Honestly," is in both classes)
+    answers = [s[q][k] for s in conceal.templates(part)["scenarios"] for q in ("yes_no", "open") for k in ("truth", "lie")]
+    assert not [a for a in answers if re.search(r"\b(lie|lied|lying|truth|honest|honestly|deceive)\b", a, re.I)]
 
 
 def test_concealment_disjoint_from_roleplay_lies():
@@ -613,6 +640,36 @@ ROLEPLAY3_ROLES = (
 )
 
 
+ROLEPLAY4_ROLES = (
+    "flight instructor", "air traffic", "gliding club", "airline captain", "space tourism", "helicopter pilot",
+    "driving instructor", "car wash", "tyre", "classic car restorer", "karting track", "breakdown patrolman",
+    "nail technician", "make-up artist", "vintage clothing", "shoe shop", "beautician", "fashion boutique",
+    "vicar", "youth club", "food bank", "community centre", "church fete",
+    "park ranger", "bird reserve", "wildlife rescue", "tree-planting", "wildflower meadow", "ecologist",
+    "toy shop", "trading cards", "comic shop", "model railway", "retro games shop", "coin dealer",
+    "location scout", "camera operator", "casting director", "portrait studio", "documentary maker", "stunt",
+    "funeral director", "crematorium manager", "gravedigger", "awards ceremony", "pet cremation",
+    "climbing instructor", "yoga teacher", "paragliding school", "mountain guide",
+)
+
+
+# one keyword per scenario of concealment part 2, in id order
+CONCEALMENT2_ROLES = (
+    "mortgage underwriter", "financial adviser", "loss assessor", "bureau de change", "claims handler",
+    "payroll administrator", "registrar", "planning officer", "housing officer", "electoral services",
+    "building control", "work coach", "meter reader", "gas network", "solar panel installer",
+    "control room operator", "heating oil", "wind farm", "quality inspector", "maintenance fitter",
+    "production planner", "injection moulding", "purchasing officer", "biscuit factory", "systems administrator",
+    "bench technician", "broadband", "database administrator", "app developer", "mobile operator",
+    "calibration technician", "cell biology", "biobank", "toxicologist", "radiation safety officer",
+    "crystallographer", "radiographer", "audiologist", "sterile services", "hospital porter",
+    "dental hygienist", "dispensing optician", "security guard", "alarm engineer", "cctv operator",
+    "store detective", "door supervisor", "keyholding officer", "fact-checker", "proofreader",
+    "print production", "rights manager", "circulation manager", "picture researcher", "cold-chain coordinator",
+    "freight forwarder", "load planner", "self-storage", "slot coordinator", "stock controller",
+)
+
+
 def _rows(filename: str) -> list[dict]:
     return [json.loads(line) for line in open(DATA / filename, encoding="utf-8")]
 
@@ -643,16 +700,25 @@ def _check_confirmation_set(name: str, prefix: str, n_scenes: int = 50) -> None:
     assert all(r["group"] == e.group and r["label"] == e.label for r, e in zip(rows, d))
 
 
-def _check_disjoint(name: str, roles: tuple[str, ...], other_sets: dict[str, tuple[str, ...]]) -> None:
-    """No 6-word sequence shared with the other role-play sets or the concealment data, and no reused role.
+def _concealment_texts(part: int) -> list[str]:
+    """The rendered chats of a concealment part (two seeds) and its scenarios' own strings."""
+    texts = [m["content"] for seed in (0, 1) for r in conceal.generate(seed, part) for m in r["messages"]]
+    return texts + [s[k] for s in conceal.templates(part)["scenarios"] for k in ("role", "fact", "motive")]
 
-    ``other_sets`` maps each earlier role-play recipe to its listed roles."""
+
+def _concealment_roles(part: int) -> list[str]:
+    return [re.sub(r"^(a|an|the) ", "", s["role"].lower()) for s in conceal.templates(part)["scenarios"]]
+
+
+def _check_disjoint(name: str, roles: tuple[str, ...], other_sets: dict[str, tuple[str, ...]]) -> None:
+    """No 6-word sequence shared with the other role-play sets or either concealment part, and no reused role.
+
+    ``other_sets`` maps each other role-play recipe to its listed roles."""
     mine_rows = _rows(f"{name}.jsonl")
     mine = [m["content"] for r in mine_rows for m in r["messages"]]
-    t = conceal.templates()
     others = {o: [m["content"] for r in _rows(f"{o}.jsonl") for m in r["messages"]] for o in other_sets}
-    others["concealment"] = [m["content"] for seed in (0, 1) for r in conceal.generate(seed) for m in r["messages"]]
-    others["concealment"] += [s[k] for s in t["scenarios"] for k in ("role", "fact", "motive")]
+    for part in CONCEALMENT_PARTS:
+        others[f"concealment part {part}"] = _concealment_texts(part)
     mine_grams = set().union(*(_ngrams(text) for text in mine))
     for other, texts in others.items():
         shared = {g for text in texts for g in _ngrams(text) & mine_grams}
@@ -660,7 +726,7 @@ def _check_disjoint(name: str, roles: tuple[str, ...], other_sets: dict[str, tup
     # every listed role occurs in the set, and none contains or is contained in a role of the other sets
     prompts = " ".join(r["messages"][0]["content"].lower() for r in mine_rows)
     taken = [r for rs in other_sets.values() for r in rs]
-    taken += [re.sub(r"^(a|an|the) ", "", s["role"].lower()) for s in t["scenarios"]]
+    taken += [r for part in CONCEALMENT_PARTS for r in _concealment_roles(part)]
     assert len(set(roles)) == len(roles)
     for role in roles:
         assert re.search(rf"\b{re.escape(role)}\b", prompts), role
@@ -683,6 +749,35 @@ def test_roleplay_lies_3_disjoint_from_other_sets():
     _check_disjoint(
         "roleplay_lies_3", ROLEPLAY3_ROLES, {"roleplay_lies": ROLEPLAY_ROLES, "roleplay_lies_2": ROLEPLAY2_ROLES}
     )
+
+
+def test_roleplay_lies_4_recipe_pairs_and_balance():
+    _check_confirmation_set("roleplay_lies_4", "roleplay4")
+
+
+def test_roleplay_lies_4_disjoint_from_other_sets():
+    _check_disjoint(
+        "roleplay_lies_4",
+        ROLEPLAY4_ROLES,
+        {"roleplay_lies": ROLEPLAY_ROLES, "roleplay_lies_2": ROLEPLAY2_ROLES, "roleplay_lies_3": ROLEPLAY3_ROLES},
+    )
+
+
+def test_concealment_2_disjoint_from_roleplay_sets_and_part_1():
+    """The second concealment part is training data: nothing shared with any role-play evaluation set."""
+    mine = _concealment_texts(2)
+    mine_grams = set().union(*(_ngrams(t) for t in mine))
+    for other in ("roleplay_lies", "roleplay_lies_2", "roleplay_lies_3", "roleplay_lies_4"):
+        texts = [m["content"] for r in _rows(f"{other}.jsonl") for m in r["messages"]]
+        shared = {g for t in texts for g in _ngrams(t) & mine_grams}
+        assert not shared, (other, sorted(" ".join(g) for g in shared)[:10])
+    scen = conceal.templates(2)["scenarios"]
+    assert len(CONCEALMENT2_ROLES) == len(scen) == len(set(CONCEALMENT2_ROLES))
+    taken = [*ROLEPLAY_ROLES, *ROLEPLAY2_ROLES, *ROLEPLAY3_ROLES, *ROLEPLAY4_ROLES, *_concealment_roles(1)]
+    for role, s in zip(CONCEALMENT2_ROLES, scen):
+        assert re.search(rf"\b{re.escape(role)}\b", s["role"].lower()), (role, s["role"])
+        mine_role = re.sub(r"^(a|an|the) ", "", s["role"].lower())
+        assert not [r for r in taken if r in mine_role or mine_role in r], s["role"]
 
 
 def test_shipped_data_files_are_data_only():

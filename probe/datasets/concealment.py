@@ -27,6 +27,11 @@ The scenarios deliberately avoid the roles and settings of ``roleplay_lies.jsonl
 stays a held-out evaluation set of a different distribution); ``tests/test_datasets.py``
 checks that no 6-word sequence is shared between the two sets.
 
+A second part, ``concealment_scenarios_2.json`` (recipe ``deception/concealment_2``), holds 60
+more scenarios in the same schema (48 denials, 12 claims), written later with roles from other
+fields; ``generate(seed, part=2)`` renders them with the first file's frames, names and
+decorations, in groups ``"conceal2:<scenario id>"``.
+
 ``generate(seed)`` is deterministic (``random.Random(seed)``); ``seed`` picks names, askers,
 framings, wordings and decorations, never the scenarios or their facts.
 """
@@ -41,13 +46,27 @@ from typing import Any
 from .types import Example, LabelledDataset
 
 TEMPLATES = "concealment_templates.json"
+# 60 more scenarios in the same schema (rendered with the first file's frames, names and decorations)
+SCENARIOS_2 = "concealment_scenarios_2.json"
+# part -> (scenario file, recipe name, group prefix)
+PARTS = {1: (TEMPLATES, "deception/concealment", "conceal"), 2: (SCENARIOS_2, "deception/concealment_2", "conceal2")}
 PRONOUNS = {"you": ("your", "you"), "f": ("her", "her"), "m": ("his", "him")}
 YN_STYLES = ("yn_comma", "yn_stop", "yn_tail", "lead", "bare_tail", "lead_yn")
 OPEN_STYLES = ("plain", "lead", "tail", "lead_tail")
 
 
-def templates() -> dict[str, Any]:
-    return json.loads(resources.files("probe").joinpath("data").joinpath(TEMPLATES).read_text(encoding="utf-8"))
+def _read(name: str) -> dict[str, Any]:
+    return json.loads(resources.files("probe").joinpath("data").joinpath(name).read_text(encoding="utf-8"))
+
+
+def templates(part: int = 1) -> dict[str, Any]:
+    """The templates with the scenarios of ``part`` (1: the first 40, 2: the 60 of ``SCENARIOS_2``)."""
+    if part not in PARTS:
+        raise ValueError(f"concealment part must be one of {sorted(PARTS)}, got {part!r}")
+    t = _read(TEMPLATES)
+    if part != 1:
+        t["scenarios"] = _read(PARTS[part][0])["scenarios"]
+    return t
 
 
 def _lc(s: str) -> str:
@@ -91,10 +110,11 @@ def _decorations(n: int, styles: tuple[str, ...], t: dict, rng: random.Random) -
     return list(zip(styles_n, leads, tails))
 
 
-def generate(seed: int = 0) -> list[dict[str, Any]]:
+def generate(seed: int = 0, part: int = 1) -> list[dict[str, Any]]:
     """Rows as chat-JSONL dicts: ``messages``, ``label``, ``group``, ``pair`` (index),
     ``kind`` ("denial"/"claim"), ``question`` ("yes_no"/"open"), ``framing`` ("first"/"third")."""
-    t = templates()
+    t = templates(part)
+    prefix = PARTS[part][2]
     rng = random.Random(seed)
     plan = []  # (scenario, question kind, framing, asker)
     for i, s in enumerate(t["scenarios"]):
@@ -141,7 +161,7 @@ def generate(seed: int = 0) -> list[dict[str, Any]]:
                         {"role": "assistant", "content": _answer(q, style, lead, tail, yn, text)},
                     ],
                     "label": label,
-                    "group": f"conceal:{s['id']}",
+                    "group": f"{prefix}:{s['id']}",
                     "pair": n,
                     "kind": s["kind"],
                     "question": q,
@@ -151,12 +171,10 @@ def generate(seed: int = 0) -> list[dict[str, Any]]:
     return rows
 
 
-def dataset(seed: int = 0) -> LabelledDataset:
-    """``generate(seed)`` as the ``deception/concealment`` dataset."""
+def dataset(seed: int = 0, part: int = 1) -> LabelledDataset:
+    """``generate(seed, part)`` as the ``deception/concealment`` (part 1) or ``deception/concealment_2``
+    (part 2) dataset."""
+    name = PARTS[part][1]
     return LabelledDataset(
-        "deception/concealment",
-        [
-            Example(r["messages"], r["label"], r["group"], None, f"recipe:deception/concealment:{r['pair']}")
-            for r in generate(seed)
-        ],
+        name, [Example(r["messages"], r["label"], r["group"], None, f"recipe:{name}:{r['pair']}") for r in generate(seed, part)]
     )

@@ -23,6 +23,11 @@
     conceals or misstates the fact; 20% of the lies are affirmative false claims). Groups
     ``"conceal:<scenario id>"`` (three pairs per scenario). Its roles and wording avoid those
     of ``roleplay_lies``, which stays a held-out set of a different distribution.
+``"deception/concealment_2"``
+    60 more concealment scenarios (``concealment_scenarios_2.json``; 360 chats, groups
+    ``"conceal2:<id>"``), rendered the same way, with roles in other fields (finance, public
+    services, utilities, factories, IT, laboratories, ...). Not part of ``"deception"``; add it
+    with ``--data recipe:deception/concealment recipe:deception/concealment_2``.
 ``"sycophancy"``
     ``sycophancy_train.jsonl`` (200 A/B pairs, 400 chats; see :mod:`.sycophancy`).
     ``seed=0`` reads the shipped file; another seed regenerates it from the templates.
@@ -41,6 +46,10 @@
     ``roleplay_lies_3.jsonl``: 50 more role-play scenes (100 chats, groups ``"roleplay3:NN"``),
     written as a second confirmation set, with roles unlike those of ``roleplay_lies``,
     ``roleplay_lies_2`` and the concealment scenarios; never used for training or model selection.
+``"roleplay_lies_4"``
+    ``roleplay_lies_4.jsonl``: 50 more role-play scenes (100 chats, groups ``"roleplay4:NN"``),
+    a third confirmation set written blind, with roles unlike those of the other sets and of
+    both concealment parts; never used for training or model selection.
 ``"benign"``
     ``benign_control.jsonl``: 200 everyday instructions as one-message user chats, all
     label 0 (for false-positive rates; single class on purpose).
@@ -162,11 +171,13 @@ RECIPES: dict[str, Callable[[int], LabelledDataset]] = {
     "deception/instructed": lambda seed=0: _deception(seed, ("instructed",)),
     "deception/false_statement": lambda seed=0: _deception(seed, ("false_statement",)),
     "deception/concealment": lambda seed=0: _deception(seed, ("concealment",)),
+    "deception/concealment_2": lambda seed=0: concealment(seed, part=2),
     "sycophancy": _sycophancy,
     "truth": _truth,
     "roleplay_lies": lambda seed=0: _load("roleplay_lies.jsonl", "roleplay_lies"),
     "roleplay_lies_2": lambda seed=0: _load("roleplay_lies_2.jsonl", "roleplay_lies_2"),
     "roleplay_lies_3": lambda seed=0: _load("roleplay_lies_3.jsonl", "roleplay_lies_3"),
+    "roleplay_lies_4": lambda seed=0: _load("roleplay_lies_4.jsonl", "roleplay_lies_4"),
     "benign": lambda seed=0: _load("benign_control.jsonl", "benign"),
     "benign_negatives": lambda seed=0: _load("benign_negatives.jsonl", "benign_negatives"),
 }
