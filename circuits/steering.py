@@ -264,12 +264,13 @@ class Corrector(ABC):
         return f"{type(self).__name__}({self.hook!r}, alpha={self._alpha}, positions={self.positions!r})"
 
 
-def _vector(v: Tensor | np.ndarray | Sequence[float], what: str) -> Tensor:
+def _vector(v: Tensor | np.ndarray | Sequence[float], what: str, rows: bool = False) -> Tensor:
     t = torch.as_tensor(np.asarray(v) if not isinstance(v, Tensor) else v).detach().to("cpu", torch.float32)
     if t.ndim == 2 and t.shape[0] == 1:
         t = t[0]
-    if t.ndim != 1 or t.numel() == 0:
-        raise InputError(f"{what} must be a 1-D vector [d_model], got shape {tuple(t.shape)}")
+    if t.numel() == 0 or not (t.ndim == 1 or (rows and t.ndim == 2)):
+        shape = "[d_model] or [batch, d_model]" if rows else "a 1-D vector [d_model]"
+        raise InputError(f"{what} must be {shape}, got shape {tuple(t.shape)}")
     if not torch.isfinite(t).all():
         raise InputError(f"{what} contains NaN or inf")
     return t
@@ -286,7 +287,9 @@ class ActivationAddition(Corrector):
 
     Args:
         hook: hook name.
-        vector: ``[d_model]`` steering vector (e.g. a CAA mean difference, or ``-detector.direction``).
+        vector: ``[d_model]`` steering vector (e.g. a CAA mean difference, or ``-detector.direction``),
+            or ``[batch, d_model]``: one vector per batch row (a prompt-conditioned direction, e.g. a
+            conditional detector's read-out bound to each prompt).
         alpha: dose (multiplies the vector as given; no normalisation).
         positions: ``"all"``, ``"generated"``, ``"response"`` or an int start position.
         state: optional shared :class:`GenerationState`.
@@ -301,11 +304,11 @@ class ActivationAddition(Corrector):
 
     def __init__(self, hook: str, vector: Tensor | np.ndarray, alpha: float = 1.0, positions: Positions = "all", state: GenerationState | None = None) -> None:
         super().__init__(hook, alpha, positions, state)
-        self.vector = _vector(vector, "steering vector")
+        self.vector = _vector(vector, "steering vector", rows=True)
         self._delta: dict[tuple[torch.device, torch.dtype, float], Tensor] = {}
 
     def check(self, model: HookedModel) -> None:
-        _check_width(model, self.hook, self.vector.numel(), "steering vector")
+        _check_width(model, self.hook, self.vector.shape[-1], "steering vector")
 
     def _delta_for(self, act: Tensor) -> Tensor:
         key = (act.device, act.dtype, self._alpha)
@@ -314,6 +317,12 @@ class ActivationAddition(Corrector):
             if len(self._delta) > 8:
                 self._delta.clear()
             d = self._delta[key] = (self._alpha * self.vector).to(device=act.device, dtype=act.dtype)
+            if d.ndim == 2:
+                d = self._delta[key] = d.unsqueeze(1)  # [batch, 1, d]: the same row vector at every position
+        if d.ndim == 3 and d.shape[0] != act.shape[0]:
+            raise InputError(
+                f"ActivationAddition at {self.hook}: {d.shape[0]} per-row steering vectors but the batch has {act.shape[0]} rows"
+            )
         return d
 
     def _edit(self, act: Tensor, scale: Tensor | None) -> Tensor:
@@ -321,7 +330,8 @@ class ActivationAddition(Corrector):
         return act + delta if scale is None else act + scale * delta
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "vector_norm": float(self.vector.norm())}
+        norms = self.vector.norm(dim=-1)
+        return {**super().describe(), "vector_norm": float(norms.mean())} | ({"per_row": int(norms.numel())} if self.vector.ndim == 2 else {})
 
 
 class DirectionalAblation(Corrector):

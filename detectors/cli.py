@@ -63,6 +63,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.behaviour, model, data=args.data or None, method=args.method, layer=args.layer, fpr=args.fpr,
         n_control=args.n_control, control=args.control, progress=True,
         confidence=None if args.confidence <= 0 else args.confidence, negatives=_negatives(args.negatives),
+        select=args.select, context_select=args.context_select,
     )
     det.save(args.out)
     m = det.metrics
@@ -185,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra benign rows for training only: 'benign' (the model's answers to shipped everyday "
                         "instructions), 'none', your own files (label-0 rows are used), or 'auto' (default: "
                         "'benign' for deception, none otherwise)")
+    t.add_argument("--select", default=None,
+                   help="token selection read (default per behaviour: response_mean for chats); e.g. 'last' for "
+                        "the position whose output is the next token")
+    t.add_argument("--context-select", default="prompt_last",
+                   help="with --method conditional: where the prompt state is read (prompt_last, or last with "
+                        "--select last for a detector judged before the answer's token is chosen)")
     t.add_argument("--json", default=None)
     t.set_defaults(func=cmd_train)
 

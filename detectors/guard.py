@@ -31,8 +31,10 @@ not the trivial shift of the edited activation itself.
 generated token ``t``: the residual stream at the position before it (``t = 0`` is the last
 prompt token, i.e. the prefill is scored too). The policy therefore acts *before* token ``t`` is
 emitted: a blocked row never shows the token that tripped the block, and a correction switched on
-at step ``t`` steers from token ``t + 1`` on. A blocked row's scores have one entry more than its
-tokens (the step that blocked it).
+at step ``t`` steers from token ``t + 1`` on, or, with the policy's ``immediate``, from token ``t``
+itself (step ``t`` is re-run with the corrector on; one extra forward pass, only at the steps where
+a correction starts). A blocked row's scores have one entry more than its tokens (the step that
+blocked it).
 
 **What the policy acts on.** A detector calibrated on the mean over a response
 (``select="response_mean"``, the default for chats) and stream-calibrated at training
@@ -437,6 +439,8 @@ class Guard:
                     if t < run.gen.min_new_tokens:
                         logits[:, self._eos] = float("-inf")
                     self._decide(run, t)
+                    if run.redo:
+                        logits, cache = self._redo_step(run, t, inp, attn, pos, cache)
                     nxt = self._select(logits, run)
                     if self._mean_any and t > 0:
                         self._judge_short(run, t, nxt)
@@ -479,6 +483,24 @@ class Guard:
                 warnings.warn(f"could not assemble the guard outputs after an error: {e}", RuntimeWarning, stacklevel=2)
             if errs and run.error is None:
                 raise errs[0]
+
+    def _redo_step(self, run: _Run, t: int, inp: Tensor, attn: Tensor | None, pos: Tensor, cache: Any) -> tuple[Tensor, Any]:
+        """Re-run step ``t`` with the corrections that just started (policy ``immediate``), so the
+        token it chooses is chosen under correction. Rows without a new correction compute what
+        they computed the first time. The scores of step ``t`` stay the ones the policy acted on."""
+        run.redo = False
+        hf = self.model.hf_model
+        if t == 0:
+            cache = None  # the prefill is re-run whole
+        else:
+            cache.crop(-int(inp.shape[1]))  # drop this step's keys and values
+        with torch.inference_mode():
+            out = hf(input_ids=inp, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True, **self._keep)
+        logits = out.logits[:, -1, :].float()
+        if t < run.gen.min_new_tokens:
+            logits[:, self._eos] = float("-inf")
+        run.redos += 1
+        return logits, out.past_key_values
 
     def _select(self, logits: Tensor, run: _Run) -> Tensor:
         g = run.gen
@@ -609,10 +631,11 @@ class Guard:
         run.blocked_by[b] = name  # type: ignore[assignment]
         run.actions[b].append(Action(t, "block", self.names[j], None if x != x else x, {"reason": reason, "red_line": run.res[j].red_line}))
 
-    def _corrector(self, run: _Run, route: Route, det: Any) -> Corrector:
+    def _corrector(self, run: _Run, route: Route, det: Any, j: int) -> Corrector:
         entry = run.correctors.get(route.key)
         if entry is None:
-            c = self.router.build(route, det, self.model, run.state)
+            bound = run.bound.get(j)  # a prompt-conditioned detector's per-row read-out, once bound
+            c = self.router.build(route, det, self.model, run.state, readout=None if bound is None else bound[0])
             if run.gen.correct != "always":
                 c.rows_off(run.B)
             h = c.attach(self.model, state=run.state)
@@ -624,7 +647,7 @@ class Guard:
             res = run.res[j]
             self.router.validate(res.corrector, det, where=self._policy.source)
             route = self.router.route(det, res)
-            self._corrector(run, route, det)
+            self._corrector(run, route, det, j)
             for b in range(run.B):
                 run.corrected[(b, j)] = route
                 run.run_start[(b, j)] = 0
@@ -642,13 +665,15 @@ class Guard:
         if key not in run.corrected:
             det = self.detectors[j]
             route = self.router.route(det, res)
-            self._corrector(run, route, det).set_row(b, 1.0)
+            self._corrector(run, route, det, j).set_row(b, 1.0)
+            if res.immediate:
+                run.redo = True
             run.cum[b, j] = 0.0  # re-score the corrected continuation on its own
             run.cnt[b, j] = 0.0
             run.corrected[key] = route
             run.run_start[key] = run.last_hit[key] = t
-            run.actions[b].append(Action(t, "correct", self.names[j], x, route.to_dict()))
-            run.row_correctors[b].append({**route.to_dict(), "from_token": t + 1})
+            run.actions[b].append(Action(t, "correct", self.names[j], x, route.to_dict() | ({"immediate": True} if res.immediate else {})))
+            run.row_correctors[b].append({**route.to_dict(), "from_token": t if res.immediate else t + 1})
             return
         if run.last_hit.get(key) != t - 1:
             run.run_start[key] = t

@@ -98,6 +98,8 @@ class _Run:
         self.human_correct: set[tuple[int, int]] = set()
         self.noted: set[tuple[int, int]] = set()
         self.tokens: list[Tensor] = []
+        self.redo = False  # a correction with ``immediate`` started this step: re-run it corrected
+        self.redos = 0
         self.state = GenerationState()
         self.error: BaseException | None = None
         self.outputs: list[GuardOutput] = []

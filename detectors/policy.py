@@ -32,6 +32,12 @@ as CAA adds its vectors; this only differs when the correction is on before the 
 (``generate(..., correct=True)``), because a correction switched on by a flag cannot reach prompt
 positions already in the KV cache.
 
+``immediate``: when true, a correction also reaches the token whose step tripped it. The Guard
+re-runs that step's forward pass with the corrector on (one extra pass, only at the step a
+correction starts) and chooses the token from the corrected logits. Without it (the default) a
+correction switched on at step ``t`` steers from token ``t + 1`` on, which is too late when one
+token is the whole answer (an A/B letter).
+
 ``on_detector_error``: ``"fail_closed"`` (block every row in flight), ``"fail_open"`` (record the
 error and carry on without that detector) or ``"raise"`` (re-raise after cleaning up).
 
@@ -48,6 +54,7 @@ File format (TOML; YAML with the same keys works too)::
     dose = 16.0
     patience = 8
     positions = "response"          # response | all (see below)
+    immediate = false               # true: re-run the flagged step under correction (see below)
 
     [detectors.deception]
     correct_above = "threshold"
@@ -204,6 +211,7 @@ class DetectorPolicy:
     dose: float | None = None
     patience: int | None = None
     positions: str | None = None
+    immediate: bool | None = None
     refusal_text: str | None = None
 
     @classmethod
@@ -249,6 +257,10 @@ def _field_value(key: str, v: Any, where: str) -> Any:
         if v not in POSITIONS:
             raise PolicyError(f"{where}: expected one of {', '.join(POSITIONS)}, got {v!r}")
         return str(v)
+    if key == "immediate":
+        if not isinstance(v, bool):
+            raise PolicyError(f"{where}: expected true or false, got {v!r}")
+        return v
     if key == "patience":
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise PolicyError(f"{where}: expected a positive integer, got {v!r}")
@@ -265,6 +277,7 @@ BUILTIN = DetectorPolicy(
     dose=DEFAULT_DOSE,
     patience=DEFAULT_PATIENCE,
     positions="response",
+    immediate=False,
 )
 
 
@@ -283,6 +296,7 @@ class Resolved:
     refusal_text: str
     red_line: bool
     positions: str = "response"
+    immediate: bool = False
 
     def threshold_of(self, tier: str) -> float:
         return float(getattr(self, tier))
@@ -447,6 +461,7 @@ class Policy:
             refusal_text=dp.refusal_text if dp.refusal_text is not None else self.refusal,
             red_line=name in self.red_lines,
             positions=str(dp.positions),
+            immediate=bool(dp.immediate),
         )
 
     @property

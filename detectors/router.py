@@ -3,7 +3,8 @@
 Corrector specs (the policy's ``corrector`` key):
 
 ================  ==================================================================================
-``addition``      add ``-dose * detector.direction`` at the detector's first hook (steer away)
+``addition``      add ``-dose * detector.direction`` at the detector's first hook (steer away); for a
+                  prompt-conditioned detector (``readout``), each row's own bound read-out direction
 ``ablation``      project ``detector.direction`` out at that hook (``dose`` = fraction removed, so a
                   dose above 1 is clipped to 1)
 ``vector:PATH``   add ``-dose * v`` of a saved CAA steering vector (``coalign steer``), at its hook
@@ -24,6 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
+
+from torch import Tensor
 
 from circuits.hooked_model import HookedModel
 from circuits.steering import (
@@ -65,8 +68,14 @@ class Route:
         return d
 
 
-def _addition(det: Any, dose: float, model: HookedModel, state: GenerationState, positions: str = "response") -> Corrector:
-    return ActivationAddition(det.hooks[0], -det.direction, alpha=dose, positions=positions, state=state)
+def _addition(det: Any, dose: float, model: HookedModel, state: GenerationState, positions: str = "response",
+              readout: Tensor | None = None) -> Corrector:
+    if readout is None:
+        return ActivationAddition(det.hooks[0], -det.direction, alpha=dose, positions=positions, state=state)
+    # a conditional detector's direction depends on the prompt: steer each row away from its own
+    w = readout.detach().float().cpu()
+    return ActivationAddition(det.hooks[0], -w / w.norm(dim=-1, keepdim=True).clamp(min=1e-12), alpha=dose,
+                              positions=positions, state=state)
 
 
 def _ablation(det: Any, dose: float, model: HookedModel, state: GenerationState, positions: str = "response") -> Corrector:
@@ -133,8 +142,10 @@ class Router:
             hook = self._vector(spec).hook
         return Route(detector.name, spec, resolved.dose, hook, positions=resolved.positions)
 
-    def build(self, route: Route, detector: Any, model: HookedModel, state: GenerationState) -> Corrector:
-        """Make the corrector for ``route`` (not attached)."""
+    def build(self, route: Route, detector: Any, model: HookedModel, state: GenerationState,
+              readout: Tensor | None = None) -> Corrector:
+        """Make the corrector for ``route`` (not attached). ``readout``: a prompt-conditioned
+        detector's read-out bound to each batch row (``[batch, d_model]``), used by ``addition``."""
         spec = route.corrector
         if spec == "sae":
             sae = self._saes.get(route.hook)
@@ -147,8 +158,10 @@ class Router:
         factory = self._factories.get(spec)
         if factory is None:
             raise PolicyError(f"unknown corrector {spec!r}")
-        if factory in (_addition, _ablation):
-            return factory(detector, route.dose, model, state, route.positions)
+        if factory is _addition:
+            return _addition(detector, route.dose, model, state, route.positions, readout)
+        if factory is _ablation:
+            return _ablation(detector, route.dose, model, state, route.positions)
         return factory(detector, route.dose, model, state)  # a registered factory chooses its own positions
 
     def _vector(self, spec: str) -> SteeringVector:

@@ -144,6 +144,7 @@ def train_detector(
     control: Sequence[str | os.PathLike] | Sequence[Any] | LabelledDataset | None = None,
     confidence: float | None = 0.95,
     negatives: Any = "auto",
+    context_select: str = "prompt_last",
     **probe_params: Any,
 ) -> Detector:
     """Train and calibrate a detector.
@@ -176,6 +177,9 @@ def train_detector(
         test_fraction: held-out share (pairs kept together) for the reported metrics.
         stream_warmup: for mean selections, the Guard's running mean of token scores is also
             calibrated on the control set (``stream_threshold``), acting from this token on.
+        context_select: for ``method="conditional"``, where the prompt state is read
+            (``prompt_last``; or ``last`` with ``select="last"`` for a detector that reads the
+            position *before* the answer, judged by a Guard before the answer's token is chosen).
 
     Returns:
         A calibrated :class:`Detector` whose ``metrics`` hold validation and control figures.
@@ -189,7 +193,7 @@ def train_detector(
     dataset = training_data(behaviour, data, seed)
     select = select or DEFAULT_SELECT.get(behaviour, "response_mean")
     hooks = candidate_hooks(model, layer)
-    capture_kw = dict(select=select, cache_dir=cache / "acts", progress=progress)
+    capture_kw = dict(select=select, cache_dir=cache / "acts", progress=progress, context_select=context_select)
     acts = _activations(model, dataset, hooks, method, capture_kw)
     tr, va = split_indices(acts.y, acts.groups, test_fraction, seed)
     train, val = acts.subset(tr), acts.subset(va)
@@ -220,7 +224,7 @@ def train_detector(
         data_hash=_data_hash(dataset, neg), name=name or behaviour,
     )
     if method == "conditional":
-        det: Detector = ConditionalDetector.from_probe(probe, train.X[hook][:, : model.d_model], **common)
+        det: Detector = ConditionalDetector.from_probe(probe, train.X[hook][:, : model.d_model], context_select=context_select, **common)
     else:
         weight, bias = linear_readout(probe)
         det = Detector(weight=weight.astype(np.float32), bias=bias, **common)
@@ -239,13 +243,15 @@ def validation_indices(dataset: LabelledDataset, test_fraction: float = 0.2, see
 
 
 def _activations(model: HookedModel, dataset: LabelledDataset, hooks: list[str], method: str, capture_kw: dict) -> ActivationSet:
-    """Activations for ``method``: the conditional probe reads ``[prompt_last | response]`` side by side."""
+    """Activations for ``method``: the conditional probe reads ``[context | response]`` side by side."""
+    capture_kw = dict(capture_kw)
+    context = capture_kw.pop("context_select", "prompt_last")
     if method == "conditional":  # one forward pass fills the cache for both selections
-        capture_selections(model, dataset.items, hooks, ["prompt_last", capture_kw["select"]],
+        capture_selections(model, dataset.items, hooks, [context, capture_kw["select"]],
                            cache_dir=capture_kw["cache_dir"], progress=capture_kw["progress"])
     acts = ActivationSet.from_dataset(model, dataset, hooks, **capture_kw)
     if method == "conditional":
-        ctx = ActivationSet.from_dataset(model, dataset, hooks, **(capture_kw | {"select": "prompt_last"}))
+        ctx = ActivationSet.from_dataset(model, dataset, hooks, **(capture_kw | {"select": context}))
         acts.X = {h: np.hstack([ctx.X[h], acts.X[h]]) for h in hooks}
     return acts
 

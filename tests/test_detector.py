@@ -233,3 +233,21 @@ def test_negatives_defaults_and_errors(tiny, tmp_path):
     only_pos = LabelledDataset("pos", [Example(item=negatives[0], label=1)])
     with pytest.raises(InputError, match="negatives set 'pos' has no label-0"):
         training_negatives(tiny, only_pos, train, "response_mean", "logistic", tmp_path)
+
+
+def test_conditional_detector_read_before_the_answer_matches_the_guard(tiny, tmp_path):
+    """``context_select="last"`` with ``select="last"``: the detector reads the position whose output
+    is the next token; a Guard binds it at prefill and its step-0 score is the offline score."""
+    from detectors.conditional import ConditionalDetector
+    from detectors.guard import Guard
+
+    det = Detector.train("planted", tiny, data=_planted_dataset(), method="conditional", select="last", context_select="last",
+                         layer=HOOK, n_control=20, cache_dir=tmp_path, n_components=4)
+    assert isinstance(det, ConditionalDetector) and det.context_select == "last" and det.select == "last"
+    det.save(tmp_path / "pre")
+    back = Detector.load(tmp_path / "pre", tiny)
+    assert back.context_select == "last" and back.id == det.id
+    items = [[{"role": "user", "content": f"is the {s} red"}, {"role": "assistant", "content": "that is"}] for s in ("cat", "sky", "rome")]
+    offline = det.score(tiny, items)
+    outs = Guard(tiny, [det]).generate(items, max_new_tokens=1)
+    assert np.allclose([o.scores["planted"][0] for o in outs], offline, atol=1e-4)

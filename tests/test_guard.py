@@ -580,3 +580,75 @@ def test_conditional_detector_binds_its_readout_at_prefill(tiny):
         pos = torch.arange(len(enc.ids) - 1, len(enc.ids) - 1 + n)
         expected = cond.score_pairs(np.repeat(last_prompt.numpy()[None], n, 0), acts[H1][pos].numpy())
         assert np.allclose(out.scores["cond"], expected, atol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------
+# immediate correction: the flagged step is re-run under the corrector
+# --------------------------------------------------------------------------------------------
+def test_immediate_correction_reaches_the_token_that_tripped_it(tiny):
+    # row 0 is flagged at step 3, row 1 never: with ``immediate`` row 0's token 3 is chosen under
+    # correction, exactly as a generate steered from the position that produces token 3
+    script = lambda t: [2.0 if t == 3 else -1.0, -1.0]  # noqa: E731
+    pol = {"correct_above": 1.0, "patience": 100, "dose": 80.0}
+    late = Guard(tiny, [scripted(tiny, "syc", script, seed=4)], policy=policy(syc=pol)).generate(PROMPTS, max_new_tokens=10, batch_size=2)
+    det = scripted(tiny, "syc", script, seed=4)
+    guard = Guard(tiny, [det], policy=policy(syc={**pol, "immediate": True}))
+    n0 = n_hooks(tiny)
+    outs = guard.generate(PROMPTS, max_new_tokens=10, batch_size=2)
+    assert n_hooks(tiny) == n0
+    base = Guard(tiny, [lin(tiny, "x")]).generate(PROMPTS, max_new_tokens=10, batch_size=2)
+    o0, o1 = outs
+    assert o1.token_ids == base[1].token_ids  # the other row computes what it computed before
+    assert o0.token_ids[:3] == base[0].token_ids[:3]
+    assert late[0].token_ids[:4] == base[0].token_ids[:4]  # without immediate, token 3 is not steered
+    enc = encode(tiny.tokenizer, [[{"role": "user", "content": PROMPTS[0]}]], tiny.n_ctx)[0]
+    ids = torch.tensor([list(enc.ids) + base[0].token_ids[:3]])
+    with ActivationAddition(H1, -det.direction, alpha=80.0, positions=len(enc.ids) + 2).apply(tiny):
+        ref = tiny.hf_model.generate(ids, max_new_tokens=7, do_sample=False, pad_token_id=0)[0, ids.shape[1]:]
+    assert o0.token_ids[3:] == ref.tolist()[: len(o0.token_ids) - 3]
+    assert o0.token_ids[3] != base[0].token_ids[3]  # the flagged token itself was corrected
+    assert o0.correctors[0]["from_token"] == 3
+    act = next(a for a in o0.actions if a.kind == "correct")
+    assert act.token == 3 and act.detail["immediate"] is True
+    # the scores of the re-run step are the ones the policy acted on
+    assert np.allclose(o0.scores["syc"][:4], [-1.0, -1.0, -1.0, 2.0])
+
+
+def test_immediate_correction_at_prefill_equals_a_forced_correction(tiny):
+    det = lin(tiny, "syc", H0, bias=50.0)  # flagged from the first step on
+    pol = {"correct_above": 1.0, "patience": 100, "dose": 80.0, "immediate": True}
+    out = Guard(tiny, [det], policy=policy(syc=pol)).generate(PROMPTS, max_new_tokens=8, batch_size=2)
+    forced = Guard(tiny, [det], policy=policy(syc=pol)).generate(PROMPTS, max_new_tokens=8, batch_size=2, correct=True)
+    plain = Guard(tiny, [lin(tiny, "x")]).generate(PROMPTS, max_new_tokens=8, batch_size=2)
+    for o, f, p in zip(out, forced, plain):
+        assert o.token_ids == f.token_ids
+        assert o.token_ids[0] != p.token_ids[0]
+
+
+def test_conditional_detector_corrects_each_row_along_its_bound_readout(tiny):
+    from detectors.conditional import TENSORS, ConditionalDetector
+    from detectors.policy import Resolved
+    from circuits.steering import GenerationState
+
+    g = torch.Generator().manual_seed(5)
+    k, d = 4, 16
+    shapes = {"pca_p": (k, d), "mean_p": (d,), "scale_p": (k,), "W": (k, k), "u": (k,), "pca_r": (k, d), "mean_r": (d,), "scale_r": (k,)}
+    parts = {n: torch.randn(*shapes[n], generator=g) for n in TENSORS}
+    parts["scale_p"] = parts["scale_p"].abs() + 0.5
+    parts["scale_r"] = parts["scale_r"].abs() + 0.5
+    cond = ConditionalDetector.from_linear("cond", tiny, H1, torch.randn(16, generator=g), bias=0.0, parts=parts, c=0.0)
+    w = torch.randn(2, 16, generator=g)
+    res = Resolved("cond", math.inf, 0.0, math.inf, math.inf, "addition", 3.0, 8, "", False)
+    router = Router()
+    c = router.build(router.route(cond, res), cond, tiny, GenerationState(), readout=w)
+    assert c.vector.shape == (2, 16)
+    assert torch.allclose(c.vector, -w / w.norm(dim=-1, keepdim=True))
+    assert torch.allclose(router.build(router.route(cond, res), cond, tiny, GenerationState()).vector, -cond.direction)
+    # in a Guard: flagged rows are steered, nothing is left on the model, and the audit says so
+    guard = Guard(tiny, [cond], policy=policy(cond={"correct_above": "threshold - 1000", "dose": 30.0, "immediate": True}))
+    n0 = n_hooks(tiny)
+    outs = guard.generate(PROMPTS, max_new_tokens=5, batch_size=2)
+    assert n_hooks(tiny) == n0
+    plain = Guard(tiny, [lin(tiny, "x")]).generate(PROMPTS, max_new_tokens=5, batch_size=2)
+    assert all(o.correctors and o.correctors[0]["from_token"] == 0 for o in outs)
+    assert any(o.token_ids != p.token_ids for o, p in zip(outs, plain))

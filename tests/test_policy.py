@@ -117,6 +117,8 @@ def test_default_policy_file_is_monitor_only():
     assert p.error_mode == "fail_open" and not p.red_lines
     assert Policy.load("default").to_dict() == p.to_dict()
     assert Policy().resolve("x", 0.0).monitor == 0.0  # built in code: same defaults
+    assert r.immediate is False
+    assert Policy.from_dict({"detectors": {"x": {"immediate": True}}}).resolve("x", 0.0).immediate is True
 
 
 @pytest.mark.parametrize(
@@ -131,6 +133,7 @@ def test_default_policy_file_is_monitor_only():
         ("[detectors.deception]\npatience = 0", "detectors.deception.patience"),
         ('[defaults]\ndose = "big"', "defaults.dose"),
         ('[defaults]\npositions = "prompt"', "defaults.positions: expected one of response, all"),
+        ('[defaults]\nimmediate = "yes"', "defaults.immediate: expected true or false"),
         ('red_lines = ["deception"]\n[detectors.deception]\nblock_above = "off"', "red line"),
         ("this is not toml", "cannot parse"),
     ],

@@ -85,6 +85,31 @@ def test_addition_exact_all_positions(tiny):
     assert torch.equal(y, x + 2.5 * v)  # exact, not approximately
 
 
+def test_addition_per_row_vectors(tiny):
+    torch.manual_seed(1)
+    v = torch.randn(2, 16)
+    ids, mask = ids_mask(tiny, ["the sky is blue", "paris is in france and rome is in italy"])
+    c = ActivationAddition(HOOK, v, alpha=-1.5)
+    before, after, hs = around(tiny, c)
+    try:
+        tiny.forward(ids, mask)
+    finally:
+        for h in hs:
+            h.remove()
+    x, y = before.acts[0], after.acts[0]
+    assert torch.equal(y, x + (-1.5 * v).unsqueeze(1))  # row b gets its own vector at every position
+    assert c.describe()["per_row"] == 2
+    three, _ = ids_mask(tiny, ["a", "b", "c"])
+    with pytest.raises(InputError, match="2 per-row steering vectors but the batch has 3 rows"):
+        with c.apply(tiny):
+            tiny.forward(three)
+    assert n_hooks(tiny) == 0
+    with pytest.raises(InputError, match=r"\[d_model\] or \[batch, d_model\]"):
+        ActivationAddition(HOOK, torch.randn(2, 3, 16))
+    with pytest.raises(InputError, match="16 dimensions|d_model"):
+        ActivationAddition(HOOK, torch.randn(2, 15)).attach(tiny)
+
+
 def test_addition_context_manager_and_no_leftover_hooks(tiny):
     v = torch.ones(16)
     ids, mask = ids_mask(tiny, ["hello world"])
