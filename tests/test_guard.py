@@ -10,6 +10,7 @@ import tracemalloc
 import numpy as np
 import pytest
 import torch
+from tiny import random_conditional_detector
 
 from circuits.errors import InputError
 from circuits.generation import complete
@@ -558,15 +559,7 @@ def test_smollm2_guard_matches_generate_and_offline_scores(smollm2):
 
 
 def test_conditional_detector_binds_its_readout_at_prefill(tiny):
-    from detectors.conditional import TENSORS, ConditionalDetector
-
-    g = torch.Generator().manual_seed(3)
-    k, d = 4, 16
-    shapes = {"pca_p": (k, d), "mean_p": (d,), "scale_p": (k,), "W": (k, k), "u": (k,), "pca_r": (k, d), "mean_r": (d,), "scale_r": (k,)}
-    parts = {n: torch.randn(*shapes[n], generator=g) for n in TENSORS}
-    parts["scale_p"] = parts["scale_p"].abs() + 0.5
-    parts["scale_r"] = parts["scale_r"].abs() + 0.5
-    cond = ConditionalDetector.from_linear("cond", tiny, H1, torch.randn(16, generator=g), bias=0.1, parts=parts, c=0.2)
+    cond, _ = random_conditional_detector(tiny, H1, seed=3, bias=0.1, c=0.2)
     guard = Guard(tiny, [cond, lin(tiny, "plain", H0)])
     outs = guard.generate(PROMPTS, max_new_tokens=5, batch_size=2)
     for prompt, out in zip(PROMPTS, outs):
@@ -626,17 +619,10 @@ def test_immediate_correction_at_prefill_equals_a_forced_correction(tiny):
 
 
 def test_conditional_detector_corrects_each_row_along_its_bound_readout(tiny):
-    from detectors.conditional import TENSORS, ConditionalDetector
-    from detectors.policy import Resolved
     from circuits.steering import GenerationState
+    from detectors.policy import Resolved
 
-    g = torch.Generator().manual_seed(5)
-    k, d = 4, 16
-    shapes = {"pca_p": (k, d), "mean_p": (d,), "scale_p": (k,), "W": (k, k), "u": (k,), "pca_r": (k, d), "mean_r": (d,), "scale_r": (k,)}
-    parts = {n: torch.randn(*shapes[n], generator=g) for n in TENSORS}
-    parts["scale_p"] = parts["scale_p"].abs() + 0.5
-    parts["scale_r"] = parts["scale_r"].abs() + 0.5
-    cond = ConditionalDetector.from_linear("cond", tiny, H1, torch.randn(16, generator=g), bias=0.0, parts=parts, c=0.0)
+    cond, g = random_conditional_detector(tiny, H1, seed=5)
     w = torch.randn(2, 16, generator=g)
     res = Resolved("cond", math.inf, 0.0, math.inf, math.inf, "addition", 3.0, 8, "", False)
     router = Router()

@@ -7,6 +7,7 @@ import importlib.util
 from pathlib import Path
 
 import torch
+from tiny import random_conditional_detector
 
 ROOT = Path(__file__).resolve().parents[1]
 H1 = "blocks.1.hook_resid_post"
@@ -20,21 +21,9 @@ def _script():
     return mod
 
 
-def _conditional(model):
-    from detectors.conditional import TENSORS, ConditionalDetector
-
-    g = torch.Generator().manual_seed(11)
-    k, d = 4, model.d_model
-    shapes = {"pca_p": (k, d), "mean_p": (d,), "scale_p": (k,), "W": (k, k), "u": (k,), "pca_r": (k, d), "mean_r": (d,), "scale_r": (k,)}
-    parts = {n: torch.randn(*shapes[n], generator=g) for n in TENSORS}
-    parts["scale_p"] = parts["scale_p"].abs() + 0.5
-    parts["scale_r"] = parts["scale_r"].abs() + 0.5
-    return ConditionalDetector.from_linear("cond", model, H1, torch.randn(d, generator=g), bias=0.0, parts=parts, c=0.0)
-
-
 def test_guarded_replay_steers_from_the_first_flagged_position(tiny):
     mod = _script()
-    det = _conditional(tiny)
+    det, _ = random_conditional_detector(tiny, H1, seed=11)
     text = "the cat sat on the mat and the dog sat on the cat"
     ids = torch.tensor([tiny.tokenizer(text, add_special_tokens=False)["input_ids"]])
     with torch.inference_mode():

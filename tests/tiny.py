@@ -58,3 +58,18 @@ def tiny_model(seed: int = 0, n_layers: int = 2, d_model: int = 16, model_id: st
     from circuits import from_hf
 
     return from_hf(tiny_hf_model(seed, n_layers, d_model), tiny_tokenizer(), model_id=model_id)
+
+
+def random_conditional_detector(model, hook: str, seed: int, bias: float = 0.0, c: float = 0.0, k: int = 4):
+    """A :class:`~detectors.conditional.ConditionalDetector` with random parts (PCA bases, scales,
+    interaction) on ``model`` at ``hook``; returns it and the generator, for further draws."""
+    from detectors.conditional import TENSORS, ConditionalDetector
+
+    g = torch.Generator().manual_seed(seed)
+    d = model.d_model
+    shapes = {"pca_p": (k, d), "mean_p": (d,), "scale_p": (k,), "W": (k, k), "u": (k,), "pca_r": (k, d), "mean_r": (d,), "scale_r": (k,)}
+    parts = {n: torch.randn(*shapes[n], generator=g) for n in TENSORS}
+    parts["scale_p"] = parts["scale_p"].abs() + 0.5
+    parts["scale_r"] = parts["scale_r"].abs() + 0.5
+    det = ConditionalDetector.from_linear("cond", model, hook, torch.randn(d, generator=g), bias=bias, parts=parts, c=c)
+    return det, g
