@@ -11,7 +11,9 @@ On CAA's A/B questions the model's letter is chosen at the ``"("`` position. For
    labels (what a perfect detector would know; an upper bound, not a product setting), and
    (b) the sign the pre-emission detector implies: ``sign(w . v_AB)`` for its read-out ``w`` bound
    to that question (the conditional probe of ``sycophancy_guard_correction.py``, refitted here
-   on all 1,000 generate questions at this hook).
+   on all 1,000 generate questions at this hook), and (c) the sign a logistic probe predicts
+   when trained directly for it: which letter is the sycophantic one, from the ``"("`` state of
+   the generate questions (CAA's labels, not the model's behaviour).
 3. The best a perfect letter flip gated by that detector could do: flag at log-odds 0, flip every
    flagged answer; rate = P(sycophantic and unflagged) + P(not sycophantic and flagged).
 
@@ -34,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.linear_model import LogisticRegression
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -91,17 +94,23 @@ def main() -> None:
         w, _ = probe.readout(Xt)
         det_sign = np.sign(w @ v)
         flag = s > 0
+        syc_a_g = np.array([it["syc"] == "A" for it in gen], dtype=int)
+        letter_probe = LogisticRegression(C=0.1, max_iter=3000).fit(Xg, syc_a_g)
+        probe_sign = np.where(letter_probe.decision_function(Xt) > 0, 1.0, -1.0)
         r = {
             "detector_test_auroc": auroc(yt, s),
             "detector_sign_agreement": float(np.mean(det_sign == true_sign)),
             "flip_gated_rate_bound": float(np.mean((yt == 1) & ~flag) + np.mean((yt == 0) & flag)),
             "flagged": float(flag.mean()),
+            "letter_probe_test_auroc": auroc((true_sign > 0).astype(int), letter_probe.decision_function(Xt)),
+            "letter_probe_sign_agreement": float(np.mean(probe_sign == true_sign)),
             "doses": {},
         }
         for dose in [float(x) for x in args.doses.split(",")]:
             r["doses"][str(dose)] = {
                 "oracle_sign": rate(hook, -true_sign[:, None] * v[None], dose),
                 "detector_sign": rate(hook, -det_sign[:, None] * v[None], dose),
+                "letter_probe_sign": rate(hook, -probe_sign[:, None] * v[None], dose),
             }
         res["hooks"][hook] = r
         print(hook, json.dumps(r), flush=True)

@@ -251,3 +251,23 @@ def test_conditional_detector_read_before_the_answer_matches_the_guard(tiny, tmp
     offline = det.score(tiny, items)
     outs = Guard(tiny, [det]).generate(items, max_new_tokens=1)
     assert np.allclose([o.scores["planted"][0] for o in outs], offline, atol=1e-4)
+
+
+def test_train_command_select_and_context_select(tmp_path):
+    from circuits import load_model
+    from detectors.cli import main
+    from tiny import tiny_hf_model, tiny_tokenizer
+
+    tiny_hf_model().save_pretrained(tmp_path / "m")
+    tiny_tokenizer().save_pretrained(tmp_path / "m")
+    model = load_model(tmp_path / "m")
+    data, control = tmp_path / "data.jsonl", tmp_path / "control.jsonl"
+    data.write_text("".join(json.dumps({"messages": e.item, "label": e.label}) + "\n" for e in _planted_dataset()))
+    control.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"say {w}"}, {"role": "assistant", "content": w}],
+                                            "label": 0}) + "\n" for w in "one two three four five six".split()))
+    args = ["train", "planted", "--out", str(tmp_path / "pre"), "--model", str(tmp_path / "m"), "--data", str(data),
+            "--method", "conditional", "--layer", HOOK, "--control", str(control), "--negatives", "none"]
+    assert main([*args, "--select", "last", "--context-select", "last"]) == 0
+    det = Detector.load(tmp_path / "pre", model)
+    assert (det.select, det.context_select, det.hooks) == ("last", "last", [HOOK])
+    assert main([*args, "--select", "nope"]) != 0  # an unknown selection is reported, not trained
