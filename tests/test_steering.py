@@ -70,9 +70,10 @@ def generate_around(model, corrector, ids, mask, max_new_tokens):
 # --------------------------------------------------------------------------------------------
 # activation addition
 # --------------------------------------------------------------------------------------------
-def test_addition_exact_all_positions(tiny):
+@pytest.mark.parametrize("shape", [(16,), (2, 16)], ids=["one_vector", "per_row"])
+def test_addition_exact_all_positions(tiny, shape):
     torch.manual_seed(0)
-    v = torch.randn(16)
+    v = torch.randn(*shape)
     ids, mask = ids_mask(tiny, ["the sky is blue", "paris is in france and rome is in italy"])
     c = ActivationAddition(HOOK, v, alpha=2.5)
     before, after, hs = around(tiny, c)
@@ -82,22 +83,12 @@ def test_addition_exact_all_positions(tiny):
         for h in hs:
             h.remove()
     x, y = before.acts[0], after.acts[0]
-    assert torch.equal(y, x + 2.5 * v)  # exact, not approximately
+    # exact, not approximately; a [batch, d] vector gives row b its own vector at every position
+    assert torch.equal(y, x + 2.5 * (v if v.ndim == 1 else v.unsqueeze(1)))
 
 
-def test_addition_per_row_vectors(tiny):
-    torch.manual_seed(1)
-    v = torch.randn(2, 16)
-    ids, mask = ids_mask(tiny, ["the sky is blue", "paris is in france and rome is in italy"])
-    c = ActivationAddition(HOOK, v, alpha=-1.5)
-    before, after, hs = around(tiny, c)
-    try:
-        tiny.forward(ids, mask)
-    finally:
-        for h in hs:
-            h.remove()
-    x, y = before.acts[0], after.acts[0]
-    assert torch.equal(y, x + (-1.5 * v).unsqueeze(1))  # row b gets its own vector at every position
+def test_addition_per_row_vector_checks(tiny):
+    c = ActivationAddition(HOOK, torch.randn(2, 16), alpha=-1.5)
     assert c.describe()["per_row"] == 2
     three, _ = ids_mask(tiny, ["a", "b", "c"])
     with pytest.raises(InputError, match="2 per-row steering vectors but the batch has 3 rows"):
