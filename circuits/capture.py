@@ -4,6 +4,8 @@ Token selection is explicit (``select``):
 
 =================  ===================================================================
 ``last``           the final token of each item
+``before_last``    the token before the final one (for a one-token answer: the position that
+                   chose it; a conditional detector reads its prompt state there)
 ``prompt_last``    the last prompt token (before the response; for plain text, the last)
 ``response_mean``  mean over the judged span (the response; all tokens for plain text)
 ``response_max``   element-wise max over the judged span
@@ -34,7 +36,8 @@ from circuits.errors import InputError
 from circuits.hooked_model import HookedModel
 from circuits.inputs import Encoded, Item, batches, encode, encoded_hash, pad_id
 
-SELECTIONS = ("last", "prompt_last", "response_mean", "response_max", "response_each", "all_mean", "all_each", "decode_each")
+SELECTIONS = ("last", "before_last", "prompt_last", "response_mean", "response_max", "response_each", "all_mean", "all_each", "decode_each")
+POSITION_SELECTIONS = ("last", "before_last", "prompt_last")  # one token per item
 
 
 @dataclass
@@ -74,12 +77,14 @@ def _span_mask(encoded: Sequence[Encoded], idx: list[int], width: int, select: s
 def _positions(encoded: Sequence[Encoded], idx: list[int], select: str) -> torch.Tensor:
     if select == "last":
         return torch.tensor([len(encoded[i].ids) - 1 for i in idx])
+    if select == "before_last":
+        return torch.tensor([max(len(encoded[i].ids) - 2, 0) for i in idx])
     return torch.tensor([encoded[i].prompt_end - 1 for i in idx])
 
 
 def select_tokens(act: torch.Tensor, select: str, positions: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
     """Reduce ``act [batch, pos, d]`` to rows by the selection (``*_each`` keeps masked tokens)."""
-    if select in ("last", "prompt_last"):
+    if select in POSITION_SELECTIONS:
         return act[torch.arange(act.shape[0]), positions]
     assert mask is not None
     if select.endswith("_mean"):
@@ -199,7 +204,7 @@ def _run_capture(
         for idx, ids, mask in it:
             state["idx"] = idx
             for s in all_selects:
-                if s in ("last", "prompt_last"):
+                if s in POSITION_SELECTIONS:
                     state[("positions", s)] = _positions(encoded, idx, s).to(device)
                 else:
                     state[("mask", s)] = _span_mask(encoded, idx, ids.shape[1], s).to(device)

@@ -190,8 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="token selection read (default per behaviour: response_mean for chats); e.g. 'last' for "
                         "the position whose output is the next token")
     t.add_argument("--context-select", default="prompt_last",
-                   help="with --method conditional: where the prompt state is read (prompt_last, or last with "
-                        "--select last for a detector judged before the answer's token is chosen)")
+                   help="with --method conditional: where the prompt state is read (prompt_last; last with "
+                        "--select last for a detector judged before the answer's token is chosen; before_last with "
+                        "--select last for one that judges a one-token answer once it is said)")
     t.add_argument("--json", default=None)
     t.set_defaults(func=cmd_train)
 

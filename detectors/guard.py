@@ -33,8 +33,12 @@ prompt token, i.e. the prefill is scored too). The policy therefore acts *before
 emitted: a blocked row never shows the token that tripped the block, and a correction switched on
 at step ``t`` steers from token ``t + 1`` on, or, with the policy's ``immediate``, from token ``t``
 itself (step ``t`` is re-run with the corrector on; one extra forward pass, only at the steps where
-a correction starts). A blocked row's scores have one entry more than its tokens (the step that
-blocked it).
+a correction starts), or, with ``rewind``, from token ``t - 1``, the token whose position step ``t``
+read: it is taken back and re-chosen under correction (steps ``t - 1`` and ``t`` are re-run; the
+action records ``taken_back`` and ``replaced_by``, ``out.scores[t]`` is the re-chosen token's and
+``out.policy_scores[t]`` what the policy acted on; a stream's next event has ``retract`` set). A
+detector under ``rewind`` starts no correction at step 0 (nothing has been said yet). A blocked
+row's scores have one entry more than its tokens (the step that blocked it).
 
 **What the policy acts on.** A detector calibrated on the mean over a response
 (``select="response_mean"``, the default for chats) and stream-calibrated at training
@@ -98,6 +102,24 @@ from detectors.guard_types import (
     HumanDecision,
     TokenEvent,
 )
+
+
+def _runner_up(logits: Tensor, taken: int) -> int | None:
+    """The best token other than ``taken`` under these (processed) logits; None if none is allowed."""
+    top = torch.topk(logits, 2)
+    for v, i in zip(top.values.tolist(), top.indices.tolist()):
+        if i != taken and v > float("-inf"):
+            return int(i)
+    return None
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 # --------------------------------------------------------------------------------------------
@@ -268,6 +290,7 @@ class Guard:
         seed: int | None = None,
         batch_size: int | None = None,
         correct: bool | None = None,
+        logits_processor: Callable[[Tensor, Tensor], Tensor] | None = None,
     ) -> list[GuardOutput]:
         """Generate for each prompt with the detectors and the policy on.
 
@@ -280,12 +303,19 @@ class Guard:
             correct: None = as the policy says; True = every detector's corrector on from the
                 first generated token for every row (unconditional steering, for A/B studies);
                 False = never correct (the correct tier is only recorded).
+            logits_processor: ``fn(input_ids [batch, seq], scores [batch, vocab]) -> scores``, applied
+                to each step's logits before the token is chosen (a ``transformers``
+                ``LogitsProcessorList`` works), e.g. to allow only the answer letters of a
+                multiple-choice question. ``input_ids`` are the left-padded prompts and the
+                tokens chosen so far.
 
         Returns:
             One :class:`GuardOutput` per prompt, in order.
         """
         prompts = self._prepare(_as_items(items))
         gen = self._gen(max_new_tokens, min_new_tokens, do_sample, temperature, top_k, top_p, seed, correct)
+        if logits_processor is not None and not callable(logits_processor):
+            raise InputError(f"logits_processor must be callable (input_ids, scores) -> scores, got {type(logits_processor).__name__}")
         bs = int(batch_size or self.batch_size)
         if bs < 1:
             raise InputError("batch_size must be >= 1")
@@ -295,6 +325,7 @@ class Guard:
         for s in range(0, len(order), bs):
             chunk = order[s : s + bs]
             run = _Run(self, [prompts[i] for i in chunk], gen, generator)
+            run.processor = logits_processor
             for _ in self._steps(run):
                 pass
             for i, o in zip(chunk, run.outputs):
@@ -346,8 +377,10 @@ class Guard:
                 tid = int(run.tokens[t][0])
                 ids = [int(x[0]) for x in run.tokens[: t + 1]]
                 new = tok.decode(ids, skip_special_tokens=True)
-                piece, text = new[len(text):], new
-                yield TokenEvent(t, tid, piece, scores, acts, policy_scores=pol)
+                keep = 0 if new.startswith(text) else _common_prefix(text, new)
+                retract = 0 if new.startswith(text) else len(text) - keep
+                piece, text = new[len(text) - retract:], new
+                yield TokenEvent(t, tid, piece, scores, acts, policy_scores=pol, retract=retract)
         finally:
             steps.close()
         out = run.outputs[0]
@@ -420,6 +453,8 @@ class Guard:
                 self._correct_all(run)
             cache = None
             inp = ids
+            run.prompt_ids = ids
+            prev: tuple[Tensor, Tensor | None, Tensor, Tensor] | None = None  # the last step's inputs and logits (rewind)
             t = 0
             while True:
                 with torch.inference_mode():
@@ -436,11 +471,13 @@ class Guard:
                     cache = out.past_key_values
                     logits = out.logits[:, -1, :].float()
                     del out
-                    if t < run.gen.min_new_tokens:
-                        logits[:, self._eos] = float("-inf")
                     self._decide(run, t)
-                    if run.redo:
+                    if run.rewinds and prev is not None:
+                        logits, cache, inp = self._rewind(run, t, prev, inp, attn, pos, cache, width, mask)
+                    elif run.redo:
                         logits, cache = self._redo_step(run, t, inp, attn, pos, cache)
+                    run.rewinds.clear()
+                    logits = self._processed(logits, run, t)
                     nxt = self._select(logits, run)
                     if self._mean_any and t > 0:
                         self._judge_short(run, t, nxt)
@@ -450,6 +487,7 @@ class Guard:
                     run.active &= ~torch.isin(nxt, self._eos)
                     done = t + 1 >= steps or not bool(run.active.any())
                     if not done:
+                        prev = (inp, attn, pos, logits)
                         inp = nxt.unsqueeze(-1)
                         pos = pos[:, -1:] + 1
                         if attn is not None:
@@ -497,10 +535,86 @@ class Guard:
         with torch.inference_mode():
             out = hf(input_ids=inp, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True, **self._keep)
         logits = out.logits[:, -1, :].float()
-        if t < run.gen.min_new_tokens:
-            logits[:, self._eos] = float("-inf")
         run.redos += 1
         return logits, out.past_key_values
+
+    def _rewind(self, run: _Run, t: int, prev: tuple[Tensor, Tensor | None, Tensor, Tensor], inp: Tensor,
+                attn: Tensor | None, pos: Tensor, cache: Any, width: int, mask: Tensor) -> tuple[Tensor, Any, Tensor]:
+        """Take back token ``t - 1`` of the rows whose correction (policy ``rewind``) started at step
+        ``t``: re-run step ``t - 1`` with the correctors on, re-choose that token for those rows (the
+        others keep theirs), then re-run step ``t`` on the re-chosen tokens, scored. Returns step
+        ``t``'s logits, the cache and step ``t``'s input."""
+        started, run.rewinds = list(run.rewinds), []
+        run.redo = False
+        hf = self.model.hf_model
+        p_inp, p_attn, p_pos, p_logits = prev
+        taken = run.tokens[t - 1].clone()
+        rows = sorted({b for b, _, _ in started})
+        avoiders: dict[int, list[Any]] = {}
+        for b, key, action in started:
+            c = run.correctors[key][0]
+            if callable(getattr(c, "avoid", None)):
+                instead = _runner_up(p_logits[b], int(taken[b]))
+                if instead is None:
+                    action.detail["avoid"] = "no other token is allowed"
+                    continue
+                c.avoid(b, int(taken[b]), instead)
+                action.detail["instead_of"] = instead
+                avoiders.setdefault(b, []).append(c)
+        with torch.inference_mode():
+            if t - 1 == 0:
+                cache = None  # the prefill is re-run whole
+                run.state.begin(width, attention_mask=mask, position_ids=p_pos)
+            else:
+                cache.crop(-(int(inp.shape[1]) + int(p_inp.shape[1])))  # drop tokens t - 2 and t - 1
+                run.state.step(p_pos)
+            out = hf(input_ids=p_inp, attention_mask=p_attn, position_ids=p_pos, past_key_values=cache, use_cache=True, **self._keep)
+            cache = out.past_key_values
+            chosen = self._select(self._processed(out.logits[:, -1, :].float(), run, t - 1), run)
+            del out
+            sel = torch.zeros(run.B, dtype=torch.bool, device=taken.device)
+            sel[rows] = True
+            new = torch.where(sel, chosen, taken)
+            run.tokens[t - 1] = new
+            for b, cs in avoiders.items():
+                for c in cs:
+                    c.release(b)  # avoidance is for the re-chosen position only
+            run.active &= ~(sel & torch.isin(new, self._eos))
+            inp = new.unsqueeze(-1)
+            run.state.step(pos)
+            old = run.buf[t].clone()
+            run.buf[t] = self._scorer.bias.to(old.device)
+            run.in_fwd = True
+            try:
+                out = hf(input_ids=inp, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True, **self._keep)
+            finally:
+                run.in_fwd = False
+            cache = out.past_key_values
+            logits = out.logits[:, -1, :].float()
+            del out
+            if self._scorer.custom:
+                self._score_custom(run, t, run.buf[t])
+            if run.pending:
+                self._handle_errors(run, t)
+            # the running means counted the taken-back token's score; count the re-chosen one's
+            run.cum.add_(torch.where(run.cnt > 0, (run.buf[t] - old).nan_to_num(), 0.0))
+        for b, _, action in started:
+            action.detail["taken_back"] = int(taken[b])
+            action.detail["replaced_by"] = int(new[b])
+        run.rewound += len(rows)
+        return logits, cache, inp
+
+    def _processed(self, logits: Tensor, run: _Run, t: int) -> Tensor:
+        """Step ``t``'s logits as the token is chosen from them: EOS held back before
+        ``min_new_tokens``, then the caller's ``logits_processor``."""
+        if t < run.gen.min_new_tokens:
+            logits[:, self._eos] = float("-inf")
+        if run.processor is not None:
+            ids = torch.cat([run.prompt_ids, *(x.unsqueeze(-1) for x in run.tokens[:t])], dim=-1)
+            logits = run.processor(ids, logits)
+            if not isinstance(logits, Tensor) or logits.shape != (run.B, logits.shape[-1]):
+                raise InputError(f"logits_processor must return the scores tensor [batch, vocab], got {type(logits).__name__}")
+        return logits
 
     def _select(self, logits: Tensor, run: _Run) -> Tensor:
         g = run.gen
@@ -635,7 +749,7 @@ class Guard:
         entry = run.correctors.get(route.key)
         if entry is None:
             bound = run.bound.get(j)  # a prompt-conditioned detector's per-row read-out, once bound
-            c = self.router.build(route, det, self.model, run.state, readout=None if bound is None else bound[0])
+            c = self.router.build(route, det, self.model, run.state, readout=None if bound is None else bound[0], batch=run.B)
             if run.gen.correct != "always":
                 c.rows_off(run.B)
             h = c.attach(self.model, state=run.state)
@@ -646,7 +760,7 @@ class Guard:
         for j, det in enumerate(self.detectors):
             res = run.res[j]
             self.router.validate(res.corrector, det, where=self._policy.source)
-            route = self.router.route(det, res)
+            route = self.router.route(det, res, model=self.model)
             self._corrector(run, route, det, j)
             for b in range(run.B):
                 run.corrected[(b, j)] = route
@@ -662,18 +776,28 @@ class Guard:
                 run.noted.add(key)
                 run.actions[b].append(Action(t, "correct", self.names[j], x, {"applied": False, "reason": "correct=False"}))
             return
+        if res.rewind and t == 0:  # step 0 reads the prompt's last token: nothing has been said to take back
+            if key not in run.noted:
+                run.noted.add(key)
+                run.actions[b].append(Action(t, "correct", self.names[j], x, {"applied": False, "reason": "rewind: no token said yet"}))
+            return
         if key not in run.corrected:
             det = self.detectors[j]
-            route = self.router.route(det, res)
+            route = self.router.route(det, res, model=self.model)
             self._corrector(run, route, det, j).set_row(b, 1.0)
-            if res.immediate:
+            rewind = res.rewind
+            how = {"rewind": True} if rewind else {"immediate": True} if res.immediate else {}
+            action = Action(t, "correct", self.names[j], x, route.to_dict() | how)
+            if rewind:
+                run.rewinds.append((b, route.key, action))
+            elif res.immediate:
                 run.redo = True
             run.cum[b, j] = 0.0  # re-score the corrected continuation on its own
             run.cnt[b, j] = 0.0
             run.corrected[key] = route
             run.run_start[key] = run.last_hit[key] = t
-            run.actions[b].append(Action(t, "correct", self.names[j], x, route.to_dict() | ({"immediate": True} if res.immediate else {})))
-            run.row_correctors[b].append({**route.to_dict(), "from_token": t if res.immediate else t + 1})
+            run.actions[b].append(action)
+            run.row_correctors[b].append({**route.to_dict(), "from_token": t - 1 if rewind else t if res.immediate else t + 1})
             return
         if run.last_hit.get(key) != t - 1:
             run.run_start[key] = t

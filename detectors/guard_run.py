@@ -100,6 +100,10 @@ class _Run:
         self.tokens: list[Tensor] = []
         self.redo = False  # a correction with ``immediate`` started this step: re-run it corrected
         self.redos = 0
+        self.rewinds: list[tuple[int, tuple, Action]] = []  # (row, corrector key, action): take back this step's token
+        self.rewound = 0
+        self.processor: Callable[[Tensor, Tensor], Tensor] | None = None
+        self.prompt_ids: Tensor | None = None
         self.state = GenerationState()
         self.error: BaseException | None = None
         self.outputs: list[GuardOutput] = []

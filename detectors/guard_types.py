@@ -143,7 +143,11 @@ class GuardOutput:
 @dataclass
 class TokenEvent:
     """One step of :meth:`Guard.stream`: the new token (None if the step was blocked), the new
-    text piece, this step's scores and actions. The last event has ``done=True`` and ``output``."""
+    text piece, this step's scores and actions. The last event has ``done=True`` and ``output``.
+
+    ``retract``: characters of the text streamed so far to delete before appending ``text``; non-zero
+    when the policy's ``rewind`` took back the previous token and re-chose it (a terminal can print
+    that many backspaces)."""
 
     index: int
     token_id: int | None
@@ -153,3 +157,4 @@ class TokenEvent:
     done: bool = False
     output: GuardOutput | None = None
     policy_scores: dict[str, float] = field(default_factory=dict)
+    retract: int = 0

@@ -38,6 +38,14 @@ correction starts) and chooses the token from the corrected logits. Without it (
 correction switched on at step ``t`` steers from token ``t + 1`` on, which is too late when one
 token is the whole answer (an A/B letter).
 
+``rewind``: when true, a correction takes back the token that tripped it. A token's score is read
+at its own position, one step after the token was chosen, so a detector that judges what was just
+said (an A/B letter read with its question) can only flag it once it is out. With ``rewind`` the
+Guard drops that token from the KV cache, re-runs the step that chose it with the corrector on,
+re-chooses it, and goes on from there (two extra forward passes, only at the step a correction
+starts; a flag at step 0, the prompt's last token, starts no correction: nothing has been said).
+It implies ``immediate``. The corrector ``avoid_token`` (see :mod:`detectors.router`) needs it.
+
 ``on_detector_error``: ``"fail_closed"`` (block every row in flight), ``"fail_open"`` (record the
 error and carry on without that detector) or ``"raise"`` (re-raise after cleaning up).
 
@@ -55,6 +63,7 @@ File format (TOML; YAML with the same keys works too)::
     patience = 8
     positions = "response"          # response | all (see below)
     immediate = false               # true: re-run the flagged step under correction (see below)
+    rewind = false                  # true: take back the flagged token and re-choose it corrected
 
     [detectors.deception]
     correct_above = "threshold"
@@ -212,6 +221,7 @@ class DetectorPolicy:
     patience: int | None = None
     positions: str | None = None
     immediate: bool | None = None
+    rewind: bool | None = None
     refusal_text: str | None = None
 
     @classmethod
@@ -257,7 +267,7 @@ def _field_value(key: str, v: Any, where: str) -> Any:
         if v not in POSITIONS:
             raise PolicyError(f"{where}: expected one of {', '.join(POSITIONS)}, got {v!r}")
         return str(v)
-    if key == "immediate":
+    if key in ("immediate", "rewind"):
         if not isinstance(v, bool):
             raise PolicyError(f"{where}: expected true or false, got {v!r}")
         return v
@@ -278,6 +288,7 @@ BUILTIN = DetectorPolicy(
     patience=DEFAULT_PATIENCE,
     positions="response",
     immediate=False,
+    rewind=False,
 )
 
 
@@ -297,6 +308,7 @@ class Resolved:
     red_line: bool
     positions: str = "response"
     immediate: bool = False
+    rewind: bool = False
 
     def threshold_of(self, tier: str) -> float:
         return float(getattr(self, tier))
@@ -448,6 +460,9 @@ class Policy:
     def resolve(self, name: str, detector_threshold: float) -> Resolved:
         """Numbers for one detector with calibrated threshold ``detector_threshold``."""
         dp = self.for_detector(name)
+        if dp.corrector == "avoid_token" and not dp.rewind:
+            raise PolicyError(f"{self.source}: detector {name!r}: corrector 'avoid_token' needs rewind = true "
+                              "(it steers away from the token the correction takes back)")
         thr = float(detector_threshold)
         return Resolved(
             name=name,
@@ -461,7 +476,8 @@ class Policy:
             refusal_text=dp.refusal_text if dp.refusal_text is not None else self.refusal,
             red_line=name in self.red_lines,
             positions=str(dp.positions),
-            immediate=bool(dp.immediate),
+            immediate=bool(dp.immediate) or bool(dp.rewind),
+            rewind=bool(dp.rewind),
         )
 
     @property

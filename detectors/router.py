@@ -9,6 +9,11 @@ Corrector specs (the policy's ``corrector`` key):
                   dose above 1 is clipped to 1)
 ``vector:PATH``   add ``-dose * v`` of a saved CAA steering vector (``coalign steer``), at its hook
 ``sae``           clamp the flagged SAE features to 0 with the SAE registered for the detector's hook
+``avoid_token``   with the policy's ``rewind``: at the re-chosen position only, steer the last block's
+                  residual stream away from the token taken back, toward the runner-up under that
+                  step's logits (:class:`~circuits.token_avoidance.TokenAvoidance`; ``dose`` in
+                  residual units): for a detector that judges a token after it is said, e.g. an A/B
+                  letter read with its question
 any other name    a factory registered with :meth:`Router.register`
 ================  ==================================================================================
 
@@ -38,6 +43,7 @@ from circuits.steering import (
     SparseAutoencoder,
 )
 from circuits.steering_vectors import SteeringVector
+from circuits.token_avoidance import TokenAvoidance, last_block_hook
 from detectors.policy import PolicyError, Resolved
 
 CorrectorFactory = Callable[[Any, float, HookedModel, GenerationState], Corrector]
@@ -94,7 +100,7 @@ class Router:
         >>> guard = Guard(model, dets, policy.update("sycophancy", corrector="my_vec"), router=router)
     """
 
-    BUILTIN = ("addition", "ablation", "sae")
+    BUILTIN = ("addition", "ablation", "sae", "avoid_token")
 
     def __init__(self, factories: dict[str, CorrectorFactory] | None = None) -> None:
         self._factories: dict[str, CorrectorFactory] = {"addition": _addition, "ablation": _ablation}
@@ -105,7 +111,7 @@ class Router:
 
     def register(self, name: str, factory: CorrectorFactory) -> None:
         """Add a named corrector factory usable as ``corrector = "<name>"`` in a policy."""
-        if name in ("sae",) or name.startswith("vector:"):
+        if name in ("sae", "avoid_token") or name.startswith("vector:"):
             raise PolicyError(f"corrector name {name!r} is reserved")
         self._factories[name] = factory
 
@@ -115,7 +121,7 @@ class Router:
 
     def validate(self, spec: str, detector: Any, where: str = "policy") -> None:
         """Raise PolicyError if ``spec`` cannot be built for ``detector``."""
-        if spec in self._factories:
+        if spec in self._factories or spec == "avoid_token":
             return
         if spec == "sae":
             if detector.hooks[0] not in self._saes:
@@ -128,25 +134,35 @@ class Router:
             return
         raise PolicyError(
             f"{where}: detector {detector.name!r}: unknown corrector {spec!r} (expected addition, ablation, "
-            f"vector:PATH, sae or one of the registered: {', '.join(sorted(self._factories)) or 'none'})"
+            f"vector:PATH, sae, avoid_token or one of the registered: {', '.join(sorted(self._factories)) or 'none'})"
         )
 
-    def route(self, detector: Any, resolved: Resolved, features: Sequence[int] | None = None) -> Route:
+    def route(self, detector: Any, resolved: Resolved, features: Sequence[int] | None = None,
+              model: HookedModel | None = None) -> Route:
         """The route for a flag of ``detector``; ``features`` (flagged SAE feature ids) select an SAE
-        clamp when an SAE is registered for the detector's hook."""
+        clamp when an SAE is registered for the detector's hook. ``model`` places ``avoid_token``."""
         hook = detector.hooks[0]
         if features and hook in self._saes:
             return Route(detector.name, "sae", 1.0, hook, tuple(int(f) for f in features), resolved.positions)
         spec = resolved.corrector
         if spec.startswith("vector:"):
             hook = self._vector(spec).hook
+        if spec == "avoid_token":
+            if model is None:
+                raise PolicyError("the 'avoid_token' route needs the model (Router.route(..., model=model))")
+            hook = last_block_hook(model)
         return Route(detector.name, spec, resolved.dose, hook, positions=resolved.positions)
 
     def build(self, route: Route, detector: Any, model: HookedModel, state: GenerationState,
-              readout: Tensor | None = None) -> Corrector:
+              readout: Tensor | None = None, batch: int | None = None) -> Corrector:
         """Make the corrector for ``route`` (not attached). ``readout``: a prompt-conditioned
-        detector's read-out bound to each batch row (``[batch, d_model]``), used by ``addition``."""
+        detector's read-out bound to each batch row (``[batch, d_model]``), used by ``addition``;
+        ``batch``: the rows of the batch (``avoid_token`` keeps one vector per row)."""
         spec = route.corrector
+        if spec == "avoid_token":
+            if batch is None:
+                raise PolicyError("the 'avoid_token' corrector needs the batch size (Router.build(..., batch=B))")
+            return TokenAvoidance(model, batch, alpha=route.dose, hook=route.hook, positions=route.positions, state=state)
         if spec == "sae":
             sae = self._saes.get(route.hook)
             if sae is None:

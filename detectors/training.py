@@ -179,7 +179,11 @@ def train_detector(
             calibrated on the control set (``stream_threshold``), acting from this token on.
         context_select: for ``method="conditional"``, where the prompt state is read
             (``prompt_last``; or ``last`` with ``select="last"`` for a detector that reads the
-            position *before* the answer, judged by a Guard before the answer's token is chosen).
+            position *before* the answer, judged by a Guard before the answer's token is chosen;
+            or ``before_last`` with ``select="last"`` for one that reads a one-token answer with the
+            state that chose it, e.g. an A/B letter after ``"("``: a Guard binds that state at the
+            prompt's last token and judges the letter once it is said, which its ``rewind`` policy
+            can take back).
 
     Returns:
         A calibrated :class:`Detector` whose ``metrics`` hold validation and control figures.

@@ -58,7 +58,7 @@ def test_selections_match_manual_reductions(tiny):
     h = torch.from_numpy(h)
     resp = h[enc.span_start :]
     expected = {
-        "last": h[-1], "prompt_last": h[enc.prompt_end - 1], "response_mean": resp.mean(0),
+        "last": h[-1], "before_last": h[-2], "prompt_last": h[enc.prompt_end - 1], "response_mean": resp.mean(0),
         "response_max": resp.amax(0), "all_mean": h.mean(0),
     }
     for select, want in expected.items():

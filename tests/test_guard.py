@@ -638,3 +638,100 @@ def test_conditional_detector_corrects_each_row_along_its_bound_readout(tiny):
     plain = Guard(tiny, [lin(tiny, "x")]).generate(PROMPTS, max_new_tokens=5, batch_size=2)
     assert all(o.correctors and o.correctors[0]["from_token"] == 0 for o in outs)
     assert any(o.token_ids != p.token_ids for o, p in zip(outs, plain))
+
+
+# --------------------------------------------------------------------------------------------
+# rewind: the flagged token is taken back and re-chosen under correction
+# --------------------------------------------------------------------------------------------
+def _prefix_ids(model, prompt, tokens):
+    enc = encode(model.tokenizer, [[{"role": "user", "content": prompt}]], model.n_ctx)[0]
+    return enc, torch.tensor([list(enc.ids) + list(tokens)])
+
+
+@pytest.mark.parametrize("corrector", ["avoid_token", "addition"])
+@pytest.mark.parametrize("flag_step", [1, 3])
+def test_rewind_takes_back_the_flagged_token_and_rechooses_it_corrected(tiny, corrector, flag_step):
+    # the score of step t is read at token t - 1's position: with ``rewind`` that token is taken back
+    script = lambda t: [2.0 if t == flag_step else -1.0, -1.0]  # noqa: E731
+    det = scripted(tiny, "syc", script, seed=4)
+    guard = Guard(tiny, [det], policy=policy(syc={"correct_above": 1.0, "patience": 100, "dose": 80.0,
+                                                  "corrector": corrector, "rewind": True}))
+    n0 = n_hooks(tiny)
+    outs = guard.generate(PROMPTS, max_new_tokens=10, batch_size=2)
+    assert n_hooks(tiny) == n0
+    base = Guard(tiny, [lin(tiny, "x")]).generate(PROMPTS, max_new_tokens=10, batch_size=2)
+    o0, o1 = outs
+    k = flag_step - 1  # the token taken back
+    assert o1.token_ids == base[1].token_ids  # the other row keeps what it had
+    assert o0.token_ids[:k] == base[0].token_ids[:k]
+    enc, ids = _prefix_ids(tiny, PROMPTS[0], base[0].token_ids[:k])
+    taken = base[0].token_ids[k]
+    if corrector == "addition":  # steered from the position that chose the taken-back token on
+        with ActivationAddition(H1, -det.direction, alpha=80.0, positions=ids.shape[1] - 1).apply(tiny):
+            ref = tiny.hf_model.generate(ids, max_new_tokens=10 - k, do_sample=False, pad_token_id=0)[0, ids.shape[1]:].tolist()
+    else:  # that one position steered away from the taken token, toward the runner-up; then unsteered
+        from circuits.token_avoidance import TokenAvoidance
+
+        with torch.inference_mode():
+            top = tiny.hf_model(input_ids=ids).logits[0, -1].topk(2).indices.tolist()
+        instead = top[1] if top[0] == taken else top[0]
+        c = TokenAvoidance(tiny, 1, alpha=80.0, positions=ids.shape[1] - 1)
+        c.avoid(0, taken, instead)
+        with torch.inference_mode(), c.apply(tiny):
+            first = int(tiny.hf_model(input_ids=ids).logits[0, -1].argmax())
+        nxt = torch.cat([ids, torch.tensor([[first]])], dim=1)
+        ref = [first] + tiny.hf_model.generate(nxt, max_new_tokens=9 - k, do_sample=False, pad_token_id=0)[0, nxt.shape[1]:].tolist()
+        act = next(a for a in o0.actions if a.kind == "correct")
+        assert act.detail["instead_of"] == instead
+    assert o0.token_ids[k:] == ref[: len(o0.token_ids) - k]
+    assert o0.token_ids[k] != taken
+    act = next(a for a in o0.actions if a.kind == "correct")
+    assert act.token == flag_step and act.detail["rewind"] is True
+    assert act.detail["taken_back"] == taken and act.detail["replaced_by"] == o0.token_ids[k]
+    assert o0.correctors[0]["from_token"] == k
+    # the policy's statistic is what it acted on; the token score is the re-chosen token's
+    assert o0.policy_scores["syc"][flag_step] == 2.0 and o0.scores["syc"][flag_step] == -1.0
+
+
+def test_rewind_starts_no_correction_at_step_0_and_needs_it_for_avoid_token(tiny):
+    det = lin(tiny, "syc", H0, bias=50.0)  # flagged at every step, the prefill included
+    pol = {"correct_above": 1.0, "patience": 100, "dose": 80.0, "rewind": True}
+    out = Guard(tiny, [det], policy=policy(syc=pol)).generate(PROMPTS[:1], max_new_tokens=4)[0]
+    acts = [a for a in out.actions if a.kind == "correct"]
+    assert acts[0].token == 0 and acts[0].detail == {"applied": False, "reason": "rewind: no token said yet"}
+    assert acts[1].token == 1 and acts[1].detail["rewind"] is True  # token 0 taken back
+    with pytest.raises(PolicyError, match="avoid_token.*rewind"):
+        Guard(tiny, [det], policy=policy(syc={"correct_above": 1.0, "corrector": "avoid_token"}))
+
+
+def test_rewind_in_a_stream_retracts_the_text_it_took_back(tiny):
+    script = lambda t: 2.0 if t == 3 else -1.0  # noqa: E731
+    det = scripted(tiny, "syc", script, seed=4)
+    guard = Guard(tiny, [det], policy=policy(syc={"correct_above": 1.0, "patience": 100, "dose": 80.0,
+                                                  "corrector": "avoid_token", "rewind": True}))
+    text, retracts = "", []
+    for ev in guard.stream(PROMPTS[0], max_new_tokens=8):
+        if ev.done:
+            final = ev.output
+            break
+        retracts.append(ev.retract)
+        text = text[: len(text) - ev.retract] + ev.text
+    assert text == final.text
+    assert retracts[3] > 0 and sum(retracts) == retracts[3]
+
+
+def test_logits_processor_constrains_the_tokens_chosen(tiny):
+    seen = []
+
+    def only(ids, scores):
+        seen.append(tuple(ids.shape))
+        keep = torch.full_like(scores, float("-inf"))
+        keep[:, [7, 11]] = 0.0
+        return scores + keep
+
+    outs = Guard(tiny, [lin(tiny, "x")]).generate(PROMPTS, max_new_tokens=4, batch_size=2, logits_processor=only)
+    assert all(set(o.token_ids) <= {7, 11} for o in outs)
+    width = max(len(e.ids) for e in encode(tiny.tokenizer, [[{"role": "user", "content": p}] for p in PROMPTS], tiny.n_ctx))
+    assert seen == [(2, width + i) for i in range(4)]
+    with pytest.raises(InputError, match="logits_processor must be callable"):
+        Guard(tiny, [lin(tiny, "x")]).generate(PROMPTS, max_new_tokens=2, logits_processor=3)

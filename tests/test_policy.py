@@ -119,6 +119,11 @@ def test_default_policy_file_is_monitor_only():
     assert Policy().resolve("x", 0.0).monitor == 0.0  # built in code: same defaults
     assert r.immediate is False
     assert Policy.from_dict({"detectors": {"x": {"immediate": True}}}).resolve("x", 0.0).immediate is True
+    assert r.rewind is False
+    rw = Policy.from_dict({"detectors": {"x": {"rewind": True, "corrector": "avoid_token"}}}).resolve("x", 0.0)
+    assert rw.rewind is True and rw.immediate is True  # rewind re-runs the flagged step too
+    with pytest.raises(PolicyError, match="detector 'x': corrector 'avoid_token' needs rewind = true"):
+        Policy.from_dict({"detectors": {"x": {"corrector": "avoid_token"}}}).resolve("x", 0.0)
 
 
 @pytest.mark.parametrize(
@@ -134,6 +139,7 @@ def test_default_policy_file_is_monitor_only():
         ('[defaults]\ndose = "big"', "defaults.dose"),
         ('[defaults]\npositions = "prompt"', "defaults.positions: expected one of response, all"),
         ('[defaults]\nimmediate = "yes"', "defaults.immediate: expected true or false"),
+        ("[defaults]\nrewind = 1", "defaults.rewind: expected true or false"),
         ('red_lines = ["deception"]\n[detectors.deception]\nblock_above = "off"', "red line"),
         ("this is not toml", "cannot parse"),
     ],

@@ -499,3 +499,39 @@ def test_smollm2_caa_vector_shifts_answer_probabilities(smollm2):
     toward = margin([sv.corrector(alpha=dose, positions="all")])
     away = margin([sv.corrector(alpha=-dose, positions="all")])
     assert toward > base > away
+
+
+def test_token_avoidance_is_an_exact_addition_along_the_logit_lens_contrast(tiny):
+    from circuits.token_avoidance import TokenAvoidance, unembedding
+
+    c = TokenAvoidance(tiny, batch=2, alpha=3.0)
+    hook = f"blocks.{tiny.n_layers - 1}.hook_resid_post"
+    assert c.hook == hook
+    W, g = unembedding(tiny)
+    v = (W[5] - W[9]) * g
+    unit = v / v.norm()
+    assert torch.allclose(c.direction(5, 9), unit)
+    assert float(c.direction(5, 9) @ (g * (W[5] - W[9]))) > 0  # it raises token 5 against 9
+    ids, mask = ids_mask(tiny, ["hello world", "the cat sat"])
+    before, after, handles = around(tiny, c, hook)
+    try:
+        tiny.forward(ids, mask)  # every row off: nothing changes
+        c.avoid(0, 5, 9)
+        tiny.forward(ids, mask)
+        c.release(0)
+        tiny.forward(ids, mask)
+    finally:
+        for h in handles:
+            h.remove()
+    assert torch.equal(after.acts[0], before.acts[0]) and torch.equal(after.acts[2], before.acts[2])
+    assert torch.equal(after.acts[1][0], before.acts[1][0] + 3.0 * (-unit))  # x + alpha * v, exactly
+    assert torch.equal(after.acts[1][1], before.acts[1][1])  # the other row is untouched
+    assert c.describe()["avoided"] == {"0": [5, 9]}
+    with pytest.raises(InputError, match="token id 999 is outside the vocabulary"):
+        c.avoid(1, 999, 9)
+    with pytest.raises(InputError, match="token and instead are the same id 5"):
+        c.avoid(1, 5, 5)
+    with pytest.raises(InputError, match="batch must be at least 1"):
+        TokenAvoidance(tiny, batch=0)
+    one = TokenAvoidance(tiny, batch=1)
+    assert one.vector.shape == (1, tiny.d_model)

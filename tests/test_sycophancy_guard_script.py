@@ -45,3 +45,36 @@ def test_guarded_replay_steers_from_the_first_flagged_position(tiny):
     assert not torch.allclose(rows[0][k], plain[k])  # the flagged position's own output is steered (immediate)
     none, started = mod.guarded_logprobs(tiny, det, [text], 40.0, threshold=float(s.max()) + 1)
     assert started == [False] and torch.allclose(none[0], plain)
+
+
+def test_rewind_replay_steers_only_the_position_that_chose_the_flagged_token(tiny):
+    spec = importlib.util.spec_from_file_location("syc_rewind_bench", ROOT / "benchmarks" / "sycophancy_rewind_correction.py")
+    mod = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(mod)
+    det, _ = random_conditional_detector(tiny, H1, seed=11)
+    text = "the cat sat on the mat and the dog sat on the cat"
+    ids = torch.tensor([tiny.tokenizer(text, add_special_tokens=False)["input_ids"]])
+    with torch.inference_mode():
+        plain = torch.log_softmax(tiny.hf_model(input_ids=ids).logits[0, :-1].double(), -1)
+    rows, _ = mod.rewind_logprobs(tiny, det, [text], 0.0)
+    assert torch.allclose(rows[0], plain)
+    acts = {}
+    with torch.inference_mode(), tiny.hooks([(H1, lambda a, hp: acts.__setitem__("a", a[0].double()))]):
+        tiny.hf_model(input_ids=ids)
+    w, b = det.readout(acts["a"][:1])
+    s = acts["a"][1:] @ w[0] + b[0]  # token p's score at its own position p (p >= 1)
+    thr = float(torch.topk(s, 2).values.mean())
+    p = int(s.argmax()) + 1  # the only flagged token
+    rows, started = mod.rewind_logprobs(tiny, det, [text], 40.0, threshold=thr)
+    assert started == [True]
+    assert torch.allclose(rows[0][: p - 1], plain[: p - 1])  # before the position that chose it: untouched
+    taken = int(ids[0, p])
+    top = torch.topk(plain[p - 1], 2).indices.tolist()
+    instead = top[0] if top[0] != taken else top[1]
+    gap = lambda r: float(r[p - 1, taken] - r[p - 1, instead])  # noqa: E731
+    more, _ = mod.rewind_logprobs(tiny, det, [text], 400.0, threshold=thr)
+    # where it was chosen, the flagged token falls behind the runner-up, more so at a higher dose
+    assert gap(more[0]) < gap(rows[0]) < gap(plain)
+    none, started = mod.rewind_logprobs(tiny, det, [text], 40.0, threshold=float(s.max()) + 1)
+    assert started == [False] and torch.allclose(none[0], plain)
