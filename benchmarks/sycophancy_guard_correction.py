@@ -132,11 +132,13 @@ def perplexity_of(rows: Sequence[torch.Tensor], targets: Sequence[torch.Tensor])
     return float(torch.exp(-lp.mean()))
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def bench_setup(argv: Sequence[str] | None, description: str, doses: str) -> tuple[argparse.Namespace, Path, list[float], Any]:
+    """The arguments the sycophancy Guard benchmarks share; returns them, the output folder, the
+    doses and a ``log(msg)`` that stamps the seconds since the start."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--out", required=True)
     ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--doses", default="4,8,16,32")
+    ap.add_argument("--doses", default=doses)
     ap.add_argument("--n-generate", type=int, default=1000)
     ap.add_argument("--n-windows", type=int, default=30)
     ap.add_argument("--window-tokens", type=int, default=128)
@@ -145,11 +147,30 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     t0 = time.time()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    doses = [float(x) for x in args.doses.split(",")]
 
     def log(msg: str) -> None:
         print(f"[{time.time() - t0:6.0f}s] {msg}", flush=True)
 
+    log.t0 = t0  # type: ignore[attr-defined]
+    return args, out, [float(x) for x in args.doses.split(",")], log
+
+
+def operating_dose(val_rows: Sequence[dict]) -> float | None:
+    """The smallest dose whose validation rate is at most half the uncorrected (first) row's."""
+    halving = [r["dose"] for r in val_rows[1:] if r["rate"] <= val_rows[0]["rate"] / 2]
+    return min(halving) if halving else None
+
+
+def cost_texts(model: Any, args: argparse.Namespace) -> tuple[list[str], list[Any], list[torch.Tensor]]:
+    """WikiText-2 windows, benign control answers, and the windows' target token ids."""
+    texts = corpus_windows(model, args.n_windows, args.window_tokens, CORPUS)
+    benign = control_items(model, args.n_benign, default_cache_dir() / "completions")
+    return texts, benign, response_token_ids(model, texts)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args, out, doses, log = bench_setup(argv, __doc__.split("\n\n")[0], "4,8,16,32")
+    t0 = log.t0
     model = load_model(args.model)
     gen = caa_test_items(CAA_GENERATE)[: args.n_generate]
     test = caa_test_items()
@@ -172,14 +193,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         r = guarded_answers(model, det, val_items, d, None)
         val["rows"].append({"dose": d, "rate": r["rate"], "ab_share": r["ab_share"], "flagged": r["flagged"]})
         log(f"validation dose {d:g}: rate {r['rate']:.3f} (A/B answers {r['ab_share']:.2f}, flagged {r['flagged']:.2f})")
-    base_val = val["rows"][0]["rate"]
-    halving = [r["dose"] for r in val["rows"][1:] if r["rate"] <= base_val / 2]
-    chosen = min(halving) if halving else None
+    chosen = operating_dose(val["rows"])
     log(f"operating dose (smallest that halves the validation rate): {chosen}")
-
-    texts = corpus_windows(model, args.n_windows, args.window_tokens, CORPUS)
-    benign = control_items(model, args.n_benign, default_cache_dir() / "completions")
-    text_targets = response_token_ids(model, texts)
+    texts, benign, text_targets = cost_texts(model, args)
     base_text, _ = guarded_logprobs(model, det, texts, 0.0)
     base_benign, _ = guarded_logprobs(model, det, benign, 0.0)
     ppl0 = perplexity_of(base_text, text_targets)
@@ -220,6 +236,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 def plot(res: dict[str, Any], path: Path) -> None:
+    rows = res["test"]
+    val = res["validation"]["rows"]
+    dose_response_figure(res, path, [
+        ([r["dose"] for r in rows], [r["rate"] for r in rows], "o-", "CAA test (Guard, policy)"),
+        ([r["dose"] for r in val], [r["rate"] for r in val], "s--", "generate validation"),
+    ], "dose (residual-stream units)")
+
+
+def dose_response_figure(res: dict[str, Any], path: Path, rates: Sequence[tuple], xlabel: str) -> None:
+    """Left: sycophancy rates by dose (``(x, y, fmt, label)`` series) against half the uncorrected
+    test rate; right: the capability cost of the test rows (perplexity rise, KL on benign answers)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -228,10 +255,10 @@ def plot(res: dict[str, Any], path: Path) -> None:
     rows = res["test"]
     d = [r["dose"] for r in rows]
     fig, ax = plt.subplots(1, 2, figsize=(10, 4))
-    ax[0].plot(d, [r["rate"] for r in rows], "o-", label="CAA test (Guard, policy)")
-    ax[0].plot([r["dose"] for r in res["validation"]["rows"]], [r["rate"] for r in res["validation"]["rows"]], "s--", label="generate validation")
+    for x, y, fmt, label in rates:
+        ax[0].plot(x, y, fmt, label=label)
     ax[0].axhline(rows[0]["rate"] / 2, color="grey", ls=":", label="half the uncorrected test rate")
-    ax[0].set_xlabel("dose (residual-stream units)")
+    ax[0].set_xlabel(xlabel)
     ax[0].set_ylabel("sycophantic answers")
     ax[0].legend(fontsize=8)
     ax[1].plot(d, [r["ppl_rise_pct"] for r in rows], "o-", label="WikiText-2 perplexity rise (%)")

@@ -37,7 +37,6 @@ Run::
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -49,14 +48,21 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from correction import CORPUS, SHARED, caa_test_items, corpus_windows, letter_ids, mean_kl  # noqa: E402
-from sycophancy_guard_correction import ab_chat, perplexity_of, response_token_ids  # noqa: E402
+from correction import SHARED, caa_test_items, letter_ids, mean_kl  # noqa: E402
+from sycophancy_guard_correction import (  # noqa: E402
+    ab_chat,
+    bench_setup,
+    cost_texts,
+    dose_response_figure,
+    operating_dose,
+    perplexity_of,
+)
 
 from circuits import load_model  # noqa: E402
 from circuits.inputs import encode  # noqa: E402
 from circuits.token_avoidance import TokenAvoidance  # noqa: E402
 from detectors import Detector, Guard, Policy  # noqa: E402
-from detectors.training import control_items, default_cache_dir, training_data, validation_indices  # noqa: E402
+from detectors.training import training_data, validation_indices  # noqa: E402
 
 CAA_GENERATE = SHARED / "caa" / "generate" / "sycophancy" / "generate_dataset.json"
 
@@ -149,23 +155,8 @@ def rewind_logprobs(model: Any, det: Any, items: Sequence[Any], dose: float, thr
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--doses", default="2,4,8,16")
-    ap.add_argument("--n-generate", type=int, default=1000)
-    ap.add_argument("--n-windows", type=int, default=30)
-    ap.add_argument("--window-tokens", type=int, default=128)
-    ap.add_argument("--n-benign", type=int, default=30)
-    args = ap.parse_args(argv)
-    t0 = time.time()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    doses = [float(x) for x in args.doses.split(",")]
-
-    def log(msg: str) -> None:
-        print(f"[{time.time() - t0:6.0f}s] {msg}", flush=True)
-
+    args, out, doses, log = bench_setup(argv, __doc__.split("\n\n")[0], "2,4,8,16")
+    t0 = log.t0
     model = load_model(args.model)
     gen = caa_test_items(CAA_GENERATE)[: args.n_generate]
     test = caa_test_items()
@@ -190,14 +181,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         r = guarded_answers(model, det, val_items, d, constrained=True)
         val["rows"].append({k: v for k, v in r.items() if k != "per_item_syc"} | {"dose": d})
         log(f"validation dose {d:g}: rate {r['rate']:.3f} (flagged {r['flagged']:.2f}, rewound {r['rewound']:.2f})")
-    base_val = val["rows"][0]["rate"]
-    halving = [r["dose"] for r in val["rows"][1:] if r["rate"] <= base_val / 2]
-    chosen = min(halving) if halving else None
+    chosen = operating_dose(val["rows"])
     log(f"operating dose (smallest that halves the validation rate): {chosen}")
-
-    texts = corpus_windows(model, args.n_windows, args.window_tokens, CORPUS)
-    benign = control_items(model, args.n_benign, default_cache_dir() / "completions")
-    text_targets = response_token_ids(model, texts)
+    texts, benign, text_targets = cost_texts(model, args)
     base_text, st_text0 = rewind_logprobs(model, det, texts, 0.0)
     base_benign, st_benign0 = rewind_logprobs(model, det, benign, 0.0)
     ppl0 = perplexity_of(base_text, text_targets)
@@ -237,29 +223,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 def plot(res: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = res["test"]
-    d = [r["dose"] for r in rows]
-    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
-    ax[0].plot(d, [r["rate"] for r in rows], "o-", label="CAA test (Guard, rewind)")
-    ax[0].plot(d, [r["unconstrained_rate"] for r in rows], "^:", label="CAA test, answers unconstrained")
-    ax[0].plot([r["dose"] for r in res["validation"]["rows"]], [r["rate"] for r in res["validation"]["rows"]], "s--", label="generate validation")
-    ax[0].axhline(rows[0]["rate"] / 2, color="grey", ls=":", label="half the uncorrected test rate")
-    ax[0].set_xlabel("dose (residual-stream units, last block)")
-    ax[0].set_ylabel("sycophantic answers")
-    ax[0].legend(fontsize=8)
-    ax[1].plot(d, [r["ppl_rise_pct"] for r in rows], "o-", label="WikiText-2 perplexity rise (%)")
-    ax[1].plot(d, [100 * r["kl_benign"] for r in rows], "s-", label="KL on benign answers (x100 nats)")
-    ax[1].axhline(5, color="grey", ls=":")
-    ax[1].set_xlabel("dose")
-    ax[1].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    val = res["validation"]["rows"]
+    dose_response_figure(res, path, [
+        ([r["dose"] for r in rows], [r["rate"] for r in rows], "o-", "CAA test (Guard, rewind)"),
+        ([r["dose"] for r in rows], [r["unconstrained_rate"] for r in rows], "^:", "CAA test, answers unconstrained"),
+        ([r["dose"] for r in val], [r["rate"] for r in val], "s--", "generate validation"),
+    ], "dose (residual-stream units, last block)")
 
 
 def report(res: dict[str, Any]) -> str:

@@ -273,8 +273,11 @@ def cmd_chat(args: argparse.Namespace) -> int:
             for ev in events:
                 if ev.done:
                     out = ev.output
-                elif ev.text:
-                    print(ev.text, end="", flush=True)
+                else:
+                    if ev.retract:  # the policy's rewind took the last token back: erase it on screen
+                        print("\b" * ev.retract + " " * ev.retract + "\b" * ev.retract, end="", flush=True)
+                    if ev.text:
+                        print(ev.text, end="", flush=True)
         except KeyboardInterrupt:
             print("\n(interrupted)", flush=True)
             history.pop()

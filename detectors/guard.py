@@ -433,7 +433,7 @@ class Guard:
     # -- the decode loop ------------------------------------------------------------------------
     def _steps(self, run: _Run) -> Iterator[int]:
         """Run one batch; yields the step index after each step; fills ``run.outputs``."""
-        model, hf = self.model, self.model.hf_model
+        model = self.model
         device = model.device
         width = max(len(p.enc.ids) for p in run.prompts)
         steps = min(run.steps, max(1, model.n_ctx - width))
@@ -463,14 +463,7 @@ class Guard:
                         run.state.begin(width, attention_mask=mask, position_ids=pos)
                     else:
                         run.state.step(pos)
-                    run.in_fwd = True
-                    try:
-                        out = hf(input_ids=inp, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True, **self._keep)
-                    finally:
-                        run.in_fwd = False
-                    cache = out.past_key_values
-                    logits = out.logits[:, -1, :].float()
-                    del out
+                    logits, cache = self._forward(run, inp, attn, pos, cache, scored=True)
                     self._decide(run, t)
                     if run.rewinds and prev is not None:
                         logits, cache, inp = self._rewind(run, t, prev, inp, attn, pos, cache, width, mask)
@@ -527,16 +520,24 @@ class Guard:
         token it chooses is chosen under correction. Rows without a new correction compute what
         they computed the first time. The scores of step ``t`` stay the ones the policy acted on."""
         run.redo = False
-        hf = self.model.hf_model
         if t == 0:
             cache = None  # the prefill is re-run whole
         else:
             cache.crop(-int(inp.shape[1]))  # drop this step's keys and values
         with torch.inference_mode():
-            out = hf(input_ids=inp, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True, **self._keep)
-        logits = out.logits[:, -1, :].float()
+            logits, cache = self._forward(run, inp, attn, pos, cache, scored=False)
         run.redos += 1
-        return logits, out.past_key_values
+        return logits, cache
+
+    def _forward(self, run: _Run, inp: Tensor, attn: Tensor | None, pos: Tensor, cache: Any, scored: bool) -> tuple[Tensor, Any]:
+        """One forward over ``inp`` with the KV cache; the scoring hooks write this step's scores
+        only when ``scored`` (re-runs of a step keep the scores the policy acted on)."""
+        run.in_fwd = scored
+        try:
+            out = self.model.hf_model(input_ids=inp, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True, **self._keep)
+        finally:
+            run.in_fwd = False
+        return out.logits[:, -1, :].float(), out.past_key_values
 
     def _rewind(self, run: _Run, t: int, prev: tuple[Tensor, Tensor | None, Tensor, Tensor], inp: Tensor,
                 attn: Tensor | None, pos: Tensor, cache: Any, width: int, mask: Tensor) -> tuple[Tensor, Any, Tensor]:
@@ -546,7 +547,6 @@ class Guard:
         ``t``'s logits, the cache and step ``t``'s input."""
         started, run.rewinds = list(run.rewinds), []
         run.redo = False
-        hf = self.model.hf_model
         p_inp, p_attn, p_pos, p_logits = prev
         taken = run.tokens[t - 1].clone()
         rows = sorted({b for b, _, _ in started})
@@ -568,10 +568,8 @@ class Guard:
             else:
                 cache.crop(-(int(inp.shape[1]) + int(p_inp.shape[1])))  # drop tokens t - 2 and t - 1
                 run.state.step(p_pos)
-            out = hf(input_ids=p_inp, attention_mask=p_attn, position_ids=p_pos, past_key_values=cache, use_cache=True, **self._keep)
-            cache = out.past_key_values
-            chosen = self._select(self._processed(out.logits[:, -1, :].float(), run, t - 1), run)
-            del out
+            p_logits, cache = self._forward(run, p_inp, p_attn, p_pos, cache, scored=False)
+            chosen = self._select(self._processed(p_logits, run, t - 1), run)
             sel = torch.zeros(run.B, dtype=torch.bool, device=taken.device)
             sel[rows] = True
             new = torch.where(sel, chosen, taken)
@@ -584,14 +582,7 @@ class Guard:
             run.state.step(pos)
             old = run.buf[t].clone()
             run.buf[t] = self._scorer.bias.to(old.device)
-            run.in_fwd = True
-            try:
-                out = hf(input_ids=inp, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True, **self._keep)
-            finally:
-                run.in_fwd = False
-            cache = out.past_key_values
-            logits = out.logits[:, -1, :].float()
-            del out
+            logits, cache = self._forward(run, inp, attn, pos, cache, scored=True)
             if self._scorer.custom:
                 self._score_custom(run, t, run.buf[t])
             if run.pending:

@@ -38,6 +38,7 @@ def setup(tmp_path_factory):
     alarm.save(root / "alarm")
     (root / "escalate.toml").write_text('refusal_text = "REFUSED."\n[detectors.alarm]\nescalate_above = 1.0\n')
     (root / "bad.toml").write_text("nonsense = 1\n")
+    (root / "rewind.toml").write_text('[detectors.alarm]\ncorrect_above = 1.0\ncorrector = "avoid_token"\nrewind = true\ndose = 1000.0\npatience = 100\n')
     return root
 
 
@@ -63,6 +64,23 @@ def test_chat_in_a_terminal(setup):
         child.expect("you> ")
         child.sendline("/reset")
         child.expect("conversation cleared")
+        child.expect("you> ")
+        child.sendline("/quit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0
+
+
+def test_chat_erases_a_token_the_policy_takes_back(setup):
+    # alarm flags every step: at step 1 the rewind policy takes token 0 back and the screen erases it
+    child = spawn(["chat", "--detector", str(setup / "alarm"), "--policy", str(setup / "rewind.toml"), "--max-new-tokens", "4"], setup)
+    try:
+        child.expect("you> ")
+        child.sendline("hello world")
+        child.expect("assistant> ")
+        child.expect("\x08")  # backspaces over the taken-back token
+        child.expect(r"\[scores\] alarm")
         child.expect("you> ")
         child.sendline("/quit")
         child.expect(pexpect.EOF)

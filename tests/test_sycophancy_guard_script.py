@@ -1,5 +1,6 @@
-"""benchmarks/sycophancy_guard_correction.py: its teacher-forced replay of the Guard's policy
-(used for the perplexity and KL cost) steers exactly from the first flagged position on."""
+"""benchmarks/sycophancy_guard_correction.py and sycophancy_rewind_correction.py: their
+teacher-forced replays of the Guard's policy (used for the perplexity and KL cost) steer exactly
+where the Guard would."""
 
 from __future__ import annotations
 
@@ -13,27 +14,32 @@ ROOT = Path(__file__).resolve().parents[1]
 H1 = "blocks.1.hook_resid_post"
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("syc_guard_bench", ROOT / "benchmarks" / "sycophancy_guard_correction.py")
+def _script(name: str = "sycophancy_guard_correction"):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     assert spec.loader is not None
     spec.loader.exec_module(mod)
     return mod
 
 
-def test_guarded_replay_steers_from_the_first_flagged_position(tiny):
-    mod = _script()
+def _text_and_detector(tiny):
+    """A random conditional detector, a text, its ids, the plain model's log-probs and the
+    detector hook's activations along it."""
     det, _ = random_conditional_detector(tiny, H1, seed=11)
     text = "the cat sat on the mat and the dog sat on the cat"
     ids = torch.tensor([tiny.tokenizer(text, add_special_tokens=False)["input_ids"]])
-    with torch.inference_mode():
+    acts = {}
+    with torch.inference_mode(), tiny.hooks([(H1, lambda a, hp: acts.__setitem__("a", a[0].double()))]):
         plain = torch.log_softmax(tiny.hf_model(input_ids=ids).logits[0, :-1].double(), -1)
+    return det, text, ids, plain, acts
+
+
+def test_guarded_replay_steers_from_the_first_flagged_position(tiny):
+    mod = _script()
+    det, text, ids, plain, acts = _text_and_detector(tiny)
     rows, _ = mod.guarded_logprobs(tiny, det, [text], 0.0)
     assert torch.allclose(rows[0], plain)  # dose 0: the plain model
     # the detector's own scores along the text, bound at position 0 (the Guard's prefill)
-    acts = {}
-    with torch.inference_mode(), tiny.hooks([(H1, lambda a, hp: acts.__setitem__("a", a[0].double()))]):
-        tiny.hf_model(input_ids=ids)
     w, b = det.readout(acts["a"][:1])
     s = acts["a"][:-1] @ w[0] + b[0]
     top = torch.topk(s, 2).values
@@ -48,20 +54,10 @@ def test_guarded_replay_steers_from_the_first_flagged_position(tiny):
 
 
 def test_rewind_replay_steers_only_the_position_that_chose_the_flagged_token(tiny):
-    spec = importlib.util.spec_from_file_location("syc_rewind_bench", ROOT / "benchmarks" / "sycophancy_rewind_correction.py")
-    mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(mod)
-    det, _ = random_conditional_detector(tiny, H1, seed=11)
-    text = "the cat sat on the mat and the dog sat on the cat"
-    ids = torch.tensor([tiny.tokenizer(text, add_special_tokens=False)["input_ids"]])
-    with torch.inference_mode():
-        plain = torch.log_softmax(tiny.hf_model(input_ids=ids).logits[0, :-1].double(), -1)
+    mod = _script("sycophancy_rewind_correction")
+    det, text, ids, plain, acts = _text_and_detector(tiny)
     rows, _ = mod.rewind_logprobs(tiny, det, [text], 0.0)
     assert torch.allclose(rows[0], plain)
-    acts = {}
-    with torch.inference_mode(), tiny.hooks([(H1, lambda a, hp: acts.__setitem__("a", a[0].double()))]):
-        tiny.hf_model(input_ids=ids)
     w, b = det.readout(acts["a"][:1])
     s = acts["a"][1:] @ w[0] + b[0]  # token p's score at its own position p (p >= 1)
     thr = float(torch.topk(s, 2).values.mean())
