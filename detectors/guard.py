@@ -104,6 +104,12 @@ from detectors.guard_types import (
 )
 
 
+def _check_processor(fn: Any) -> Any:
+    if fn is not None and not callable(fn):
+        raise InputError(f"logits_processor must be callable (input_ids, scores) -> scores, got {type(fn).__name__}")
+    return fn
+
+
 def _runner_up(logits: Tensor, taken: int) -> int | None:
     """The best token other than ``taken`` under these (processed) logits; None if none is allowed."""
     top = torch.topk(logits, 2)
@@ -314,8 +320,7 @@ class Guard:
         """
         prompts = self._prepare(_as_items(items))
         gen = self._gen(max_new_tokens, min_new_tokens, do_sample, temperature, top_k, top_p, seed, correct)
-        if logits_processor is not None and not callable(logits_processor):
-            raise InputError(f"logits_processor must be callable (input_ids, scores) -> scores, got {type(logits_processor).__name__}")
+        _check_processor(logits_processor)
         bs = int(batch_size or self.batch_size)
         if bs < 1:
             raise InputError("batch_size must be >= 1")
@@ -346,17 +351,20 @@ class Guard:
         top_p: float = 1.0,
         seed: int | None = None,
         correct: bool | None = None,
+        logits_processor: Callable[[Tensor, Tensor], Tensor] | None = None,
     ) -> Iterator[TokenEvent]:
         """Generate for one prompt, yielding a :class:`TokenEvent` per token with its scores and
         actions, then a final event with ``done=True`` and the :class:`GuardOutput`.
 
         Closing the iterator early (``break``) removes the hooks and writes the audit record.
+        Arguments as for :meth:`generate`.
         """
         prompts = self._prepare(_as_items(item))
         if len(prompts) != 1:
             raise InputError("Guard.stream takes one prompt")
         gen = self._gen(max_new_tokens, min_new_tokens, do_sample, temperature, top_k, top_p, seed, correct)
         run = _Run(self, prompts, gen, self._generator(gen))
+        run.processor = _check_processor(logits_processor)
         return self._stream(run)
 
     def _stream(self, run: _Run) -> Iterator[TokenEvent]:

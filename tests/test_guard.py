@@ -4,6 +4,7 @@ lines, failure handling, cleanup and resource use."""
 from __future__ import annotations
 
 import gc
+import json
 import math
 import tracemalloc
 
@@ -735,3 +736,24 @@ def test_logits_processor_constrains_the_tokens_chosen(tiny):
     assert seen == [(2, width + i) for i in range(4)]
     with pytest.raises(InputError, match="logits_processor must be callable"):
         Guard(tiny, [lin(tiny, "x")]).generate(PROMPTS, max_new_tokens=2, logits_processor=3)
+
+
+def test_rewind_while_sampling_keeps_the_record_consistent(tiny, tmp_path):
+    script = lambda t: [2.0 if t == 2 else -1.0, 2.0 if t == 4 else -1.0]  # noqa: E731 (calls, not steps: a rewind re-scores once)
+    det = scripted(tiny, "syc", script, seed=4)
+    audit = tmp_path / "audit.jsonl"
+    guard = Guard(tiny, [det], policy=policy(syc={"correct_above": 1.0, "patience": 100, "dose": 80.0,
+                                                  "corrector": "avoid_token", "rewind": True}), audit=str(audit))
+    n0 = n_hooks(tiny)
+    outs = guard.generate(PROMPTS, max_new_tokens=8, batch_size=2, do_sample=True, seed=3)
+    assert n_hooks(tiny) == n0
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    for o, rec in zip(outs, records):
+        act = next(a for a in o.actions if a.kind == "correct")
+        assert act.detail["rewind"] and o.token_ids[act.token - 1] == act.detail["replaced_by"]
+        assert any(a["kind"] == "correct" and a["detail"]["taken_back"] == act.detail["taken_back"] for a in rec["actions"])
+    assert [next(a.token for a in o.actions if a.kind == "correct") for o in outs] == [2, 3]
+    # the same seed gives the same run
+    det.calls = 0
+    again = guard.generate(PROMPTS, max_new_tokens=8, batch_size=2, do_sample=True, seed=3)
+    assert [o.token_ids for o in again] == [o.token_ids for o in outs]
