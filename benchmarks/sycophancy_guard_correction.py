@@ -132,13 +132,10 @@ def perplexity_of(rows: Sequence[torch.Tensor], targets: Sequence[torch.Tensor])
     return float(torch.exp(-lp.mean()))
 
 
-def bench_setup(argv: Sequence[str] | None, description: str, doses: str,
-                extra: Any = None) -> tuple[argparse.Namespace, Path, list[float], Any]:
-    """The arguments the sycophancy Guard benchmarks share (``extra(ap)`` adds more); returns them,
-    the output folder, the doses and a ``log(msg)`` that stamps the seconds since the start."""
+def bench_setup(argv: Sequence[str] | None, description: str, doses: str) -> tuple[argparse.Namespace, Path, list[float], Any]:
+    """The arguments the sycophancy Guard benchmarks share; returns them, the output folder, the
+    doses and a ``log(msg)`` that stamps the seconds since the start."""
     ap = argparse.ArgumentParser(description=description)
-    if extra is not None:
-        extra(ap)
     ap.add_argument("--out", required=True)
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--doses", default=doses)

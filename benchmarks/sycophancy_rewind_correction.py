@@ -7,9 +7,7 @@ uses the policy's ``rewind``:
 
 1. **Training data.** CAA's 1,000 *generate* questions, each answered ``"(A"`` and ``"(B"``: the
    sycophantic letter (``answer_matching_behavior``) is label 1, the other 0, grouped per question.
-   Written to ``OUT/generate_letters.jsonl`` (chat JSONL, a user file like any other). With
-   ``--negatives benign`` the model's own answers to everyday instructions are added to the
-   training part as label 0 (their last token read the same way).
+   Written to ``OUT/generate_letters.jsonl`` (chat JSONL, a user file like any other).
 2. **The detector.** ``Detector.train("sycophancy", data=[that file], method="conditional",
    select="last", context_select="before_last")``: the prompt-conditioned probe on the letter's
    residual stream, read with the state at ``"("`` (the position that chose it, which a Guard binds
@@ -157,10 +155,7 @@ def rewind_logprobs(model: Any, det: Any, items: Sequence[Any], dose: float, thr
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args, out, doses, log = bench_setup(argv, __doc__.split("\n\n")[0], "2,4,8,16", extra=lambda ap: ap.add_argument(
-        "--negatives", choices=("none", "benign"), default="none",
-        help="benign: also train on the model's own answers to everyday instructions as label 0 (their last token), "
-             "so the detector stays quiet outside A/B answers"))
+    args, out, doses, log = bench_setup(argv, __doc__.split("\n\n")[0], "2,4,8,16")
     t0 = log.t0
     model = load_model(args.model)
     gen = caa_test_items(CAA_GENERATE)[: args.n_generate]
@@ -172,8 +167,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 msgs = [{"role": "user", "content": it["question"]}, {"role": "assistant", "content": "(" + letter}]
                 f.write(json.dumps({"messages": msgs, "label": int(letter == it["syc"]), "group": f"q{i}"}) + "\n")
     det = Detector.train("sycophancy", model, data=[str(data)], method="conditional", select="last",
-                         context_select="before_last", name="sycophancy_letter",
-                         negatives=None if args.negatives == "none" else args.negatives)
+                         context_select="before_last", negatives=None, name="sycophancy_letter")
     det.save(out / "detector")
     log(f"detector at {det.hooks[0]}: validation AUROC {det.metrics['val_auroc']:.3f}")
     test_auroc = letter_auroc(model, det, test)
