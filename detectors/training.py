@@ -201,9 +201,14 @@ def train_detector(
     acts = _activations(model, dataset, hooks, method, capture_kw)
     tr, va = split_indices(acts.y, acts.groups, test_fraction, seed)
     train, val = acts.subset(tr), acts.subset(va)
-    if isinstance(negatives, str) and negatives == "auto":
+    asked_auto = isinstance(negatives, str) and negatives == "auto"
+    if asked_auto:
         negatives = DEFAULT_NEGATIVES.get(behaviour)
     neg = training_negatives(model, negatives, dataset, select, method, cache)
+    if neg is None and isinstance(negatives, str) and negatives == "benign" and not asked_auto:
+        warnings.warn(f"negatives='benign' is not used here: it applies to chat data read over the response "
+                      f"(select response_*) with a probe that takes unpaired rows; got select={select!r}, "
+                      f"method={method!r}. Pass your own negative rows instead.", RuntimeWarning, stacklevel=3)
     if neg is not None:
         train = train.append(_activations(model, neg, hooks, method, capture_kw))
     result = sweep(train, val, [method], hooks, **probe_params)

@@ -104,6 +104,11 @@ def _planted_dataset() -> LabelledDataset:
     return LabelledDataset("planted", ex)
 
 
+def test_benign_negatives_that_cannot_apply_are_not_dropped_silently(tiny, tmp_path):
+    with pytest.warns(RuntimeWarning, match="negatives='benign' is not used here.*select='last'"):
+        Detector.train("planted", tiny, data=_planted_dataset(), select="last", negatives="benign", n_control=20, cache_dir=tmp_path)
+
+
 def test_train_detector_on_planted_signal(tiny, tmp_path):
     from detectors.training import validation_indices
 
