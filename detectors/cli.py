@@ -146,7 +146,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from probe.benchmark import run_probe_benchmark
 
     model = _model(args.model)
-    summary = run_probe_benchmark(model, args.out, quick=args.quick, datasets_dir=args.datasets)
+    summary = run_probe_benchmark(model, args.out, quick=args.quick, datasets_dir=args.datasets, negatives=args.negatives)
     print_table("probe benchmark (held-out AUROC)", summary["table"])
     write_json(args.json, summary)
     print(f"wrote {args.out}/results.json, report.md and plots")
@@ -232,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--model", default=None)
     bp.add_argument("--datasets", default=None, help="folder of public datasets (default ../shared/datasets)")
     bp.add_argument("--quick", action="store_true", help="fewer rows and hooks")
+    bp.add_argument("--negatives", choices=("auto", "benign", "none"), default="auto",
+                    help="benign training negatives for the logistic and mass-mean probes of chat suites: auto (as "
+                         "`coalign train` does: deception only), benign (every chat suite) or none")
     bp.add_argument("--json", default=None)
     bp.set_defaults(func=cmd_bench)
 

@@ -22,15 +22,12 @@ from detectors.detector import MEAN_SELECTIONS, Detector
 from probe.activation_set import ActivationSet, group_codes
 from probe.datasets import LabelledDataset, is_data_spec, load_data, recipe
 from probe.metrics import calibration_report
+from probe.negatives import DEFAULT_NEGATIVES, NEGATIVE_METHODS
 from probe.trainer import calibrate_threshold, fit_probe, linear_readout, split_indices, sweep
 
 BEHAVIOURS = ("deception", "sycophancy", "truth")
 # Token selection per behaviour: chats are judged over the response; bare statements at their end.
 DEFAULT_SELECT = {"deception": "response_mean", "sycophancy": "response_mean", "truth": "last"}
-# Benign training negatives where they were measured to help on benign chats never seen
-# (benchmarks/benign_negatives.py): deception recall at the deployed threshold 0.04 -> 0.96 with
-# 1.1% false positives on Alpaca tasks; for sycophancy they raised that rate (8% -> 22%) instead.
-DEFAULT_NEGATIVES = {"deception": "benign"}
 
 
 def default_cache_dir() -> Path:
@@ -57,10 +54,6 @@ def training_data(behaviour: str, data: Sequence[str | os.PathLike] | LabelledDa
     if behaviour not in BEHAVIOURS:
         raise InputError(f"no built-in recipe for {behaviour!r}; use one of {', '.join(BEHAVIOURS)} or pass data=[files]")
     return recipe(behaviour, seed=seed).check_two_classes()
-
-
-#: probes that accept extra unpaired negatives (LAT and CCS need pairs, TTPD needs polarity)
-NEGATIVE_METHODS = ("logistic", "mass_mean", "mass_mean_cov", "conditional")
 
 
 def control_items(model: HookedModel, n: int, cache_dir: Path, max_new_tokens: int = 32, source: str = "benign") -> list[Any]:

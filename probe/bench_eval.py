@@ -14,6 +14,7 @@ from circuits import HookedModel
 from probe.activation_set import ActivationSet
 from probe.bench_data import BenchData, Suite
 from probe.metrics import auroc, bootstrap_auroc_ci, threshold_at_fpr
+from probe.negatives import NEGATIVE_METHODS
 from probe.trainer import fit_probe
 
 FPR = 0.01
@@ -111,14 +112,16 @@ def suite_sets(suite: Suite, data: Mapping[str, BenchData], acts: Mapping[str, A
 
 def evaluate_suite(suite: Suite, data: Mapping[str, BenchData], acts: Mapping[str, ActivationSet],
                    methods: Sequence[str], hooks: Sequence[str], control: ActivationSet | None = None,
-                   n_boot: int = 1000, progress: bool = False) -> SuiteResult:
+                   n_boot: int = 1000, progress: bool = False, negatives: ActivationSet | None = None) -> SuiteResult:
     """Fit every applicable method at every hook on the fit data; choose its hook by validation
     AUROC; report AUROC, a bootstrap 95% CI and the operating point at the 1%-FPR threshold of
-    the validation negatives (and of the benign ``control`` set, if given) on every target."""
+    the validation negatives (and of the benign ``control`` set, if given) on every target.
+    ``negatives`` (label-0 rows) join the fit data of the probes that take unpaired rows only."""
     fit, val, targets = suite_sets(suite, data, acts)
+    fit_neg = fit.append(negatives) if negatives is not None else None
     res = SuiteResult(suite.name, list(suite.train), list(targets), list(hooks))
     res.n = {"fit": len(fit), "val": len(val), "val_negatives": int((val.y == 0).sum()),
-             **{t: len(s) for t, s in targets.items()}}
+             "negatives": 0 if negatives is None else len(negatives), **{t: len(s) for t, s in targets.items()}}
     todo = []
     for m in suite.methods or methods:
         reason = skip_reason(m, fit)
@@ -128,7 +131,8 @@ def evaluate_suite(suite: Suite, data: Mapping[str, BenchData], acts: Mapping[st
             todo.append(m)
     scores: dict[tuple[str, str], dict[str, np.ndarray]] = {}
     for m, h in _bar([(m, h) for m in todo for h in hooks], progress, desc=f"probes: {suite.name}", unit="fit"):
-        p = fit_probe(m, fit.X[h], fit.y, fit.fit_params())
+        f = fit_neg if fit_neg is not None and m in NEGATIVE_METHODS else fit
+        p = fit_probe(m, f.X[h], f.y, f.fit_params())
         s = {"__val__": p.decision_function(val.X[h])}
         s.update({t: p.decision_function(ts.X[h]) for t, ts in targets.items()})
         if control is not None:

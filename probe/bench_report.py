@@ -167,6 +167,17 @@ def _headline_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _negatives_line(c: dict[str, Any]) -> str:
+    suites = c.get("negatives_suites") or []
+    if not suites:
+        return f"**training negatives** (`negatives={c.get('negatives', 'none')!r}`): none; probes see their contrast data only."
+    return (f"**training negatives** (`negatives={c['negatives']!r}`): the logistic and mass-mean probes of "
+            f"{', '.join(suites)} also fit on {c['n_negatives']} benign chats (the model's own answers to the shipped "
+            "`benign_negatives` instructions, disjoint from the control set), as `Detector.train` does; "
+            "validation, thresholds and evaluation sets never contain them. LAT, CCS and TTPD need pairs or "
+            "polarity and fit without them.")
+
+
 def write_report(summary: dict[str, Any], out: Path, plots: list[str]) -> Path:
     c = summary["config"]
     lines = [f"# Probe benchmark: {c['model_id']}", "",
@@ -178,7 +189,7 @@ def write_report(summary: dict[str, Any], out: Path, plots: list[str]) -> Path:
              "## Headline figures", "", md_table(_headline_rows(summary)), ""]
     for key, text in DEFINITIONS.items():
         lines += [f"- **{key}**: {text}"]
-    lines += [f"- {COMMON.format(n_control=c.get('n_control', 0))}", "", "## All results", "",
+    lines += [f"- {COMMON.format(n_control=c.get('n_control', 0))}", f"- {_negatives_line(c)}", "", "## All results", "",
               "One row per (evaluation set, method) at the hook chosen on validation data.", "",
               md_table(summary["table"]), ""]
     truth = summary["suites"].get("truth")

@@ -32,14 +32,16 @@ import numpy as np
 from circuits import HFHookedModel, HookedModel
 from circuits.generation import complete
 from probe.activation_set import ActivationSet
-from probe.bench_data import BenchData, build_suites, default_datasets_dir, drop_overlong, load_bench_data
+from probe.bench_data import BenchData, Suite, build_suites, default_datasets_dir, drop_overlong, load_bench_data
 from probe.bench_eval import SuiteResult, capture_all, evaluate_suite, generalisation_matrix
 from probe.bench_report import plot_generalisation, plot_layers, write_report
 from probe.datasets import Example, LabelledDataset, recipe
+from probe.negatives import DEFAULT_NEGATIVES
 
 METHODS = ["logistic", "mass_mean", "mass_mean_cov", "lat", "ttpd"]
 QUICK_METHODS = ["logistic", "mass_mean", "ttpd"]
 N_CONTROL, CONTROL_TOKENS = 200, 32
+NEGATIVES_MODES = ("auto", "benign", "none")
 #: (suite, target) of the naive last-token logistic baselines (DESIGN.md's floor)
 BASELINES = (("baseline", "cities (held-out)"), ("baseline", "neg_cities"),
              ("baseline_deception", "deception:last (held-out)"), ("baseline_sycophancy", "sycophancy_caa:last"))
@@ -58,22 +60,31 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("COALIGN_CACHE", Path.home() / ".cache" / "coalign"))
 
 
-def benign_control(model: HookedModel, n: int, hooks: Sequence[str], cache: Path, progress: bool,
-                   notes: list[str]) -> ActivationSet | None:
-    """The model's own greedy answers to ``n`` built-in benign instructions, captured (response mean)."""
+def benign_chats(model: HookedModel, n: int, hooks: Sequence[str], cache: Path, progress: bool,
+                notes: list[str], source: str = "benign") -> ActivationSet | None:
+    """The model's own greedy answers to ``n`` built-in benign instructions of recipe ``source``
+    (``benign``: the control set; ``benign_negatives``: the disjoint training negatives), captured
+    as a label-0 set (response mean)."""
     if n <= 0:
         return None
     if not isinstance(model, HFHookedModel):
-        notes.append("benign control skipped: generation needs a Hugging Face backed model")
+        notes.append(f"{source} chats skipped: generation needs a Hugging Face backed model")
         return None
-    prompts, _ = drop_overlong(model, recipe("benign"))
+    prompts, _ = drop_overlong(model, recipe(source))
     items = prompts.items[:n]
     if progress:
-        print(f"benign control: greedy answers to {len(items)} instructions ({CONTROL_TOKENS} tokens, cached)", file=sys.stderr)
+        print(f"{source}: greedy answers to {len(items)} instructions ({CONTROL_TOKENS} tokens, cached)", file=sys.stderr)
     answers = complete(model, items, max_new_tokens=CONTROL_TOKENS, cache_dir=cache / "completions")
     chats = [it + [{"role": "assistant", "content": a or "OK."}] for it, a in zip(items, answers)]
-    ds, _ = drop_overlong(model, LabelledDataset("benign_control", [Example(c, 0, source=f"control:{i}") for i, c in enumerate(chats)]))
+    ds, _ = drop_overlong(model, LabelledDataset(source, [Example(c, 0, source=f"{source}:{i}") for i, c in enumerate(chats)]))
     return ActivationSet.from_dataset(model, ds, list(hooks), select="response_mean", cache_dir=cache / "acts", progress=progress)
+
+
+def negative_suites(suites: Sequence[Suite], negatives: str) -> list[str]:
+    """Suites whose unpaired probes get the benign training negatives: ``"auto"``, as
+    ``Detector.train`` does by default (``DEFAULT_NEGATIVES``); ``"benign"``, every chat suite; ``"none"``."""
+    return [s.name for s in suites if s.select == "response_mean"
+            and (negatives == "benign" or (negatives == "auto" and DEFAULT_NEGATIVES.get(s.name) == "benign"))]
 
 
 def _headline(res: SuiteResult | None, target: str) -> dict[str, Any] | None:
@@ -139,11 +150,11 @@ def _identical_methods(results: Mapping[str, SuiteResult]) -> list[str]:
     return out
 
 
-def _command(out: Path, quick: bool, datasets_dir: Path, model: HookedModel) -> tuple[str, str]:
+def _command(out: Path, quick: bool, datasets_dir: Path, model: HookedModel, negatives: str) -> tuple[str, str]:
     argv = sys.argv
     cmd = shlex.join(["coalign", *argv[1:]]) if Path(argv[0]).name == "coalign" else shlex.join(argv)
     call = (f"run_probe_benchmark(load_model({model.model_id!r}), {str(out)!r}, quick={quick}, "
-            f"datasets_dir={str(datasets_dir)!r})")
+            f"datasets_dir={str(datasets_dir)!r}, negatives={negatives!r})")
     return cmd, call
 
 
@@ -152,7 +163,7 @@ def run_probe_benchmark(
     methods: Sequence[str] | None = None, hooks: Sequence[str] | None = None, cache_dir: str | os.PathLike | None = None,
     *, seed: int = 0, max_rows: int | None = None, n_control: int | None = None,
     overrides: Mapping[str, LabelledDataset] | None = None, generalisation_method: str | None = "logistic",
-    n_boot: int = 1000, progress: bool = True,
+    n_boot: int = 1000, progress: bool = True, negatives: str = "auto",
 ) -> dict[str, Any]:
     """Run the probe benchmark and write ``results.json``, ``report.md`` and PNG plots to ``out_dir``.
 
@@ -170,6 +181,10 @@ def run_probe_benchmark(
         overrides: datasets to use instead of the built-in/file ones, by benchmark name
             (e.g. ``{"deception": my_dataset}``).
         generalisation_method: probe used for the generalisation matrix (None: no matrix).
+        negatives: benign training negatives for the unpaired probes (logistic, mass-mean) of chat
+            suites: ``"auto"`` (default) as ``Detector.train`` uses them (deception only), so the
+            control-threshold columns describe what a trained detector does; ``"benign"``: every
+            chat suite; ``"none"``: contrast data only. Validation, thresholds and targets never see them.
 
     Returns:
         The summary (also ``results.json``): ``table`` (rows: dataset, train, method, hook, val_auroc,
@@ -181,6 +196,8 @@ def run_probe_benchmark(
         >>> s = run_probe_benchmark(load_model(), "runs/bench", quick=True)
         >>> s["truth_mean_auroc_unseen"]["ttpd"]["auroc"]
     """
+    if negatives not in NEGATIVES_MODES:
+        raise ValueError(f"negatives must be one of {', '.join(NEGATIVES_MODES)}, got {negatives!r}")
     t0 = time.time()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -195,13 +212,16 @@ def run_probe_benchmark(
     suites = build_suites(data, notes)
     acts = capture_all(model, data, hooks, cache / "acts", progress)
     needs_control = any(s.select == "response_mean" for s in suites)
-    control = benign_control(model, N_CONTROL if n_control is None else n_control, hooks, cache, progress, notes) if needs_control else None
+    control = benign_chats(model, N_CONTROL if n_control is None else n_control, hooks, cache, progress, notes) if needs_control else None
+    with_neg = negative_suites(suites, negatives)
+    neg = benign_chats(model, len(recipe("benign_negatives")), hooks, cache, progress, notes, "benign_negatives") if with_neg else None
     results = {s.name: evaluate_suite(s, data, acts, methods, hooks, control if s.select == "response_mean" else None,
-                                      n_boot=n_boot, progress=progress) for s in suites}
+                                      n_boot=n_boot, progress=progress, negatives=neg if s.name in with_neg else None)
+               for s in suites}
     notes += _identical_methods(results)
     names = [n for n in data if ":" not in n] if generalisation_method else []
     gen = generalisation_matrix(data, acts, names, hooks, generalisation_method or "none", progress)
-    cmd, call = _command(out, quick, ddir, model)
+    cmd, call = _command(out, quick, ddir, model, negatives)
     summary: dict[str, Any] = {
         "table": _table(results),
         "truth_mean_auroc_unseen": _truth_headline(results.get("truth")),
@@ -216,6 +236,8 @@ def run_probe_benchmark(
         "config": {"model_id": model.model_id, "fingerprint": model.fingerprint, "n_layers": model.n_layers,
                    "d_model": model.d_model, "hooks": hooks, "methods": methods, "quick": quick, "seed": seed,
                    "datasets_dir": str(ddir), "cache_dir": str(cache / "acts"), "n_control": 0 if control is None else len(control),
+                   "negatives": negatives, "negatives_suites": with_neg if neg is not None else [],
+                   "n_negatives": 0 if neg is None else len(neg),
                    "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "command": cmd, "call": call},
     }
     for stale in [*out.glob("auroc_by_layer_*.png"), out / "generalisation.png"]:

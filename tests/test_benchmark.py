@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from probe.bench_data import TRUTH_TEST, TRUTH_TRAIN, cap_rows, contrast_pairs, split_parts
 from probe.bench_eval import pick_hook
@@ -162,3 +163,24 @@ def test_pairs_caps_and_splits():
     fit, val, test = split_parts(dec.labels, units, seed=0)
     assert len(fit) + len(val) + len(test) == len(dec)
     assert not set(units[fit]) & set(units[val]) and not set(units[val]) & set(units[test])
+
+
+def test_training_negatives_reach_only_unpaired_probes_of_their_suites(tiny, tmp_path):
+    """``negatives="auto"`` adds the benign chats to the deception suite's logistic/mass-mean fits only
+    (as ``Detector.train`` does); paired probes, other suites and everything evaluated are unchanged."""
+    data = write_datasets(tmp_path / "data")
+    kw = {"methods": ["logistic", "lat"], "generalisation_method": None, "n_control": 12}
+    auto = _run(tiny, tmp_path, "auto", data, negatives="auto", **kw)
+    none = _run(tiny, tmp_path, "none", data, negatives="none", **kw)
+    a, n = auto["suites"], none["suites"]
+    assert auto["config"]["negatives_suites"] == ["deception"] and auto["config"]["n_negatives"] > 0
+    assert a["deception"]["n"]["negatives"] == auto["config"]["n_negatives"] and a["sycophancy"]["n"]["negatives"] == 0
+    assert none["config"]["negatives_suites"] == [] and n["deception"]["n"]["negatives"] == 0
+    assert a["deception"]["n"]["fit"] == n["deception"]["n"]["fit"]  # reported sizes are the contrast data's
+    assert a["deception"]["val_auroc"]["lat"] == n["deception"]["val_auroc"]["lat"]
+    assert a["sycophancy"]["val_auroc"] == n["sycophancy"]["val_auroc"]
+    la, ln = a["deception"]["final"]["logistic"], n["deception"]["final"]["logistic"]
+    assert any(la[t]["control_threshold"] != ln[t]["control_threshold"] for t in la)  # the fit really changed
+    assert "training negatives" in (tmp_path / "auto" / "report.md").read_text()
+    with pytest.raises(ValueError, match="negatives must be one of"):
+        _run(tiny, tmp_path, "bad", data, negatives="some", **kw)
