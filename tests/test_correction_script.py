@@ -80,3 +80,20 @@ def test_correction_script_runs_on_tiny(tmp_path, monkeypatch):
         assert 0.0 <= sr["lie_uncorrected"]["flag_rate_neutral_context"] <= 1.0
     assert "Correction benchmark" in (out / "report.md").read_text()
     assert res["model"]["id"] == "tiny-llama-long"
+
+
+def test_instruction_vector_pairs_differ_only_in_the_instruction():
+    """The instruction-contrast vector of benchmarks/deception_instruction_vector.py is built from
+    pairs that say the same thing after a dishonest vs an honest instruction (positive first)."""
+    spec = importlib.util.spec_from_file_location("instruction_bench", ROOT / "benchmarks" / "deception_instruction_vector.py")
+    mod = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(mod)
+    pairs = mod.instructed_pairs()
+    assert len(pairs) >= 100
+    for lie, honest in pairs:
+        assert lie[-1] == honest[-1] and lie[-1]["role"] == "assistant"
+        assert lie[0]["content"] != honest[0]["content"]
+        assert any(w in lie[0]["content"] for w in ("dishonest", "deceitful", "deceptive", "lies"))
+        assert any(w in honest[0]["content"] for w in ("honest", "truthful", "sincere", "truth"))
+    assert not set(mod.DEV_TOPICS) & set(mod.TOPICS[:30])  # chosen on topics the test never uses
