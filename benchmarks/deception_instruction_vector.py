@@ -39,6 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from correction import CORPUS, NEUTRAL, PROMPT_SETS, TOPICS, corpus_windows, guard_run, perplexity, unit_vector  # noqa: E402
+from sycophancy_guard_correction import run_folder  # noqa: E402
 
 from circuits import load_model  # noqa: E402
 from circuits.steering import ActivationAddition  # noqa: E402
@@ -100,13 +101,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--doses", default="4,8,16")
     ap.add_argument("--max-ppl-rise", type=float, default=5.0)
     args = ap.parse_args(argv)
-    t0 = time.time()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-
-    def log(msg: str) -> None:
-        print(f"[{time.time() - t0:6.0f}s] {msg}", flush=True)
-
+    out, log = run_folder(args.out)
+    t0 = log.t0
     torch.set_num_threads(2)
     model = load_model(args.model)
     det = Detector.load(args.detector, model)

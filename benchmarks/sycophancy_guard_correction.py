@@ -144,15 +144,21 @@ def bench_setup(argv: Sequence[str] | None, description: str, doses: str) -> tup
     ap.add_argument("--window-tokens", type=int, default=128)
     ap.add_argument("--n-benign", type=int, default=30)
     args = ap.parse_args(argv)
+    out, log = run_folder(args.out)
+    return args, out, [float(x) for x in args.doses.split(",")], log
+
+
+def run_folder(path: str | Path) -> tuple[Path, Any]:
+    """The output folder (created) and a ``log(msg)`` that stamps the seconds since now (``log.t0``)."""
     t0 = time.time()
-    out = Path(args.out)
+    out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
 
     def log(msg: str) -> None:
         print(f"[{time.time() - t0:6.0f}s] {msg}", flush=True)
 
     log.t0 = t0  # type: ignore[attr-defined]
-    return args, out, [float(x) for x in args.doses.split(",")], log
+    return out, log
 
 
 def operating_dose(val_rows: Sequence[dict]) -> float | None:
