@@ -52,8 +52,8 @@ import numpy as np
 
 from circuits import load_model
 from detectors import Detector
-from detectors.training import control_items, default_cache_dir, validation_indices
-from probe.datasets import LabelledDataset, recipe
+from detectors.deception_mixture import FLOOR, RULE, WEIGHT_GRID, choose_weight, held_out_families
+from probe.datasets import recipe
 from probe.metrics import auroc, bootstrap_auroc_ci, calibration_report
 
 SETUPS = {
@@ -67,9 +67,8 @@ EVAL_SETS = ("deception/instructed", "deception/false_statement", "roleplay_lies
              "roleplay_lies_4")
 # mixture name -> the two setups folded together; the weight on the second is chosen by MIX_RULE
 MIXES = {"mixture": ("recipe", "concealment"), "mixture_2": ("recipe", "concealment_all")}
-W_GRID = [round(0.05 * i, 2) for i in range(21)]
-FLOOR = 0.95
-MIX_RULE = f"largest weight on the second part keeping held-out instructed and false-statement AUROC >= {FLOOR}"
+W_GRID = list(WEIGHT_GRID)
+MIX_RULE = RULE.format(floor=FLOOR)
 
 
 def evaluate(model, det: Detector, name: str) -> dict:
@@ -80,28 +79,12 @@ def evaluate(model, det: Detector, name: str) -> dict:
     return rep | {"auroc_ci": [lo, hi]}
 
 
-def recipe_validation_sets(test_fraction: float = 0.2, seed: int = 0) -> dict[str, LabelledDataset]:
-    """The rows of the instructed and false-statement families that ``Detector.train("deception")``
-    holds out (the same split: pairs kept together, same seed)."""
-    ds = recipe("deception", seed=seed)
-    va = validation_indices(ds, test_fraction, seed)
-    family = np.array([e.source.split(":")[1] for e in ds.examples])
-    return {f: ds.subset(va[family[va] == f"deception/{f}"], name=f"{f} (held out)") for f in ("instructed", "false_statement")}
+recipe_validation_sets = held_out_families
 
 
 def choose_mixture(model, dets: dict[str, Detector], parts: tuple[str, str]) -> tuple[float, list[dict]]:
-    """Apply MIX_RULE: z-scores on the shipped control chats, as ``Detector.combine`` standardises them."""
-    ctrl = control_items(model, 200, default_cache_dir() / "completions")
-    stats = [(float(c.mean()), float(c.std())) for c in (dets[k].score(model, ctrl) for k in parts)]
-    val = recipe_validation_sets()
-    z = {f: [(dets[k].score(model, ds.items) - mu) / sd for k, (mu, sd) in zip(parts, stats)] for f, ds in val.items()}
-    table, chosen = [], 0.0
-    for w in W_GRID:
-        row = {"weight": w, **{f: auroc(val[f].labels, (1 - w) * z[f][0] + w * z[f][1]) for f in val}}
-        table.append(row)
-        if min(row[f] for f in val) >= FLOOR:
-            chosen = w
-    return chosen, table
+    """Apply MIX_RULE (:func:`detectors.deception_mixture.choose_weight`, as ``coalign train deception --mixture`` does)."""
+    return choose_weight(model, dets[parts[0]], dets[parts[1]])
 
 
 def main(argv: Sequence[str] | None = None, model: Any = None) -> dict[str, Any]:

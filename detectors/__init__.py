@@ -2,6 +2,7 @@
 
 from detectors.audit import AuditLog
 from detectors.conditional import ConditionalDetector
+from detectors.deception_mixture import train_deception_mixture
 from detectors.detector import Detector
 from detectors.guard import EscalationContext, Guard, GuardOutput
 from detectors.policy import Decision, Policy, PolicyError
@@ -18,4 +19,5 @@ __all__ = [
     "Policy",
     "PolicyError",
     "Router",
+    "train_deception_mixture",
 ]

@@ -58,6 +58,8 @@ def _negatives(arg: list[str] | None) -> Any:
 def cmd_train(args: argparse.Namespace) -> int:
     from detectors import Detector
 
+    if args.mixture:
+        return _train_mixture(args)
     model = _model(args.model)
     det = Detector.train(
         args.behaviour, model, data=args.data or None, method=args.method, layer=args.layer, fpr=args.fpr,
@@ -73,6 +75,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     }
     print_table(f"trained {det.name} -> {args.out}", [row])
     write_json(args.json, {"out": args.out, "hook": det.hooks[0], **{k: v for k, v in m.items() if k != "sweep"}})
+    return 0
+
+
+def _train_mixture(args: argparse.Namespace) -> int:
+    from detectors.deception_mixture import train_deception_mixture
+
+    fixed = {"--data": args.data, "--negatives": args.negatives, "--select": args.select,
+             "--method": None if args.method == "logistic" else args.method}
+    if args.behaviour != "deception" or any(v is not None for v in fixed.values()):
+        given = [k for k, v in fixed.items() if v is not None] or [f"behaviour {args.behaviour!r}"]
+        raise SystemExit(f"coalign train: --mixture builds the deception mixture from fixed recipes; it cannot take {', '.join(given)}")
+    model = _model(args.model)
+    det = train_deception_mixture(model, layer=args.layer, fpr=args.fpr, n_control=args.n_control, control=args.control,
+                                  confidence=None if args.confidence <= 0 else args.confidence, progress=True)
+    det.save(args.out)
+    m = det.metrics
+    row = {"detector": det.name, "hooks": ", ".join(det.hooks), "concealment weight": m["mixture_weight"],
+           **{f"held-out {k}": v for k, v in m["held_out_auroc"].items()}, "control_fpr": m["control_fpr"],
+           "threshold": det.threshold}
+    print_table(f"trained {det.name} -> {args.out}", [row])
+    write_json(args.json, {"out": args.out, "id": det.id, "threshold": det.threshold, **m})
     return 0
 
 
@@ -193,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --method conditional: where the prompt state is read (prompt_last; last with "
                         "--select last for a detector judged before the answer's token is chosen; before_last with "
                         "--select last for one that judges a one-token answer once it is said)")
+    t.add_argument("--mixture", action="store_true",
+                   help="deception only: train the default detector and a concealment detector and fold them into one "
+                        "that also transfers to role-play lies (weight chosen on held-out instructed pairs)")
     t.add_argument("--json", default=None)
     t.set_defaults(func=cmd_train)
 

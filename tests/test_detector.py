@@ -276,3 +276,14 @@ def test_train_command_select_and_context_select(tmp_path):
     det = Detector.load(tmp_path / "pre", model)
     assert (det.select, det.context_select, det.hooks) == ("last", "last", [HOOK])
     assert main([*args, "--select", "nope"]) != 0  # an unknown selection is reported, not trained
+
+
+def test_train_mixture_flag_refuses_what_it_fixes(capsys):
+    """`coalign train --mixture` builds the deception mixture from fixed recipes: other behaviours and
+    the options it fixes are refused with a message naming them, before any model is loaded."""
+    from detectors.cli import main
+
+    for extra, named in ((["deception", "--data", "x.jsonl"], "--data"), (["deception", "--negatives", "none"], "--negatives"),
+                         (["sycophancy"], "behaviour 'sycophancy'"), (["deception", "--method", "lat"], "--method")):
+        with pytest.raises(SystemExit, match=named):
+            main(["train", *extra, "--mixture", "--out", "unused"])
