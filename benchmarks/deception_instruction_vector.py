@@ -54,6 +54,19 @@ DEV_TOPICS = (
     "ants", "rice", "horses", "the Andes", "salt", "zebras", "clouds", "bats", "the Thames", "lemons", "sand",
     "crocodiles",
 )
+# Written after the first run, for --confirm: 90 more topics, none in the two lists above.
+CONFIRM_TOPICS = tuple(t.strip() for t in """
+pandas, the Mojave desert, koalas, the Mississippi river, cotton, the guitar, lions, the Himalayas, potatoes,
+the Great Barrier Reef, wasps, the Statue of Liberty, silver, copper, the Mediterranean Sea, carrots, eagles,
+the Grand Canyon, jellyfish, rubber, the Taj Mahal, the Danube, pineapples, rabbits, the Indian Ocean, glass,
+seahorses, lynxes, maple trees, the Dead Sea, oranges, hedgehogs, Mount Everest, the Rhine, squirrels, granite,
+the drum, beavers, the Pyramids of Giza, honey, flamingos, the Yangtze river, peanuts, cheetahs, Antarctica,
+the trumpet, strawberries, the Mona Lisa, turtles, coconuts, the Black Sea, otters, the Rocky Mountains, wheat,
+hummingbirds, Stonehenge, moose, the Caspian Sea, garlic, raccoons, the Gobi desert, bananas, swans,
+the Ural Mountains, iron, the flute, gorillas, Big Ben, grapes, the Volga, wool, peacocks, the Niagara Falls,
+onions, ostriches, the Red Sea, bronze, walruses, the harp, the Atacama desert, cucumbers, pelicans,
+Machu Picchu, the Arctic Ocean, llamas, the cello, basalt, the Kalahari desert, almonds, the Parthenon
+""".replace("\n", " ").split(",") if t.strip())
 MAX_NEW = 24
 
 
@@ -100,7 +113,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--selects", default="prompt_last,response_mean")
     ap.add_argument("--doses", default="4,8,16")
     ap.add_argument("--max-ppl-rise", type=float, default=5.0)
+    ap.add_argument("--confirm", action="store_true",
+                    help="re-test the setting an earlier run in --out chose, on CONFIRM_TOPICS (nothing is re-chosen)")
     args = ap.parse_args(argv)
+    if args.confirm:
+        return confirm(args)
     out, log = run_folder(args.out)
     t0 = log.t0
     torch.set_num_threads(2)
@@ -149,6 +166,31 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     }
     (out / "results.json").write_text(json.dumps(res, indent=2))
     log(f"wrote {out}/results.json")
+    return res
+
+
+def confirm(args: argparse.Namespace) -> dict[str, Any]:
+    """The chosen setting of an earlier run, on 90 topics neither choice nor test used."""
+    out, log = run_folder(args.out)
+    res = json.loads((out / "results.json").read_text())
+    chosen = res["chosen"]
+    if chosen is None:
+        raise SystemExit(f"{out}/results.json: the earlier run chose no setting, nothing to confirm")
+    torch.set_num_threads(2)
+    model = load_model(args.model)
+    det = Detector.load(args.detector, model)
+    if det.id != res["detector"]["id"]:
+        raise SystemExit(f"--detector {args.detector} is {det.id}; the earlier run used {res['detector']['id']}")
+    base = Policy.default()
+    floor = floor_rates(model, det, CONFIRM_TOPICS, base)
+    log(f"confirmation topics: {floor}")
+    pol = base.update(det.name, corrector=f"vector:{chosen['vector']}", dose=chosen["dose"], positions="all")
+    rates = flag_rates(model, det, CONFIRM_TOPICS, pol, True)
+    drop = {s: 100 * (1 - rates[s] / floor[s]["lie"]) for s in rates if floor[s]["lie"] > 0}
+    log(f"confirmation under {chosen['hook']} {chosen['select']} dose {chosen['dose']:g}: {rates} (drop {drop})")
+    res["confirmation"] = {"n_topics": len(CONFIRM_TOPICS), "floor": floor, "corrected": {"flag_rate": rates, "drop_pct": drop},
+                           "command": "python " + " ".join([sys.argv[0], *(sys.argv[1:])]), "seconds": round(time.time() - log.t0, 1)}
+    (out / "results.json").write_text(json.dumps(res, indent=2))
     return res
 
 

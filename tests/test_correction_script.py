@@ -97,3 +97,4 @@ def test_instruction_vector_pairs_differ_only_in_the_instruction():
         assert any(w in lie[0]["content"] for w in ("dishonest", "deceitful", "deceptive", "lies"))
         assert any(w in honest[0]["content"] for w in ("honest", "truthful", "sincere", "truth"))
     assert not set(mod.DEV_TOPICS) & set(mod.TOPICS[:30])  # chosen on topics the test never uses
+    assert len(set(mod.CONFIRM_TOPICS)) == 90 and not set(mod.CONFIRM_TOPICS) & (set(mod.DEV_TOPICS) | set(mod.TOPICS))
