@@ -13,6 +13,10 @@ Variants:
   * ``loop``: the Guard's decode loop with its scoring hooks removed (informational: splits the
     overhead into "decode loop vs transformers' generate" and "scoring hooks").
 
+``test_bridge_overhead`` (informational, no bound) times the same on a TransformerLens
+``TransformerBridge`` built over a second copy of the model: the bridge's own ``generate`` and the
+Guard on the bridge, against the plain model's bare ``generate``.
+
 Run:  python -m pytest benchmarks/bench_guard_overhead.py -s
 Env:  COALIGN_BENCH_THREADS (torch intra-op threads, default 1: on a busy 2-core machine more
       threads spin-wait and make timings meaningless), COALIGN_BENCH_TOKENS (32),
@@ -184,3 +188,34 @@ def test_batch_scaling(benchmark, smollm2):
     for b, r in res.items():
         # throughput scales like the bare model's: within 5% of its scaling factor
         assert r["guarded_scaling"] >= 0.95 * r["bare_scaling"], (b, r)
+
+
+def test_bridge_overhead(benchmark, smollm2):
+    """The Guard on a TransformerBridge: what the bridge costs and what the Guard adds on top."""
+    pytest.importorskip("transformer_lens.model_bridge")
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from circuits import load_model
+
+    other = load_model("smollm2-135m-instruct")  # the bridge wraps its HF model in place: not the fixture's
+    bridge = TransformerBridge.boot_transformers("HuggingFaceTB/SmolLM2-135M-Instruct", hf_model=other.hf_model, tokenizer=other.tokenizer)
+    bridged = load_model(bridge, model_id="smollm2-135m-instruct")
+    assert bridged.fingerprint == smollm2.fingerprint
+    plain_fns, _, _ = variants(smollm2, PROMPTS[:1], NEW)
+    bridge_fns, same, _ = variants(bridged, PROMPTS[:1], NEW)
+    fns = {"bare": plain_fns["bare"], "bridge_bare": bridge_fns["bare"], "bridge_guarded": bridge_fns["guarded"]}
+    times = benchmark.pedantic(interleaved, args=(fns, REPS), rounds=1, iterations=1)
+    info = {
+        "ratio_bridge_bare_vs_bare": ratio(times, "bridge_bare", "bare"),
+        "ratio_bridge_guarded_vs_bridge_bare": ratio(times, "bridge_guarded", "bridge_bare"),
+        "ratio_bridge_guarded_vs_bare": ratio(times, "bridge_guarded", "bare"),
+        "identical_tokens": bool(same == 1),
+    }
+    benchmark.extra_info.update(info)
+    print(
+        f"\n[bridge] batch 1, {NEW} tokens, {REPS} interleaved reps, {THREADS} thread(s)\n"
+        f"  bridge generate / plain generate {info['ratio_bridge_bare_vs_bare']:.3f}; "
+        f"guarded bridge / bridge generate {info['ratio_bridge_guarded_vs_bridge_bare']:.3f}; "
+        f"guarded bridge / plain generate {info['ratio_bridge_guarded_vs_bare']:.3f}; identical tokens: {same == 1}"
+    )
+    assert same == 1

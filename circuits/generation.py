@@ -10,7 +10,7 @@ from typing import Sequence
 import torch
 
 from circuits.errors import InputError
-from circuits.hooked_model import HFHookedModel, HookedModel
+from circuits.hooked_model import HookedModel
 from circuits.inputs import Item, as_chat, batches, encode, pad_id
 
 
@@ -31,8 +31,8 @@ def complete(
     The cache key is the model's weight fingerprint, the token ids and ``max_new_tokens``, so the
     control answers of a model are generated once per machine.
     """
-    if not isinstance(model, HFHookedModel):
-        raise InputError("complete() needs a Hugging Face backed model (circuits.load_model / from_hf)")
+    if model.hf_model is None:
+        raise InputError("complete() needs a Hugging Face backed model (circuits.load_model / from_hf, or a TransformerBridge)")
     items = [as_chat(model.tokenizer, it, chat) for it in items]
     encoded = encode(model.tokenizer, items, model.n_ctx - max_new_tokens)
     path = None

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from circuits.errors import InputError
-from circuits.hooked_model import HFHookedModel, HookedModel, HookHandle
+from circuits.hooked_model import HookedModel, HookHandle
 
 Positions = Union[str, int]
 
@@ -108,7 +108,7 @@ class GenerationState:
         A forward with an empty (or no) KV cache starts a new sequence (all its tokens are prompt);
         one with a non-empty cache is a decode step (all its tokens are generated).
         """
-        if isinstance(model, HFHookedModel):
+        if model.hf_model is not None:  # HF model, or the HF model under a TransformerBridge
             module = model._base
         else:
             module = getattr(model, "tl_model", None)

@@ -6,7 +6,10 @@ Everything above ``circuits`` talks to a :class:`HookedModel`. Two backends:
   resolved to plain PyTorch hooks (the default for the embedded models; full HF speed, and
   ``generate`` with the KV cache works unchanged under hooks).
 * :class:`TLHookedModel` adapts an already-built ``HookedTransformer`` or ``TransformerBridge``
-  that a user passes in, through TransformerLens' own ``hooks()`` context.
+  that a user passes in, through TransformerLens' own ``hooks()`` context. A bridge wraps the
+  Hugging Face model in place, so its ``original_model`` runs the same weights with the bridge's
+  hook points firing: that is what lets the Guard and ``complete`` decode on a bridge, and a
+  detector trained on the plain HF model load on its bridge (same weight fingerprint).
 
 Hooks are attached only inside :meth:`HookedModel.hooks` (try/finally) or through a handle
 with ``.remove()``; the wrapped model's weights and module tree are never changed.
@@ -48,14 +51,16 @@ class HookHandle:
         self.remove()
 
 
-def weight_fingerprint(module: nn.Module) -> str:
+def weight_fingerprint(module: nn.Module | dict[str, torch.Tensor]) -> str:
     """A short hash of a model's weights (names, shapes and a sample of values from each tensor).
 
     Cheap enough to compute at load time, and different for any two checkpoints a user would
-    confuse (another model, another fine-tune, another quantisation).
+    confuse (another model, another fine-tune, another quantisation). Takes a module or its
+    state dict.
     """
     h = hashlib.sha256()
-    for name, p in sorted(module.state_dict().items()):
+    state = module if isinstance(module, dict) else module.state_dict()
+    for name, p in sorted(state.items()):
         h.update(name.encode())
         h.update(str(tuple(p.shape)).encode())
         flat = p.detach().reshape(-1)
@@ -78,6 +83,9 @@ class HookedModel:
     n_layers: int
     d_model: int
     n_ctx: int
+    hf_model: nn.Module | None = None
+    """The ``transformers`` causal LM whose forward (and KV cache) runs this model with its hooks
+    firing, or None (a ``HookedTransformer``): decoding (the Guard, ``complete``) needs it."""
     _fingerprint: str | None = None
 
     # --- hook names -------------------------------------------------------------------
@@ -141,7 +149,7 @@ class HookedModel:
             self._fingerprint = weight_fingerprint(self._weights_module())
         return self._fingerprint
 
-    def _weights_module(self) -> nn.Module:
+    def _weights_module(self) -> nn.Module | dict[str, torch.Tensor]:
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -257,6 +265,10 @@ class TLHookedModel(HookedModel):
         self.d_model = int(cfg.d_model)
         self.n_ctx = int(getattr(cfg, "n_ctx", 2048) or 2048)
         self._is_bridge = type(tl_model).__name__ == "TransformerBridge"
+        hf = getattr(tl_model, "original_model", None) if self._is_bridge else None
+        if isinstance(hf, nn.Module) and callable(getattr(hf, "forward", None)):
+            self.hf_model = hf
+            self._base = getattr(hf, getattr(hf, "base_model_prefix", ""), hf)
 
     @property
     def hook_names(self) -> list[str]:
@@ -291,7 +303,11 @@ class TLHookedModel(HookedModel):
     def device(self) -> torch.device:
         return next(self.tl_model.parameters()).device
 
-    def _weights_module(self) -> nn.Module:
+    def _weights_module(self) -> nn.Module | dict[str, torch.Tensor]:
+        if self.hf_model is not None:
+            state = hf_state_under_bridge(self.hf_model)
+            if state is not None:
+                return state
         return self.tl_model
 
     def forward(
@@ -309,6 +325,24 @@ class TLHookedModel(HookedModel):
             except StopForward:
                 pass
         return None
+
+
+def hf_state_under_bridge(hf: nn.Module) -> dict[str, torch.Tensor] | None:
+    """The HF state dict of a model a ``TransformerBridge`` has wrapped, under its own HF names.
+
+    The bridge nests each original module as ``._original_component`` and adds alias paths, so
+    its state dict names differ from the plain model's. The plain names come from an empty
+    (meta-device) instance of the same class; None if any is missing (an unknown layout).
+    """
+    state = {k.replace("._original_component", ""): v for k, v in hf.state_dict().items()}
+    try:
+        with torch.device("meta"):
+            names = list(type(hf)(hf.config).state_dict())
+    except Exception:  # a class that cannot be built from its config alone: no HF names to match
+        return None
+    if not names or any(n not in state for n in names):
+        return None
+    return {n: state[n] for n in names}
 
 
 class _TLHandle:

@@ -78,7 +78,7 @@ import torch
 from torch import Tensor
 
 from circuits.errors import InputError
-from circuits.hooked_model import HFHookedModel, HookedModel
+from circuits.hooked_model import HookedModel
 from circuits.inputs import Item, as_chat, check_chat_mode, encode, pad_id, render
 from circuits.steering import Corrector
 from detectors.audit import AuditLog, build_record
@@ -168,9 +168,10 @@ class Guard:
         batch_size: int = 8,
         scoring: str = "calibrated",
     ) -> None:
-        if not isinstance(model, HFHookedModel):
+        if getattr(model, "hf_model", None) is None:
             raise InputError(
-                f"Guard needs a Hugging Face backed model (circuits.load_model / circuits.from_hf), got {type(model).__name__}"
+                f"Guard needs a Hugging Face backed model (circuits.load_model / circuits.from_hf, or a TransformerLens "
+                f"TransformerBridge), got {type(model).__name__}"
             )
         self.model = model
         self.detectors = list(detectors)

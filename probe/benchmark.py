@@ -29,7 +29,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from circuits import HFHookedModel, HookedModel
+from circuits import HookedModel
 from circuits.generation import complete
 from probe.activation_set import ActivationSet
 from probe.bench_data import BenchData, Suite, build_suites, default_datasets_dir, drop_overlong, load_bench_data
@@ -67,7 +67,7 @@ def benign_chats(model: HookedModel, n: int, hooks: Sequence[str], cache: Path, 
     as a label-0 set (response mean)."""
     if n <= 0:
         return None
-    if not isinstance(model, HFHookedModel):
+    if model.hf_model is None:
         notes.append(f"{source} chats skipped: generation needs a Hugging Face backed model")
         return None
     prompts, _ = drop_overlong(model, recipe(source))

@@ -1,0 +1,119 @@
+"""A TransformerLens ``TransformerBridge``: the same activations, fingerprint, detectors and Guard
+as the Hugging Face model it wraps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from tiny import tiny_hf_model, tiny_tokenizer
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+model_bridge = pytest.importorskip("transformer_lens.model_bridge")
+
+from circuits import TLHookedModel, capture, from_hf, load_model  # noqa: E402
+from circuits.errors import InputError  # noqa: E402
+from circuits.generation import complete  # noqa: E402
+from circuits.steering import ActivationAddition  # noqa: E402
+from detectors import Detector, Guard, Policy  # noqa: E402
+
+H = "blocks.1.hook_resid_post"
+PROMPTS = ["hello world", "the cat sat on the mat and the dog sat"]
+CHATS = [[{"role": "user", "content": "the cat"}, {"role": "assistant", "content": "sat on the mat"}],
+         [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "world"}]]
+
+
+def bridged_tiny(seed: int):
+    tok = tiny_tokenizer()
+    # TL re-loads a tokenizer by name unless it already adds BOS; this one has no hub name
+    tok.init_kwargs.update(name_or_path="tiny", add_bos_token=True)
+    bridge = model_bridge.TransformerBridge.boot_transformers("tiny-llama", hf_model=tiny_hf_model(seed), tokenizer=tok)
+    return bridge, load_model(bridge, model_id="tiny-llama")
+
+
+@pytest.fixture(scope="module")
+def both():
+    plain = from_hf(tiny_hf_model(3), tiny_tokenizer(), model_id="tiny-llama")  # an untouched twin
+    bridge, bridged = bridged_tiny(3)
+    return plain, bridged, bridge
+
+
+def n_lens_hooks(bridge) -> int:
+    return sum(len(hp.fwd_hooks) for hp in bridge.hook_dict.values())
+
+
+def test_bridge_is_hf_backed_with_the_plain_models_fingerprint(both):
+    plain, bridged, bridge = both
+    assert isinstance(bridged, TLHookedModel) and bridged.hf_model is bridge.original_model
+    assert bridged.fingerprint == plain.fingerprint
+    _, other = bridged_tiny(4)
+    assert other.fingerprint != plain.fingerprint  # other weights, another fingerprint
+
+
+def test_capture_and_detector_scores_match_the_plain_model(both):
+    plain, bridged, _ = both
+    a = capture(plain, CHATS, H, select="response_mean")[H]
+    b = capture(bridged, CHATS, H, select="response_mean")[H]
+    np.testing.assert_allclose(a, b, atol=1e-4)
+    g = torch.Generator().manual_seed(0)
+    det = Detector.from_linear("d", plain, H, torch.randn(plain.d_model, generator=g), threshold=0.0)
+    np.testing.assert_allclose(det.score(plain, CHATS), det.score(bridged, CHATS), atol=1e-3)
+
+
+def test_guard_on_a_bridge_decodes_and_scores_as_on_the_plain_model(both):
+    plain, bridged, bridge = both
+    g = torch.Generator().manual_seed(1)
+    det = Detector.from_linear("d", plain, H, torch.randn(plain.d_model, generator=g), threshold=0.0)
+    ref = Guard(plain, [det]).generate(PROMPTS, max_new_tokens=8)
+    out = Guard(bridged, [det]).generate(PROMPTS, max_new_tokens=8)
+    for r, o in zip(ref, out):
+        assert o.token_ids == r.token_ids
+        np.testing.assert_allclose(o.scores["d"], r.scores["d"], atol=1e-3)
+    assert n_lens_hooks(bridge) == 0  # nothing left on the bridge's hook points
+    assert complete(bridged, PROMPTS, max_new_tokens=6) == complete(plain, PROMPTS, max_new_tokens=6)
+
+
+def test_guard_correction_on_a_bridge_matches_the_plain_model(both, tmp_path):
+    plain, bridged, bridge = both
+    g = torch.Generator().manual_seed(2)
+    det = Detector.from_linear("d", plain, H, torch.randn(plain.d_model, generator=g) * 5, threshold=-1e9)
+    pol = Policy.from_dict({"detectors": {"d": {"correct_above": -1e9, "corrector": "addition", "dose": 4.0}}})
+    ref = Guard(plain, [det], policy=pol).generate(PROMPTS, max_new_tokens=8, correct=True)
+    out = Guard(bridged, [det], policy=pol).generate(PROMPTS, max_new_tokens=8, correct=True)
+    free = Guard(plain, [det]).generate(PROMPTS, max_new_tokens=8)
+    assert [o.token_ids for o in out] == [r.token_ids for r in ref]
+    assert [o.token_ids for o in out] != [f.token_ids for f in free]  # the correction did something
+    assert n_lens_hooks(bridge) == 0
+    v = torch.randn(plain.d_model, generator=g)
+    with ActivationAddition(H, v, alpha=2.0).apply(bridged):
+        steered = capture(bridged, CHATS, "blocks.1.hook_resid_post", select="response_mean")[H]
+    np.testing.assert_allclose(steered, capture(bridged, CHATS, H, select="response_mean")[H] + 2.0 * v.numpy(), atol=1e-4)
+    assert n_lens_hooks(bridge) == 0
+
+
+def test_a_hooked_transformer_still_gets_a_clear_error():
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    tok = tiny_tokenizer()
+    cfg = HookedTransformerConfig(n_layers=2, d_model=16, n_ctx=32, d_head=4, n_heads=4, d_vocab=len(tok), act_fn="relu")
+    ht = HookedTransformer(cfg)
+    ht.tokenizer = tok
+    model = load_model(ht, model_id="tiny-tl")
+    det = Detector.from_linear("d", model, H, torch.ones(16), threshold=0.0)
+    with pytest.raises(InputError, match="Guard needs a Hugging Face backed model"):
+        Guard(model, [det])
+    with pytest.raises(InputError, match="complete\\(\\) needs a Hugging Face backed model"):
+        complete(model, ["hi"], max_new_tokens=2)
+
+
+def test_training_on_a_bridge_gives_the_plain_models_detector(both, tmp_path):
+    from test_detector import _planted_dataset
+
+    plain, bridged, bridge = both
+    a = Detector.train("planted", plain, data=_planted_dataset(), n_control=20, cache_dir=tmp_path / "a")
+    b = Detector.train("planted", bridged, data=_planted_dataset(), n_control=20, cache_dir=tmp_path / "b")
+    assert a.hooks == b.hooks and a.model_fingerprint == b.model_fingerprint
+    np.testing.assert_allclose(b.weight.numpy(), a.weight.numpy(), rtol=1e-2, atol=1e-3)
+    assert b.threshold == pytest.approx(a.threshold, rel=1e-2, abs=1e-3)
+    assert b.metrics["val_auroc"] == pytest.approx(a.metrics["val_auroc"], abs=1e-6)
+    assert n_lens_hooks(bridge) == 0
