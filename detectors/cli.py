@@ -133,7 +133,13 @@ def cmd_scan(args: argparse.Namespace) -> int:
         {"i": i, "text": _preview(it), "score": float(s), "flag": bool(s > det.threshold), "label": lab}
         for i, (it, s, lab) in enumerate(zip(items, scores, labels))
     ]
-    print_table(f"{det.name} scan (threshold {det.threshold:.3f} at {det.fpr:.0%} FPR)", rows)
+    if args.explain:
+        for row, toks in zip(rows, det.explain(model, items)):
+            top = sorted(range(len(toks)), key=lambda k: -toks[k][1])[: args.explain]
+            row["top tokens"] = "  ".join(f"{toks[k][0].strip() or repr(toks[k][0])}@{k} {toks[k][1]:+.2f}" for k in top)
+            row["tokens"] = toks
+    print_table(f"{det.name} scan (threshold {det.threshold:.3f} at {det.fpr:.0%} FPR)", rows,
+                [c for c in rows[0] if c != "tokens"] if rows else None)
     write_json(args.json, rows)
     return 0
 
@@ -235,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt")
     g.add_argument("--data")
     s.add_argument("--response", default=None, help="assistant response to judge (with --prompt)")
+    s.add_argument("--explain", type=int, nargs="?", const=5, default=0, metavar="K",
+                   help="also show the K tokens (default 5) with the highest scores (the item score is the mean of all its token scores)")
     s.add_argument("--model", default=None)
     s.add_argument("--json", default=None)
     s.set_defaults(func=cmd_scan)

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from circuits import HookedModel, ModelMismatchError, capture
 from circuits.errors import ArtifactError, InputError
-from circuits.inputs import Item
+from circuits.inputs import Item, encode
 from detectors.artifact import library_version, read_artifact, write_artifact
 
 MEAN_SELECTIONS = ("response_mean", "all_mean")
@@ -178,6 +178,35 @@ class Detector:
         acts = capture(model, items, self.hooks, select="decode_each", batch_size=batch_size, cache_dir=cache_dir)
         s = self.score_arrays(acts.acts)
         return [s[acts.index == i] for i in range(len(items))]
+
+    def explain(self, model: HookedModel, items: Sequence[Item], batch_size: int = 16) -> list[list[tuple[str, float]]]:
+        """What fired: each item's score split over the tokens it averages, ``[(token text, score), ...]``
+        in order (the response's tokens for chats, every token for plain text).
+
+        The read-out is linear and the item score is the mean over those tokens, so the token scores
+        average to exactly :meth:`score`; the highest ones are what pushed the item over the threshold.
+
+        Example:
+            >>> [(t, s)] = det.explain(model, [chat])[0][:1]   # sorted(..., key=lambda ts: -ts[1])[:5]: the top five
+        """
+        plain = all(getattr(type(self), f) is getattr(Detector, f) for f in ("score", "score_arrays"))
+        if self.select not in MEAN_SELECTIONS or not plain:  # a prompt-conditioned read-out is not one mean
+            raise InputError(
+                f"explain splits a mean read-out over tokens; detector {self.name!r} ({type(self).__name__}, "
+                f"select={self.select!r}) is not one (use token_scores for what a Guard reads)"
+            )
+        self.check_model(model)
+        each = "response_each" if self.select == "response_mean" else "all_each"
+        acts = capture(model, items, self.hooks, select=each, batch_size=batch_size)
+        scores = self.score_arrays(acts.acts)
+        out = []
+        for i, enc in enumerate(encode(model.tokenizer, items, model.n_ctx)):  # the encoding capture used
+            s = scores[acts.index == i]
+            ids = enc.ids[enc.span_start if each == "response_each" else 0:]
+            if len(ids) != len(s):
+                raise InputError(f"item {i}: {len(s)} token rows but {len(ids)} tokens in the judged span")
+            out.append([(model.tokenizer.decode([t]), float(x)) for t, x in zip(ids, s)])
+        return out
 
     def calibrate_stream(self, model: HookedModel, control: Sequence[Item], warmup: int = 4,
                          batch_size: int = 16, cache_dir: str | None = None, confidence: float | None = 0.95) -> float:

@@ -287,3 +287,42 @@ def test_train_mixture_flag_refuses_what_it_fixes(capsys):
                          (["sycophancy"], "behaviour 'sycophancy'"), (["deception", "--method", "lat"], "--method")):
         with pytest.raises(SystemExit, match=named):
             main(["train", *extra, "--mixture", "--out", "unused"])
+
+
+def test_explain_splits_the_item_score_over_its_tokens(tiny, tmp_path):
+    from tiny import random_conditional_detector
+
+    g = torch.Generator().manual_seed(5)
+    det = Detector.from_linear("x", tiny, [HOOK, "blocks.0.hook_resid_post"], torch.randn(2, tiny.d_model, generator=g), bias=0.3)
+    items = [[{"role": "user", "content": "is the cat red"}, {"role": "assistant", "content": "the sky is false one"}],
+             "the dog sat on the mat"]
+    parts = det.explain(tiny, items)
+    np.testing.assert_allclose([np.mean([s for _, s in p]) for p in parts], det.score(tiny, items), atol=1e-5)
+    assert [t.strip() for t, _ in parts[0]] == ["the", "sky", "is", "false", "one"]  # the response's tokens only
+    assert len(parts[1]) == 6  # plain text: every token
+    with pytest.raises(InputError, match="explain splits a mean read-out"):
+        random_conditional_detector(tiny, HOOK, seed=1)[0].explain(tiny, items)
+    with pytest.raises(InputError, match="explain splits a mean read-out"):
+        Detector.from_linear("y", tiny, HOOK, torch.ones(tiny.d_model), select="last").explain(tiny, items)
+
+
+def test_cli_scan_explain_lists_the_top_tokens(tmp_path, capsys):
+    from circuits import load_model
+    from detectors.cli import main
+    from tiny import tiny_hf_model, tiny_tokenizer
+
+    tiny_hf_model().save_pretrained(tmp_path / "m")
+    tiny_tokenizer().save_pretrained(tmp_path / "m")
+    model = load_model(tmp_path / "m")
+    g = torch.Generator().manual_seed(6)
+    Detector.from_linear("x", model, HOOK, torch.randn(model.d_model, generator=g)).save(tmp_path / "d")
+    out = tmp_path / "scan.json"
+    assert main(["scan", str(tmp_path / "d"), "--model", str(tmp_path / "m"), "--prompt", "is the cat red",
+                 "--response", "the sky is false one", "--explain", "2", "--json", str(out)]) == 0
+    row = json.loads(out.read_text())[0]
+    scores = [s for _, s in row["tokens"]]
+    assert np.mean(scores) == pytest.approx(row["score"], abs=1e-5)
+    best = max(range(5), key=lambda k: scores[k])
+    assert row["top tokens"].startswith(f"{row['tokens'][best][0].strip()}@{best} ")
+    assert row["top tokens"].count("@") == 2
+    assert "top tokens" in capsys.readouterr().out
