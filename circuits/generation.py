@@ -32,7 +32,7 @@ def complete(
     control answers of a model are generated once per machine.
     """
     if model.hf_model is None:
-        raise InputError("complete() needs a Hugging Face backed model (circuits.load_model / from_hf, or a TransformerBridge)")
+        raise InputError(f"complete() needs a model that can decode (circuits.load_model / from_hf, or a TransformerLens model), got {type(model).__name__}")
     items = [as_chat(model.tokenizer, it, chat) for it in items]
     encoded = encode(model.tokenizer, items, model.n_ctx - max_new_tokens)
     path = None

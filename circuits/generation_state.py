@@ -108,12 +108,9 @@ class GenerationState:
         A forward with an empty (or no) KV cache starts a new sequence (all its tokens are prompt);
         one with a non-empty cache is a decode step (all its tokens are generated).
         """
-        if model.hf_model is not None:  # HF model, or the HF model under a TransformerBridge
-            module = model._base
-        else:
-            module = getattr(model, "tl_model", None)
-            if module is None:
-                raise InputError(f"cannot track positions on a {type(model).__name__}")
+        module = model._base  # the HF base model (also under a TransformerBridge), or a HookedTransformer
+        if module is None:
+            raise InputError(f"cannot track positions on a {type(model).__name__}")
 
         def pre(_m: torch.nn.Module, args: tuple, kwargs: dict) -> None:
             ids = kwargs.get("input_ids")
@@ -133,6 +130,10 @@ class GenerationState:
                 self.begin(n, attention_mask=mask, position_ids=pos, batch=ids.shape[0], device=ids.device)
             else:
                 if pos is None:
+                    tl_cache = kwargs.get("past_kv_cache")
+                    if mask is not None and mask.shape[1] == n and tl_cache is not None:
+                        # TransformerLens takes the new tokens' mask; its cache holds the past's
+                        mask = torch.cat([tl_cache.previous_attention_mask.to(mask.device, mask.dtype), mask], dim=1)
                     if mask is not None:
                         pos = (mask.long().cumsum(-1) - 1).clamp(min=0)[:, -n:]
                     else:

@@ -9,7 +9,8 @@ Everything above ``circuits`` talks to a :class:`HookedModel`. Two backends:
   that a user passes in, through TransformerLens' own ``hooks()`` context. A bridge wraps the
   Hugging Face model in place, so its ``original_model`` runs the same weights with the bridge's
   hook points firing: that is what lets the Guard and ``complete`` decode on a bridge, and a
-  detector trained on the plain HF model load on its bridge (same weight fingerprint).
+  detector trained on the plain HF model load on its bridge (same weight fingerprint). A
+  ``HookedTransformer`` decodes through :class:`~circuits.tl_decoder.TLDecoder` instead.
 
 Hooks are attached only inside :meth:`HookedModel.hooks` (try/finally) or through a handle
 with ``.remove()``; the wrapped model's weights and module tree are never changed.
@@ -84,8 +85,11 @@ class HookedModel:
     d_model: int
     n_ctx: int
     hf_model: nn.Module | None = None
-    """The ``transformers`` causal LM whose forward (and KV cache) runs this model with its hooks
-    firing, or None (a ``HookedTransformer``): decoding (the Guard, ``complete``) needs it."""
+    """The ``transformers`` causal LM (or :class:`~circuits.tl_decoder.TLDecoder`, the same face over
+    a ``HookedTransformer``) whose forward and KV cache run this model with its hooks firing: the
+    Guard and ``complete`` decode through it. None if the model cannot decode."""
+    _base: nn.Module | None = None
+    """The module every forward of this model passes through (positions are tracked there)."""
     _fingerprint: str | None = None
 
     # --- hook names -------------------------------------------------------------------
@@ -268,7 +272,12 @@ class TLHookedModel(HookedModel):
         hf = getattr(tl_model, "original_model", None) if self._is_bridge else None
         if isinstance(hf, nn.Module) and callable(getattr(hf, "forward", None)):
             self.hf_model = hf
-            self._base = getattr(hf, getattr(hf, "base_model_prefix", ""), hf)
+            self._base = getattr(hf, getattr(hf, "base_model_prefix", ""), hf)  # every forward passes here
+        elif not self._is_bridge:
+            from circuits.tl_decoder import TLDecoder
+
+            self.hf_model = TLDecoder(tl_model)  # HF-style decoding over TL's own KV cache
+            self._base = tl_model
 
     @property
     def hook_names(self) -> list[str]:

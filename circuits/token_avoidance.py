@@ -25,7 +25,8 @@ from circuits.steering import ActivationAddition
 def unembedding(model: HookedModel) -> tuple[Tensor, Tensor | None]:
     """``(W_U [vocab, d_model], gain [d_model] | None)`` of an HF-backed model, as float32 on the CPU."""
     hf = getattr(model, "hf_model", None)
-    head = hf.get_output_embeddings() if hf is not None else None
+    get = getattr(hf, "get_output_embeddings", None)
+    head = get() if callable(get) else None
     if head is None or getattr(head, "weight", None) is None:
         raise InputError(f"{type(model).__name__}: token avoidance needs an HF model with an output embedding")
     norm = getattr(getattr(hf, "model", None), "norm", None)

@@ -170,8 +170,8 @@ class Guard:
     ) -> None:
         if getattr(model, "hf_model", None) is None:
             raise InputError(
-                f"Guard needs a Hugging Face backed model (circuits.load_model / circuits.from_hf, or a TransformerLens "
-                f"TransformerBridge), got {type(model).__name__}"
+                f"Guard needs a model that can decode (circuits.load_model / from_hf, or a TransformerLens "
+                f"HookedTransformer / TransformerBridge), got {type(model).__name__}"
             )
         self.model = model
         self.detectors = list(detectors)

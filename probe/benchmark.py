@@ -68,7 +68,7 @@ def benign_chats(model: HookedModel, n: int, hooks: Sequence[str], cache: Path, 
     if n <= 0:
         return None
     if model.hf_model is None:
-        notes.append(f"{source} chats skipped: generation needs a Hugging Face backed model")
+        notes.append(f"{source} chats skipped: generation needs a model that can decode")
         return None
     prompts, _ = drop_overlong(model, recipe(source))
     items = prompts.items[:n]

@@ -91,19 +91,17 @@ def test_guard_correction_on_a_bridge_matches_the_plain_model(both, tmp_path):
     assert n_lens_hooks(bridge) == 0
 
 
-def test_a_hooked_transformer_still_gets_a_clear_error():
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    tok = tiny_tokenizer()
-    cfg = HookedTransformerConfig(n_layers=2, d_model=16, n_ctx=32, d_head=4, n_heads=4, d_vocab=len(tok), act_fn="relu")
-    ht = HookedTransformer(cfg)
-    ht.tokenizer = tok
-    model = load_model(ht, model_id="tiny-tl")
-    det = Detector.from_linear("d", model, H, torch.ones(16), threshold=0.0)
-    with pytest.raises(InputError, match="Guard needs a Hugging Face backed model"):
-        Guard(model, [det])
-    with pytest.raises(InputError, match="complete\\(\\) needs a Hugging Face backed model"):
-        complete(model, ["hi"], max_new_tokens=2)
+def test_a_model_that_cannot_decode_gets_a_clear_error(both):
+    plain, _, _ = both
+    det = Detector.from_linear("d", plain, H, torch.ones(16), threshold=0.0)
+    plain.hf_model, hf = None, plain.hf_model  # as a backend without a decoder would be
+    try:
+        with pytest.raises(InputError, match="Guard needs a model that can decode"):
+            Guard(plain, [det])
+        with pytest.raises(InputError, match="complete\\(\\) needs a model that can decode"):
+            complete(plain, ["hi"], max_new_tokens=2)
+    finally:
+        plain.hf_model = hf
 
 
 def test_training_on_a_bridge_gives_the_plain_models_detector(both, tmp_path):
