@@ -98,3 +98,22 @@ def test_instruction_vector_pairs_differ_only_in_the_instruction():
         assert any(w in honest[0]["content"] for w in ("honest", "truthful", "sincere", "truth"))
     assert not set(mod.DEV_TOPICS) & set(mod.TOPICS[:30])  # chosen on topics the test never uses
     assert len(set(mod.CONFIRM_TOPICS)) == 90 and not set(mod.CONFIRM_TOPICS) & (set(mod.DEV_TOPICS) | set(mod.TOPICS))
+
+
+def test_content_pairs_share_the_lie_prompt_and_differ_in_the_answer(tiny):
+    """--pairs content: the model's answer to the lie prompt vs its answer to the honest twin, both
+    after the lie prompt (positive first); prompt_last is refused before anything is written."""
+
+    from detectors import Detector
+
+    spec = importlib.util.spec_from_file_location("instruction_bench", ROOT / "benchmarks" / "deception_instruction_vector.py")
+    mod = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(mod)
+    det = Detector.from_linear("d", tiny, "blocks.1.hook_resid_post", torch.ones(tiny.d_model), threshold=0.0)
+    pairs = mod.content_pairs(tiny, det, ["cat", "dog"])
+    assert len(pairs) == 2 * len(mod.PROMPT_SETS)
+    lies = [lie.format(t=t) for lie, _ in mod.PROMPT_SETS.values() for t in ("cat", "dog")]
+    assert [a[0] for a, _ in pairs] == lies and all(a[0] == b[0] for a, b in pairs)
+    with pytest.raises(SystemExit, match="prompt_last is zero"):
+        mod.main(["--out", "/nonexistent/x", "--detector", "d", "--pairs", "content"])
