@@ -90,6 +90,7 @@ from detectors.policy import (
     Resolved,
     check_not_relaxed,
 )
+from detectors.regenerate import end_policy, judge_end, merge
 from detectors.router import Route, Router
 
 __all__ = ["Action", "DetectorFailure", "EscalationContext", "Guard", "GuardOutput", "HumanDecision", "TokenEvent"]
@@ -271,6 +272,7 @@ class Guard:
             if math.isfinite(r.correct) or math.isfinite(r.escalate):
                 self.router.validate(r.corrector, det, where=policy.source)
             res.append(r)
+        self._res_end = end_policy(policy, self.names, self.detectors, res)
         self._policy = policy
         self._res = res
         device = self.model.device
@@ -328,6 +330,7 @@ class Guard:
         generator = self._generator(gen)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].enc.ids))
         outs: list[GuardOutput | None] = [None] * len(prompts)
+        regen: dict[int, list[int]] = {}  # prompt index -> detectors whose finished response was flagged
         for s in range(0, len(order), bs):
             chunk = order[s : s + bs]
             run = _Run(self, [prompts[i] for i in chunk], gen, generator)
@@ -336,7 +339,27 @@ class Guard:
                 pass
             for i, o in zip(chunk, run.outputs):
                 outs[i] = o
+            for b, j in run.regen:
+                regen.setdefault(chunk[b], []).append(j)
+        if regen:
+            self._regenerate(outs, prompts, regen, gen, logits_processor, bs, generator)
         return outs  # type: ignore[return-value]
+
+    def _regenerate(self, outs: list[GuardOutput | None], prompts: list[_Prompt], regen: dict[int, list[int]], gen: _Gen,
+                    processor: Any, bs: int, generator: torch.Generator | None) -> None:
+        """Generate the rows the policy's ``regenerate`` flagged again, each with its detectors'
+        correctors on from the first token (see :mod:`detectors.regenerate`)."""
+        order = sorted(regen, key=lambda i: len(prompts[i].enc.ids))
+        for s in range(0, len(order), bs):
+            chunk = order[s : s + bs]
+            run = _Run(self, [prompts[i] for i in chunk], gen, generator)
+            run.processor = processor
+            run.attempt = 2
+            run.force = {b: regen[i] for b, i in enumerate(chunk)}
+            for _ in self._steps(run):
+                pass
+            for i, o in zip(chunk, run.outputs):
+                outs[i] = merge(outs[i], o)  # type: ignore[arg-type]
 
     __call__ = generate
 
@@ -366,6 +389,7 @@ class Guard:
         gen = self._gen(max_new_tokens, min_new_tokens, do_sample, temperature, top_k, top_p, seed, correct)
         run = _Run(self, prompts, gen, self._generator(gen))
         run.processor = _check_processor(logits_processor)
+        run.streaming = True
         return self._stream(run)
 
     def _stream(self, run: _Run) -> Iterator[TokenEvent]:
@@ -460,6 +484,8 @@ class Guard:
             handles.append(self._scorer.attach(model, run, self._dtype))
             if run.gen.correct == "always":
                 self._correct_all(run)
+            elif run.force:
+                self._force(run)
             cache = None
             inp = ids
             run.prompt_ids = ids
@@ -768,6 +794,18 @@ class Guard:
                 run.actions[b].append(Action(0, "correct", self.names[j], None, {**route.to_dict(), "forced": True}))
                 run.row_correctors[b].append({**route.to_dict(), "from_token": 0})
 
+    def _force(self, run: _Run) -> None:
+        """A regeneration: the flagged detectors' correctors on from the first token of their rows."""
+        for b, js in run.force.items():
+            for j in js:
+                det = self.detectors[j]
+                route = self.router.route(det, run.res[j], model=self.model)
+                self._corrector(run, route, det, j).set_row(b, 1.0)
+                run.corrected[(b, j)] = route
+                run.run_start[(b, j)] = 0
+                run.actions[b].append(Action(0, "correct", self.names[j], None, {**route.to_dict(), "regenerated": True}))
+                run.row_correctors[b].append({**route.to_dict(), "from_token": 0})
+
     def _correct(self, run: _Run, b: int, j: int, x: float, t: int) -> None:
         key = (b, j)
         res = run.res[j]
@@ -908,6 +946,8 @@ class Guard:
                 prompt_tokens=len(p.enc.ids),
                 errors=list(run.errors),
             )
+            if self._res_end:
+                out = judge_end(self, run, b, out)
             run.outputs.append(out)
         if self.audit is not None:
             self._write_audit(run)
@@ -937,7 +977,7 @@ class Guard:
                     policy=run.policy_meta,
                     prompt_text=p.text,
                     prompt_tokens=len(p.enc.ids),
-                    settings={**run.gen.to_dict(), "batch_size": run.B},
+                    settings={**run.gen.to_dict(), "batch_size": run.B, "attempt": run.attempt},
                     row=b,
                     scores=o.scores,
                     policy_scores=o.policy_scores,

@@ -25,7 +25,9 @@ class Action:
     """Something the Guard did. ``token`` is the generated-token index it happened at.
 
     ``kind``: ``monitor`` (score rose above the monitor tier), ``correct``, ``escalate``,
-    ``block``, ``move_up`` (a correction did not clear the flag within ``patience`` tokens) or
+    ``block``, ``move_up`` (a correction did not clear the flag within ``patience`` tokens, or a
+    regenerated response is still flagged), ``regenerate`` (policy ``regenerate``: the finished
+    response was flagged and generated again, corrected; ``detail`` keeps the discarded attempt) or
     ``detector_error``.
     """
 

@@ -46,6 +46,16 @@ re-chooses it, and goes on from there (two extra forward passes, only at the ste
 starts; a flag at step 0, the prompt's last token, starts no correction: nothing has been said).
 It implies ``immediate``. The corrector ``avoid_token`` (see :mod:`detectors.router`) needs it.
 
+``regenerate``: when true, :meth:`Guard.generate <detectors.guard.Guard.generate>` also judges each
+*finished* response as a whole: the mean of the detector's token scores over the response (the
+statistic a response-mean detector's item threshold is calibrated on) against ``correct_above``,
+where ``"threshold"`` now means the detector's item threshold. A response above it, on which no
+correction ran, is generated again from its first token with the corrector on (once; the discarded
+attempt is kept in the ``regenerate`` action and in its own audit record). If the new response is
+still above it, the row moves up a tier (``block``, or ``escalate`` to the callback). Mid-response
+tiers act as before. Only for response-mean detectors; a stream cannot take back what it has shown,
+so :meth:`Guard.stream` records the flag without regenerating.
+
 ``on_detector_error``: ``"fail_closed"`` (block every row in flight), ``"fail_open"`` (record the
 error and carry on without that detector) or ``"raise"`` (re-raise after cleaning up).
 
@@ -64,6 +74,7 @@ File format (TOML; YAML with the same keys works too)::
     positions = "response"          # response | all (see below)
     immediate = false               # true: re-run the flagged step under correction (see below)
     rewind = false                  # true: take back the flagged token and re-choose it corrected
+    regenerate = false              # true: a finished response still flagged is generated again, corrected
 
     [detectors.deception]
     correct_above = "threshold"
@@ -222,6 +233,7 @@ class DetectorPolicy:
     positions: str | None = None
     immediate: bool | None = None
     rewind: bool | None = None
+    regenerate: bool | None = None
     refusal_text: str | None = None
 
     @classmethod
@@ -267,7 +279,7 @@ def _field_value(key: str, v: Any, where: str) -> Any:
         if v not in POSITIONS:
             raise PolicyError(f"{where}: expected one of {', '.join(POSITIONS)}, got {v!r}")
         return str(v)
-    if key in ("immediate", "rewind"):
+    if key in ("immediate", "rewind", "regenerate"):
         if not isinstance(v, bool):
             raise PolicyError(f"{where}: expected true or false, got {v!r}")
         return v
@@ -289,6 +301,7 @@ BUILTIN = DetectorPolicy(
     positions="response",
     immediate=False,
     rewind=False,
+    regenerate=False,
 )
 
 
@@ -309,6 +322,7 @@ class Resolved:
     positions: str = "response"
     immediate: bool = False
     rewind: bool = False
+    regenerate: bool = False
 
     def threshold_of(self, tier: str) -> float:
         return float(getattr(self, tier))
@@ -478,6 +492,7 @@ class Policy:
             positions=str(dp.positions),
             immediate=bool(dp.immediate) or bool(dp.rewind),
             rewind=bool(dp.rewind),
+            regenerate=bool(dp.regenerate),
         )
 
     @property

@@ -98,6 +98,8 @@ def test_instruction_vector_pairs_differ_only_in_the_instruction():
         assert any(w in honest[0]["content"] for w in ("honest", "truthful", "sincere", "truth"))
     assert not set(mod.DEV_TOPICS) & set(mod.TOPICS[:30])  # chosen on topics the test never uses
     assert len(set(mod.CONFIRM_TOPICS)) == 90 and not set(mod.CONFIRM_TOPICS) & (set(mod.DEV_TOPICS) | set(mod.TOPICS))
+    seen = {t.lower() for t in (*mod.DEV_TOPICS, *mod.TOPICS, *mod.CONFIRM_TOPICS)}
+    assert len(set(mod.CONFIRM_TOPICS_2)) == 90 and not {t.lower() for t in mod.CONFIRM_TOPICS_2} & seen
 
 
 def test_content_pairs_share_the_lie_prompt_and_differ_in_the_answer(tiny):
