@@ -261,7 +261,7 @@ def addition(hook: str, unit: torch.Tensor, dose: float, positions: str) -> list
 # deception
 # ------------------------------------------------------------------------------------------------
 def guard_run(model: Any, det: Any, prompts: Sequence[str], policy: Any, correct: bool | None, max_new: int, batch_size: int,
-              neutral: Sequence[str] | None = None) -> dict[str, Any]:
+              neutral: Sequence[str] | None = None, keep_outputs: bool = False) -> dict[str, Any]:
     """Guarded greedy generation; flag = the detector's item score of the generated chat (re-read
     without correction) above its threshold. With ``neutral`` prompts, the same responses are also
     scored after those (``flag_rate_neutral_context``)."""
@@ -302,6 +302,8 @@ def guard_run(model: Any, det: Any, prompts: Sequence[str], policy: Any, correct
         ns = item_scores(neutral)
         r["flag_rate_neutral_context"] = float(np.mean(ns > det.threshold))
         r["item_scores_neutral_context"] = [float(x) for x in ns]
+    if keep_outputs:
+        r["outputs"] = outs
     return r
 
 

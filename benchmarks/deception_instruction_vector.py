@@ -22,13 +22,16 @@ still in its context):
 ``--pairs content`` builds the vector from what the model *says* instead: on the development
 topics, its own answer to each lie prompt vs its answer to the honest twin, both after the lie
 prompt (``content_pairs``), read over the response (the prompts are identical, so
-``prompt_last`` would be zero). Same selection, test and ``--confirm``.
+``prompt_last`` would be zero). Same selection, test and ``--confirm``. ``--pairs decline`` is the
+same with the honest answer opened by declining the lie (``DECLINE``), a vector toward "I won't lie;
+here is a true fact".
 
 Run::
 
     python benchmarks/deception_instruction_vector.py --detector runs/demo/deception --out benchmarks/results/deception_instruction_vector
     python benchmarks/deception_instruction_vector.py --detector runs/demo/deception --pairs content --selects response_mean --blocks 8,12,16,20 --out benchmarks/results/deception_content_vector
     python benchmarks/deception_instruction_vector.py --detector runs/demo/deception --pairs content --selects response_mean --blocks 20,24,26,28 --doses 16,24,32 --choose worst --out benchmarks/results/deception_content_vector_2
+    python benchmarks/deception_instruction_vector.py --detector runs/demo/deception --pairs decline --selects response_mean --blocks 12,16,20,24 --doses 8,16,24 --choose worst --out benchmarks/results/deception_decline_vector
 
 each followed by the same command with ``--confirm`` (and ``--confirm-set 2`` for a second fresh list).
 """
@@ -104,14 +107,19 @@ def instructed_pairs() -> list[tuple[Any, Any]]:
     return [(d[1], d[0]) for _, d in sorted(by_src.items()) if 0 in d and 1 in d]
 
 
-def content_pairs(model: Any, det: Any, topics: Sequence[str]) -> list[tuple[Any, Any]]:
-    """(lie prompt + the model's lie answer, the same prompt + its answer to the honest twin), both prompt sets."""
+DECLINE = "I can't give you false information. Here is a true fact instead: "
+
+
+def content_pairs(model: Any, det: Any, topics: Sequence[str], decline: bool = False) -> list[tuple[Any, Any]]:
+    """(lie prompt + the model's lie answer, the same prompt + its answer to the honest twin), both
+    prompt sets. ``decline``: the second answer opens by declining to lie (``DECLINE``)."""
     pairs = []
     for lie_t, honest_t in PROMPT_SETS.values():
         lies = [lie_t.format(t=t) for t in topics]
         said = guard_run(model, det, lies, Policy.default(), False, MAX_NEW, 8)["responses"]
         honest = guard_run(model, det, [honest_t.format(t=t) for t in topics], Policy.default(), False, MAX_NEW, 8)["responses"]
-        pairs += [((p, a.strip() or "."), (p, b.strip() or ".")) for p, a, b in zip(lies, said, honest)]
+        lead = DECLINE if decline else ""
+        pairs += [((p, a.strip() or "."), (p, lead + (b.strip() or "."))) for p, a, b in zip(lies, said, honest)]
     return pairs
 
 
@@ -163,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--selects", default="prompt_last,response_mean")
     ap.add_argument("--doses", default="4,8,16")
     ap.add_argument("--max-ppl-rise", type=float, default=5.0)
-    ap.add_argument("--pairs", choices=("instruction", "content"), default="instruction",
+    ap.add_argument("--pairs", choices=("instruction", "content", "decline"), default="instruction",
                     help="instruction: the recipe's instructed pairs; content: the model's lie vs honest-twin answers after the lie prompt (dev topics)")
     ap.add_argument("--choose", choices=("mean", "worst"), default="mean",
                     help="rank the settings within the perplexity limit by the mean drop over the two prompt sets, or by "
@@ -173,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--confirm-set", type=int, choices=sorted(CONFIRM_SETS), default=1,
                     help="which list of fresh topics --confirm uses (1: CONFIRM_TOPICS, 2: CONFIRM_TOPICS_2)")
     args = ap.parse_args(argv)
-    if args.pairs == "content" and "prompt_last" in args.selects.split(","):
+    if args.pairs in ("content", "decline") and "prompt_last" in args.selects.split(","):
         raise SystemExit("--pairs content: both sides share the prompt, so prompt_last is zero; use --selects response_mean")
     if args.confirm:
         return confirm(args)
@@ -183,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     model = load_model(args.model)
     det = Detector.load(args.detector, model)
     base = Policy.default()
-    pairs = instructed_pairs() if args.pairs == "instruction" else content_pairs(model, det, DEV_TOPICS)
+    pairs = instructed_pairs() if args.pairs == "instruction" else content_pairs(model, det, DEV_TOPICS, args.pairs == "decline")
     texts = corpus_windows(model, 30, 128, CORPUS)
     ppl0 = perplexity(model, texts)
     log(f"detector {det.id} at {det.hooks[0]}; {len(pairs)} {args.pairs} pairs; WikiText-2 perplexity {ppl0:.3f}")

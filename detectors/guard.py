@@ -806,6 +806,15 @@ class Guard:
                 run.actions[b].append(Action(0, "correct", self.names[j], None, {**route.to_dict(), "regenerated": True}))
                 run.row_correctors[b].append({**route.to_dict(), "from_token": 0})
 
+    def _stop_for_regeneration(self, run: _Run, b: int, j: int, x: float, t: int) -> None:
+        """Policy ``regenerate``: a response flagged mid-way is stopped here and, once the batch is
+        done, generated again from its first token with the corrector on (see :meth:`generate`)."""
+        run.active_py[b] = False
+        run.active[b] = False
+        run.stopped_at[b] = t
+        run.regen.append((b, j))
+        run.actions[b].append(Action(t, "regenerate", self.names[j], x, {"threshold": run.res[j].correct, "during": "response"}))
+
     def _correct(self, run: _Run, b: int, j: int, x: float, t: int) -> None:
         key = (b, j)
         res = run.res[j]
@@ -813,6 +822,9 @@ class Guard:
             if key not in run.noted:
                 run.noted.add(key)
                 run.actions[b].append(Action(t, "correct", self.names[j], x, {"applied": False, "reason": "correct=False"}))
+            return
+        if res.regenerate and run.attempt == 1 and not run.streaming and key not in run.corrected:
+            self._stop_for_regeneration(run, b, j, x, t)
             return
         if res.rewind and t == 0:  # step 0 reads the prompt's last token: nothing has been said to take back
             if key not in run.noted:
@@ -911,6 +923,9 @@ class Guard:
             if run.blocked_at[b] is not None:
                 s = int(run.blocked_at[b])  # type: ignore[arg-type]
                 ids, n_sc, reason = col[:s], s + 1, "blocked"
+            elif run.stopped_at[b] is not None:
+                s = int(run.stopped_at[b])  # type: ignore[arg-type]
+                ids, n_sc, reason = col[:s], s + 1, "regenerate"
             else:
                 e = next((i for i, x in enumerate(col) if x in eos), None)
                 if e is not None:

@@ -84,6 +84,7 @@ class _Run:
         self.active_py = [True] * self.B
         self.blocked_at: list[int | None] = [None] * self.B
         self.blocked_by: list[str | None] = [None] * self.B
+        self.stopped_at: list[int | None] = [None] * self.B  # stopped to be generated again (``regenerate``)
         self.actions: list[list[Action]] = [[] for _ in prompts]
         self.decisions: list[list[HumanDecision]] = [[] for _ in prompts]
         self.row_correctors: list[list[dict[str, Any]]] = [[] for _ in prompts]

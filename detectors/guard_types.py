@@ -99,7 +99,8 @@ class GuardOutput:
         decisions: human decisions on escalations.
         blocked, blocked_by: whether a block ended the row, and which detector (None for a
             detector failure with fail-closed).
-        finish_reason: ``eos``, ``length``, ``blocked`` or ``error``.
+        finish_reason: ``eos``, ``length``, ``blocked``, ``error``, or ``regenerate`` (an attempt
+            stopped to be generated again; only in the audit record of the discarded attempt).
         correctors: correctors used on this row (spec, hook, dose, from which token).
         errors: detector failures seen.
     """

@@ -51,10 +51,13 @@ It implies ``immediate``. The corrector ``avoid_token`` (see :mod:`detectors.rou
 statistic a response-mean detector's item threshold is calibrated on) against ``correct_above``,
 where ``"threshold"`` now means the detector's item threshold. A response above it, on which no
 correction ran, is generated again from its first token with the corrector on (once; the discarded
-attempt is kept in the ``regenerate`` action and in its own audit record). If the new response is
-still above it, the row moves up a tier (``block``, or ``escalate`` to the callback). Mid-response
-tiers act as before. Only for response-mean detectors; a stream cannot take back what it has shown,
-so :meth:`Guard.stream` records the flag without regenerating.
+attempt is kept in the ``regenerate`` action and in its own audit record). A flag in the correct
+tier *during* the response (the running mean against the stream threshold) stops the row there and
+regenerates it the same way, instead of steering the rest of it. If the new response is still above
+the correct tier at its end, the row moves up a tier (``block``, or ``escalate`` to the callback);
+during it, the patience rule applies as for any correction. Only for response-mean detectors; a
+stream cannot take back what it has shown, so :meth:`Guard.stream` steers as without
+``regenerate`` and records the end flag without regenerating.
 
 ``on_detector_error``: ``"fail_closed"`` (block every row in flight), ``"fail_open"`` (record the
 error and carry on without that detector) or ``"raise"`` (re-raise after cleaning up).

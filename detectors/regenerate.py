@@ -7,8 +7,10 @@ a stream threshold set so that benign responses rarely trip it *at any point*; t
 far above the item threshold, so a response can end flagged without ever tripping it. These
 functions close that gap for :meth:`Guard.generate <detectors.guard.Guard.generate>`: the finished
 response is judged against the tiers resolved at the item threshold; if it is above the correct
-tier and no correction ran on it, it is discarded and generated again from its first token with the
-detector's corrector on (once), and a second attempt still above it moves up a tier.
+tier, it is discarded and generated again from its first token with the detector's corrector on
+(once), and a second attempt still above it moves up a tier. A flag in the correct tier *during*
+the response does the same, sooner: the Guard stops the row there instead of steering the rest of
+it (``Guard._stop_for_regeneration``).
 """
 
 from __future__ import annotations
@@ -57,6 +59,11 @@ def judge_end(guard: "Guard", run: "_Run", b: int, out: GuardOutput) -> GuardOut
     rows to generate again in ``run.regen``. Returns the output (blocked if a second attempt is
     still flagged and the next tier says so)."""
     if run.error is not None:
+        return out
+    if run.stopped_at[b] is not None:  # flagged mid-way: already on its way to be generated again
+        for a in out.actions:
+            if a.kind == "regenerate" and "discarded_text" not in a.detail:
+                a.detail |= {"discarded_text": out.generated_text, "discarded_tokens": len(out.token_ids)}
         return out
     for j, end in guard._res_end.items():
         if out.blocked:

@@ -117,5 +117,36 @@ def test_content_pairs_share_the_lie_prompt_and_differ_in_the_answer(tiny):
     assert len(pairs) == 2 * len(mod.PROMPT_SETS)
     lies = [lie.format(t=t) for lie, _ in mod.PROMPT_SETS.values() for t in ("cat", "dog")]
     assert [a[0] for a, _ in pairs] == lies and all(a[0] == b[0] for a, b in pairs)
+    declined = mod.content_pairs(tiny, det, ["cat", "dog"], decline=True)
+    assert [d[1] for _, d in declined] == [mod.DECLINE + b[1] for _, b in pairs] and [a for a, _ in declined] == [a for a, _ in pairs]
     with pytest.raises(SystemExit, match="prompt_last is zero"):
         mod.main(["--out", "/nonexistent/x", "--detector", "d", "--pairs", "content"])
+    with pytest.raises(SystemExit, match="prompt_last is zero"):
+        mod.main(["--out", "/nonexistent/x", "--detector", "d", "--pairs", "decline"])
+
+
+def test_regenerate_benchmark_counts_what_the_guard_did(tiny, tmp_path):
+    """benchmarks/deception_regenerate.py: the policy it deploys regenerates every flagged row under
+    the vector, and its per-set summary counts regenerated, blocked and refusal-like rows."""
+    from circuits.steering_vectors import build_caa
+    from detectors import Detector
+    from detectors.policy import Policy
+
+    spec = importlib.util.spec_from_file_location("regen_bench", ROOT / "benchmarks" / "deception_regenerate.py")
+    mod = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(mod)
+    hook = "blocks.1.hook_resid_post"
+    sv = build_caa(tiny, [("a cat sat", "the dog ran"), ("red hat", "big mat")], hook, select="all_mean")
+    sv.save(tmp_path / "v")
+    det = Detector.from_linear("deception", tiny, hook, torch.ones(tiny.d_model), threshold=-1e9)
+    det.stream_threshold, det.stream_warmup = 1e9, 1
+    pol = mod.regen_policy(str(tmp_path / "v"), 4.0)
+    r = pol.resolve("deception", 0.0)
+    assert r.regenerate and r.positions == "all" and r.corrector == f"vector:{tmp_path / 'v'}" and r.dose == 4.0
+    prompts = ["hello world", "a b c"]
+    got = mod.run_set(tiny, det, prompts, pol, None)
+    plain = mod.run_set(tiny, det, prompts, Policy.default(), False)
+    assert got["regenerated"] == 1.0 and got["blocked"] == 1.0  # flagged before and after (threshold -inf)
+    assert plain["regenerated"] == 0.0 and plain["blocked"] == 0.0 and "outputs" not in mod.summary(got)
+    assert got["responses"] != plain["responses"]

@@ -119,3 +119,21 @@ def test_regenerate_needs_a_mean_detector_and_a_correct_tier(tiny):
     with pytest.raises(PolicyError, match="regenerate: expected true or false"):
         Policy.from_dict({"detectors": {"d": {"regenerate": "yes"}}})
     assert Policy.default().resolve("d", 0.0).regenerate is False
+
+
+def test_a_flag_during_the_response_stops_it_and_regenerates_it(tiny, tmp_path):
+    det = detector(tiny)
+    det.threshold, det.stream_threshold, det.stream_warmup = 1e9, -1e9, 2  # every row trips once warmed up
+    forced = Guard(tiny, [det], policy=pol(regenerate=False)).generate(PROMPTS[:3], correct=True, **GEN)
+    audit = tmp_path / "a.jsonl"
+    outs = Guard(tiny, [det], policy=pol(patience=50), audit=audit).generate(PROMPTS[:3], **GEN)
+    for o, f in zip(outs, forced):
+        assert o.token_ids == f.token_ids and not o.blocked
+        regen = o.actions[0]
+        assert regen.kind == "regenerate" and regen.detail["during"] == "response"
+        assert regen.detail["discarded_tokens"] == 2
+        assert [a["kind"] for a in regen.detail["discarded_actions"]] == ["monitor"]  # the monitor tier saw it too
+    recs = [json.loads(x) for x in audit.read_text().splitlines()]
+    first = [r for r in recs if r["settings"]["attempt"] == 1]
+    assert len(first) == 3 and {r["finish_reason"] for r in first} == {"regenerate"}
+    assert n_hooks(tiny) == 0
