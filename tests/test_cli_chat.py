@@ -138,6 +138,21 @@ def test_guard_command_table_and_json(setup, tmp_path, capsys):
     assert len(audit.read_text().splitlines()) == 2
 
 
+def test_guard_command_with_a_regenerate_policy(setup, tmp_path, capsys):
+    pol = tmp_path / "regen.toml"
+    pol.write_text('refusal_text = "REFUSED."\n[detectors.alarm]\ncorrect_above = "threshold"\nregenerate = true\ndose = 1.0\n')
+    out, audit = tmp_path / "out.json", tmp_path / "audit.jsonl"
+    rc = main(["guard", "--model", str(setup / "tinymodel"), "--detector", str(setup / "alarm"), "--policy", str(pol),
+               "--prompt", "hello world", "--prompt", "the cat sat", "--max-new-tokens", "4", "--json", str(out), "--audit", str(audit)])
+    assert rc == 0 and "REFUSED." in capsys.readouterr().out
+    for r in json.loads(out.read_text())["results"]:  # bias 5: flagged at the first step, and again after regenerating
+        kinds = [a["kind"] for a in r["actions"]]
+        assert kinds[0] == "regenerate" and "correct" in kinds and kinds[-2:] == ["move_up", "block"] and r["blocked_by"] == "alarm"
+        assert r["actions"][0]["detail"]["discarded_tokens"] == 0  # stopped before saying anything
+    recs = [json.loads(x) for x in audit.read_text().splitlines()]
+    assert sorted(x["settings"]["attempt"] for x in recs) == [1, 1, 2, 2]
+
+
 def test_guard_command_data_file_and_errors(setup, tmp_path, capsys):
     data = tmp_path / "prompts.jsonl"
     data.write_text('"hello world"\n{"prompt": "the cat"}\n{"messages": [{"role": "user", "content": "is the sky blue"}]}\n')
