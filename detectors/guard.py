@@ -389,10 +389,22 @@ class Guard:
         gen = self._gen(max_new_tokens, min_new_tokens, do_sample, temperature, top_k, top_p, seed, correct)
         run = _Run(self, prompts, gen, self._generator(gen))
         run.processor = _check_processor(logits_processor)
-        run.streaming = True
         return self._stream(run)
 
     def _stream(self, run: _Run) -> Iterator[TokenEvent]:
+        shown = yield from self._stream_run(run, 0)
+        out = run.outputs[0]
+        if run.regen:  # policy ``regenerate``: the next event retracts what the first attempt showed
+            again = _Run(self, run.prompts, run.gen, run.generator)
+            again.processor, again.attempt = run.processor, 2
+            again.force = {0: [j for _, j in run.regen]}
+            yield from self._stream_run(again, len(shown))
+            out = merge(out, again.outputs[0])
+        yield TokenEvent(len(out.token_ids), None, "", {}, [a for a in out.actions if a.kind == "monitor"], done=True, output=out)
+
+    def _stream_run(self, run: _Run, shown: int) -> Iterator[TokenEvent]:
+        """One attempt's events; ``shown``: characters of an earlier attempt still on screen, which
+        the first event retracts. Returns the text this attempt showed."""
         steps = self._steps(run)
         self._streams.add(steps)
         tok = self.model.tokenizer
@@ -404,8 +416,9 @@ class Guard:
                 n_actions = len(run.actions[0])
                 scores = dict(zip(self.names, run.buf[t, 0].tolist()))
                 pol = dict(zip(self.names, run.stat[t, 0].tolist()))
-                if run.blocked_at[0] == t:
-                    yield TokenEvent(t, None, "", scores, acts, policy_scores=pol)
+                if run.blocked_at[0] == t or run.stopped_at[0] == t:
+                    yield TokenEvent(t, None, "", scores, acts, policy_scores=pol, retract=shown)
+                    shown = 0
                     continue
                 tid = int(run.tokens[t][0])
                 ids = [int(x[0]) for x in run.tokens[: t + 1]]
@@ -413,11 +426,11 @@ class Guard:
                 keep = 0 if new.startswith(text) else _common_prefix(text, new)
                 retract = 0 if new.startswith(text) else len(text) - keep
                 piece, text = new[len(text) - retract:], new
-                yield TokenEvent(t, tid, piece, scores, acts, policy_scores=pol, retract=retract)
+                yield TokenEvent(t, tid, piece, scores, acts, policy_scores=pol, retract=retract + shown)
+                shown = 0
         finally:
             steps.close()
-        out = run.outputs[0]
-        yield TokenEvent(len(out.token_ids), None, "", {}, [a for a in out.actions if a.kind == "monitor"], done=True, output=out)
+        return text
 
     def _eos_list(self) -> list[int]:
         return self._eos.tolist()
@@ -823,7 +836,7 @@ class Guard:
                 run.noted.add(key)
                 run.actions[b].append(Action(t, "correct", self.names[j], x, {"applied": False, "reason": "correct=False"}))
             return
-        if res.regenerate and run.attempt == 1 and not run.streaming and key not in run.corrected:
+        if res.regenerate and run.attempt == 1 and key not in run.corrected:
             self._stop_for_regeneration(run, b, j, x, t)
             return
         if res.rewind and t == 0:  # step 0 reads the prompt's last token: nothing has been said to take back

@@ -111,7 +111,6 @@ class _Run:
         self.attempt = 1  # 2: a regeneration (policy ``regenerate``)
         self.force: dict[int, list[int]] = {}  # row -> detectors whose corrector is on from the first token
         self.regen: list[tuple[int, int]] = []  # (row, detector) finished flagged: generate again corrected
-        self.streaming = False
 
     def hook_failed(self, cols: list[int], err: BaseException) -> None:
         self.buf[self.t, :, cols] = float("nan")

@@ -149,8 +149,9 @@ class TokenEvent:
     text piece, this step's scores and actions. The last event has ``done=True`` and ``output``.
 
     ``retract``: characters of the text streamed so far to delete before appending ``text``; non-zero
-    when the policy's ``rewind`` took back the previous token and re-chose it (a terminal can print
-    that many backspaces)."""
+    when the policy's ``rewind`` took back the previous token and re-chose it, or when its
+    ``regenerate`` discarded the response shown so far and this event starts the new attempt (a
+    terminal can print that many backspaces)."""
 
     index: int
     token_id: int | None

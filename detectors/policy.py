@@ -55,9 +55,9 @@ attempt is kept in the ``regenerate`` action and in its own audit record). A fla
 tier *during* the response (the running mean against the stream threshold) stops the row there and
 regenerates it the same way, instead of steering the rest of it. If the new response is still above
 the correct tier at its end, the row moves up a tier (``block``, or ``escalate`` to the callback);
-during it, the patience rule applies as for any correction. Only for response-mean detectors; a
-stream cannot take back what it has shown, so :meth:`Guard.stream` steers as without
-``regenerate`` and records the end flag without regenerating.
+during it, the patience rule applies as for any correction. Only for response-mean detectors. In
+:meth:`Guard.stream` the first event of the new attempt carries ``retract``: the characters the
+discarded attempt showed.
 
 ``on_detector_error``: ``"fail_closed"`` (block every row in flight), ``"fail_open"`` (record the
 error and carry on without that detector) or ``"raise"`` (re-raise after cleaning up).

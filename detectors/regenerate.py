@@ -5,7 +5,9 @@ A response-mean detector's item threshold is calibrated on the mean over a whole
 Guard only knows once the response is finished. Mid-response tiers act on the running mean against
 a stream threshold set so that benign responses rarely trip it *at any point*; that threshold sits
 far above the item threshold, so a response can end flagged without ever tripping it. These
-functions close that gap for :meth:`Guard.generate <detectors.guard.Guard.generate>`: the finished
+functions close that gap for :meth:`Guard.generate <detectors.guard.Guard.generate>` and
+:meth:`Guard.stream <detectors.guard.Guard.stream>` (whose next event then retracts what the
+discarded attempt showed): the finished
 response is judged against the tiers resolved at the item threshold; if it is above the correct
 tier, it is discarded and generated again from its first token with the detector's corrector on
 (once), and a second attempt still above it moves up a tier. A flag in the correct tier *during*
@@ -80,8 +82,6 @@ def judge_end(guard: "Guard", run: "_Run", b: int, out: GuardOutput) -> GuardOut
         detail: dict[str, Any] = {"item_score": x, "threshold": end.correct}
         if run.gen.correct == "never":
             detail |= {"applied": False, "reason": "correct=False"}
-        elif run.streaming:
-            detail |= {"applied": False, "reason": "a stream cannot take back what it has shown"}
         elif run.attempt > 1:
             detail |= {"applied": False, "reason": "one regeneration per response"}
         else:

@@ -91,7 +91,15 @@ def test_a_second_attempt_still_flagged_is_escalated(tiny):
     assert n_hooks(tiny) == 0
 
 
-def test_no_regeneration_without_correction_in_a_stream_or_twice(tiny):
+def screen(events):
+    """What a terminal shows after the stream's events (retract = characters to delete first)."""
+    shown = ""
+    for ev in events[:-1]:
+        shown = shown[: len(shown) - ev.retract] + ev.text
+    return shown
+
+
+def test_no_regeneration_without_correction_and_a_stream_retracts_the_first_attempt(tiny):
     det = detector(tiny)
     det.threshold = -1e9
     g = Guard(tiny, [det], policy=pol())
@@ -101,9 +109,12 @@ def test_no_regeneration_without_correction_in_a_stream_or_twice(tiny):
     for o in never:
         (a,) = [a for a in o.actions if a.kind == "regenerate"]
         assert a.detail["applied"] is False and a.detail["reason"] == "correct=False"
-    *_, last = g.stream(PROMPTS[0], **GEN)
-    (a,) = [a for a in last.output.actions if a.kind == "regenerate"]
-    assert a.detail["applied"] is False and "stream" in a.detail["reason"]
+    events = list(g.stream(PROMPTS[0], **GEN))
+    final, gen = events[-1].output, g.generate(PROMPTS[0], **GEN)[0]
+    assert final.token_ids == gen.token_ids and final.blocked == gen.blocked
+    assert [a.kind for a in final.actions] == [a.kind for a in gen.actions] and final.actions[0].kind == "regenerate"
+    assert screen(events) == final.generated_text  # the new attempt's first event retracted the discarded one
+    assert len(final.actions[0].detail["discarded_text"]) in [ev.retract for ev in events]
     always = g.generate(PROMPTS[:2], correct=True, **GEN)  # corrected from the start: nothing to regenerate
     assert all("regenerate" not in [a.kind for a in o.actions] for o in always)
     assert n_hooks(tiny) == 0
@@ -127,8 +138,13 @@ def test_a_flag_during_the_response_stops_it_and_regenerates_it(tiny, tmp_path):
     forced = Guard(tiny, [det], policy=pol(regenerate=False)).generate(PROMPTS[:3], correct=True, **GEN)
     audit = tmp_path / "a.jsonl"
     outs = Guard(tiny, [det], policy=pol(patience=50), audit=audit).generate(PROMPTS[:3], **GEN)
-    for o, f in zip(outs, forced):
+    for p, o, f in zip(PROMPTS, outs, forced):
         assert o.token_ids == f.token_ids and not o.blocked
+        events = list(Guard(tiny, [det], policy=pol(patience=50)).stream(p, **GEN))
+        assert events[-1].output.token_ids == f.token_ids and screen(events) == f.generated_text
+        discarded = events[-1].output.actions[0].detail["discarded_text"]
+        assert events[2].token_id is None and events[2].actions[-1].kind == "regenerate"  # stopped at step 2
+        assert events[3].retract == len(discarded) and events[3].index == 0  # the new attempt starts over
         regen = o.actions[0]
         assert regen.kind == "regenerate" and regen.detail["during"] == "response"
         assert regen.detail["discarded_tokens"] == 2
