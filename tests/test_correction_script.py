@@ -100,6 +100,8 @@ def test_instruction_vector_pairs_differ_only_in_the_instruction():
     assert len(set(mod.CONFIRM_TOPICS)) == 90 and not set(mod.CONFIRM_TOPICS) & (set(mod.DEV_TOPICS) | set(mod.TOPICS))
     seen = {t.lower() for t in (*mod.DEV_TOPICS, *mod.TOPICS, *mod.CONFIRM_TOPICS)}
     assert len(set(mod.CONFIRM_TOPICS_2)) == 90 and not {t.lower() for t in mod.CONFIRM_TOPICS_2} & seen
+    seen |= {t.lower() for t in mod.CONFIRM_TOPICS_2}
+    assert len(set(mod.CONFIRM_TOPICS_3)) == 138 and not {t.lower() for t in mod.CONFIRM_TOPICS_3} & seen
 
 
 def test_content_pairs_share_the_lie_prompt_and_differ_in_the_answer(tiny):
