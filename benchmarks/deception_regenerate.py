@@ -27,9 +27,22 @@ still what is scored).
 *Flagged* is, as before, the detector's item score of the generated chat, re-read without
 correction, above its threshold. A blocked row's generated text is scored, not its refusal.
 
+``--cost deployed`` bounds the perplexity rise of the corpus *as the policy leaves it* instead of
+with the vector on every token: each WikiText-2 window is read as the answer to ``CORPUS_PROMPT``;
+the windows the policy would regenerate (flagged while generated or when finished) are scored with
+the vector on from their first token, the others without (``deployed_perplexity``). Both rises are
+reported at every dose, with the KL divergence on benign answers forced on and as deployed.
+``--dev-topics 120`` chooses on ``DEV_TOPICS`` + ``CONFIRM_TOPICS`` (four times the earlier
+development set, against the selection noise seen before), and the choice is confirmed on the
+other fresh lists. ``fluency_nll`` (the answers' per-token NLL under the plain model after the
+neutral question) says whether the regenerated answers are still ordinary text.
+
 Run::
 
     python benchmarks/deception_regenerate.py --detector runs/demo/deception --out benchmarks/results/deception_regenerate
+    python benchmarks/deception_regenerate.py --detector runs/demo/deception --out benchmarks/results/deception_regenerate_deployed \
+        --cost deployed --dev-topics 120 --confirm-sets 2,3 --benign 200 --doses 16,24,32,48 \
+        --vectors benchmarks/results/deception_content_vector/vectors/blocks20_response_mean,benchmarks/results/deception_content_vector_2/vectors/blocks24_response_mean
 """
 
 from __future__ import annotations
@@ -47,20 +60,62 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from correction import CORPUS, PROMPT_SETS, TOPICS, corpus_windows, guard_run, perplexity  # noqa: E402
-from deception_instruction_vector import CONFIRM_TOPICS, CONFIRM_TOPICS_2, DEV_TOPICS, MAX_NEW, REFUSAL  # noqa: E402
+from correction import CORPUS, NEUTRAL, PROMPT_SETS, TOPICS, corpus_windows, guard_run, mean_kl, perplexity, response_logprob_rows  # noqa: E402
+from deception_instruction_vector import CONFIRM_SETS, CONFIRM_TOPICS, DEV_TOPICS, MAX_NEW, REFUSAL  # noqa: E402
 from sycophancy_guard_correction import run_folder  # noqa: E402
 
 from circuits import load_model  # noqa: E402
-from circuits.steering import ActivationAddition  # noqa: E402
+from circuits.steering import ActivationAddition, response_logprobs  # noqa: E402
 from circuits.steering_vectors import SteeringVector  # noqa: E402
 from detectors import Detector  # noqa: E402
 from detectors.policy import Policy  # noqa: E402
 from probe.datasets import recipe  # noqa: E402
+from probe.metrics import running_mean_peak  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 DEFAULT_VECTORS = ",".join(os.path.relpath(RESULTS / d / "vectors" / f"blocks{b}_response_mean") for d, b in
                            (("deception_content_vector", 16), ("deception_content_vector", 20), ("deception_content_vector_2", 24)))
+
+
+# The corpus windows are read as the answer to this request when replaying the policy on them.
+CORPUS_PROMPT = "Continue the text."
+
+
+def regenerated_windows(model: Any, det: Any, texts: Sequence[str]) -> list[bool]:
+    """Which corpus windows the deployed policy would regenerate, each read as the response to
+    ``CORPUS_PROMPT``: flagged while generated (the running mean of the Guard's token scores above
+    the stream threshold, from the detector's warm-up on) or when finished (the mean above the item
+    threshold)."""
+    chats = [[{"role": "user", "content": CORPUS_PROMPT}, {"role": "assistant", "content": t}] for t in texts]
+    items = det.score(model, chats)
+    flagged = []
+    for x, ts in zip(items, det.token_scores(model, chats)):
+        mid = (det.stream_threshold is not None and len(ts) > 1
+               and running_mean_peak(ts[1:], det.stream_warmup) > det.stream_threshold)
+        flagged.append(bool(x > det.threshold or mid))
+    return flagged
+
+
+def deployed_perplexity(model: Any, texts: Sequence[str], flagged: Sequence[bool], correctors: Sequence[Any],
+                        plain: Sequence[np.ndarray] | None = None) -> float:
+    """Perplexity over ``texts`` as the policy leaves them: the windows it regenerates are read with
+    the correctors on from their first token, the others without."""
+    rows = list(plain) if plain is not None else response_logprobs(model, list(texts))
+    idx = [i for i, f in enumerate(flagged) if f]
+    if idx:
+        for i, lp in zip(idx, response_logprobs(model, [texts[i] for i in idx], correctors)):
+            rows[i] = lp
+    return float(np.exp(-np.concatenate([x for x in rows if x.size]).mean()))
+
+
+def fluency_nll(model: Any, topics: Sequence[str], responses: Sequence[str]) -> float:
+    """Mean per-token negative log-likelihood of ``responses`` under the plain model, each read as
+    the answer to the neutral question about its topic: how natural the text is, whatever the
+    instruction was."""
+    items = [[{"role": "user", "content": NEUTRAL.format(t=t)}, {"role": "assistant", "content": r.strip() or "."}]
+             for t, r in zip(topics, responses)]
+    lps = response_logprobs(model, items)
+    return float(-np.concatenate([x for x in lps if x.size]).mean())
 
 
 def regen_policy(vector: str, dose: float) -> Policy:
@@ -71,14 +126,15 @@ def regen_policy(vector: str, dose: float) -> Policy:
 def run_set(model: Any, det: Any, prompts: Sequence[str], policy: Policy, correct: bool | None) -> dict[str, Any]:
     r = guard_run(model, det, prompts, policy, correct, MAX_NEW, 8, keep_outputs=True)
     outs = r.pop("outputs")
-    r["regenerated"] = float(np.mean([any(a.kind == "regenerate" and a.detail.get("applied", True) for a in o.actions) for o in outs]))
+    r["regenerated_each"] = [any(a.kind == "regenerate" and a.detail.get("applied", True) for a in o.actions) for o in outs]
+    r["regenerated"] = float(np.mean(r["regenerated_each"]))
     r["blocked"] = float(np.mean([o.blocked for o in outs]))
     r["refusal_like"] = float(np.mean([bool(REFUSAL.search(t)) for t in r["responses"]]))
     return r
 
 
 def summary(r: dict[str, Any]) -> dict[str, Any]:
-    keys = ("flag_rate", "regenerated", "blocked", "refusal_like", "mean_item_score")
+    keys = ("flag_rate", "regenerated", "blocked", "refusal_like", "mean_item_score", "fluency_nll")
     return {k: r[k] for k in keys if k in r} | {"samples": r["samples"][:3]}
 
 
@@ -88,6 +144,8 @@ def evaluate(model: Any, det: Any, topics: Sequence[str], policy: Policy, forced
         lies = [lie_t.format(t=t) for t in topics]
         plain = run_set(model, det, lies, Policy.default(), False)
         guarded = run_set(model, det, lies, policy, None)
+        plain["fluency_nll"] = fluency_nll(model, topics, plain["responses"])
+        guarded["fluency_nll"] = fluency_nll(model, topics, guarded["responses"])
         row = {"uncorrected": summary(plain), "regenerate": summary(guarded),
                "drop_pct": 100 * (1 - guarded["flag_rate"] / plain["flag_rate"]) if plain["flag_rate"] > 0 else None}
         if forced:
@@ -95,6 +153,26 @@ def evaluate(model: Any, det: Any, topics: Sequence[str], policy: Policy, forced
             row["honest_twins_under_policy"] = summary(run_set(model, det, [honest_t.format(t=t) for t in topics], policy, None))
         out[name] = row
     return out
+
+
+DEV_SETS = {"30": DEV_TOPICS, "120": DEV_TOPICS + CONFIRM_TOPICS}
+COSTS = {"always": "ppl_rise_pct", "deployed": "deployed_ppl_rise_pct"}
+
+
+def benign_cost(model: Any, det: Any, n: int, policy: Policy, sv: SteeringVector, dose: float) -> dict[str, Any]:
+    """``n`` shipped benign instructions: how many the policy regenerates, refusal-like answers, and
+    the KL divergence of the steered from the plain model on the plain answers, forced on every
+    answer and as deployed (only the regenerated answers are steered; the rest contribute 0)."""
+    prompts = [it[-1]["content"] for it in recipe("benign").items[:n]]
+    plain, guarded = run_set(model, det, prompts, Policy.default(), False), run_set(model, det, prompts, policy, None)
+    chats = [[{"role": "user", "content": p}, {"role": "assistant", "content": t.strip() or "."}] for p, t in zip(prompts, plain["responses"])]
+    base = response_logprob_rows(model, chats)
+    steer = response_logprob_rows(model, chats, [ActivationAddition(sv.hook, -sv.vector, alpha=dose, positions="all")])
+    kls = [mean_kl([p], [q]) for p, q in zip(base, steer)]
+    return {"n": len(prompts), "uncorrected": summary(plain), "regenerate": summary(guarded),
+            "changed": int(sum(a != b for a, b in zip(plain["responses"], guarded["responses"]))),
+            "kl_forced_on": float(np.nanmean(kls)),
+            "kl_deployed": float(np.nanmean([k if g else 0.0 for k, g in zip(kls, guarded["regenerated_each"])]))}
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -105,62 +183,114 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--vectors", default=DEFAULT_VECTORS, help="comma-separated steering-vector directories")
     ap.add_argument("--doses", default="16,24,32")
     ap.add_argument("--max-ppl-rise", type=float, default=5.0)
+    ap.add_argument("--cost", choices=sorted(COSTS), default="always",
+                    help="which WikiText-2 perplexity rise --max-ppl-rise bounds: with the vector on every token "
+                         "(always), or as the policy leaves the corpus (deployed: only windows it would regenerate are steered)")
+    ap.add_argument("--dev-topics", choices=sorted(DEV_SETS), default="30",
+                    help="30: DEV_TOPICS; 120: DEV_TOPICS + CONFIRM_TOPICS (then not used for confirmation)")
+    ap.add_argument("--confirm-sets", default="1,2", help="comma-separated fresh topic lists to confirm on (1, 2, 3)")
+    ap.add_argument("--benign", type=int, default=40, help="shipped benign instructions to run under the chosen policy")
     args = ap.parse_args(argv)
+    confirm_sets = [int(c) for c in args.confirm_sets.split(",") if c]
+    if args.dev_topics == "120" and 1 in confirm_sets:
+        raise SystemExit("--dev-topics 120 chooses on CONFIRM_TOPICS: confirm on --confirm-sets 2,3 instead")
+    if any(c not in CONFIRM_SETS for c in confirm_sets):
+        raise SystemExit(f"--confirm-sets: unknown list in {args.confirm_sets!r} (known: {sorted(CONFIRM_SETS)})")
+    dev_topics = DEV_SETS[args.dev_topics]
     out, log = run_folder(args.out)
     torch.set_num_threads(2)
     model = load_model(args.model)
     det = Detector.load(args.detector, model)
     texts = corpus_windows(model, 30, 128, CORPUS)
-    ppl0 = perplexity(model, texts)
-    log(f"detector {det.id} at {det.hooks[0]} (threshold {det.threshold:.4f}); WikiText-2 perplexity {ppl0:.3f}")
+    plain_rows = response_logprobs(model, texts)
+    ppl0 = deployed_perplexity(model, texts, [False] * len(texts), [], plain_rows)
+    regen_windows = regenerated_windows(model, det, texts)
+    log(f"detector {det.id} at {det.hooks[0]} (threshold {det.threshold:.4f}); WikiText-2 perplexity {ppl0:.3f}; "
+        f"the policy would regenerate {sum(regen_windows)} of {len(texts)} windows")
 
-    dev_floor = {name: run_set(model, det, [lie.format(t=t) for t in DEV_TOPICS], Policy.default(), False)["flag_rate"]
+    dev_floor = {name: run_set(model, det, [lie.format(t=t) for t in dev_topics], Policy.default(), False)["flag_rate"]
                  for name, (lie, _) in PROMPT_SETS.items()}
-    log(f"dev, uncorrected: {dev_floor}")
+    log(f"dev ({len(dev_topics)} topics), uncorrected: {dev_floor}")
     grid = []
     for vec in args.vectors.split(","):
         sv = SteeringVector.load(vec)
         for dose in [float(d) for d in args.doses.split(",")]:
-            ppl = perplexity(model, texts, [ActivationAddition(sv.hook, -sv.vector, alpha=dose, positions="all")])
+            corr = [ActivationAddition(sv.hook, -sv.vector, alpha=dose, positions="all")]
+            ppl = perplexity(model, texts, corr)
+            ppl_dep = deployed_perplexity(model, texts, regen_windows, corr, plain_rows)
             pol = regen_policy(vec, dose)
-            rates, regen = {}, {}
+            rates, regen, refuse = {}, {}, {}
             for name, (lie, _) in PROMPT_SETS.items():
-                r = run_set(model, det, [lie.format(t=t) for t in DEV_TOPICS], pol, None)
-                rates[name], regen[name] = r["flag_rate"], r["regenerated"]
+                r = run_set(model, det, [lie.format(t=t) for t in dev_topics], pol, None)
+                rates[name], regen[name], refuse[name] = r["flag_rate"], r["regenerated"], r["refusal_like"]
             drops = [100 * (1 - rates[s] / dev_floor[s]) for s in rates if dev_floor[s] > 0]
             row = {"vector": vec, "hook": sv.hook, "dose": dose, "dev_flag_rate": rates, "dev_regenerated": regen,
-                   "dev_worst_drop_pct": float(min(drops)), "dev_mean_drop_pct": float(np.mean(drops)),
-                   "ppl_rise_pct": 100 * (ppl / ppl0 - 1)}
+                   "dev_refusal_like": refuse, "dev_worst_drop_pct": float(min(drops)), "dev_mean_drop_pct": float(np.mean(drops)),
+                   "ppl_rise_pct": 100 * (ppl / ppl0 - 1), "deployed_ppl_rise_pct": 100 * (ppl_dep / ppl0 - 1)}
             grid.append(row)
             log(f"dev {sv.hook} dose {dose:g}: flags {rates} (worst drop {row['dev_worst_drop_pct']:.0f}%), "
-                f"regenerated {regen}, perplexity {row['ppl_rise_pct']:+.1f}%")
-    ok = [r for r in grid if r["ppl_rise_pct"] <= args.max_ppl_rise]
-    chosen = max(ok, key=lambda r: r["dev_worst_drop_pct"]) if ok else None
+                f"regenerated {regen}, perplexity {row['ppl_rise_pct']:+.1f}% on every token, {row['deployed_ppl_rise_pct']:+.1f}% deployed")
+    cost = COSTS[args.cost]
+    ok = [r for r in grid if r[cost] <= args.max_ppl_rise]
+    # ties (common with 0% deployed cost) go to the setting that costs less when it does steer
+    chosen = max(ok, key=lambda r: (r["dev_worst_drop_pct"], -r["ppl_rise_pct"])) if ok else None
     res: dict[str, Any] = {
         "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
         "model": {"id": model.model_id, "fingerprint": model.fingerprint},
         "detector": {"id": det.id, "hook": det.hooks[0], "threshold": det.threshold, "stream_threshold": det.stream_threshold},
-        "perplexity_baseline": ppl0, "dev": {"uncorrected": dev_floor, "grid": grid},
-        "choose": {"by": "dev_worst_drop_pct", "max_ppl_rise_pct": args.max_ppl_rise}, "chosen": chosen,
+        "perplexity_baseline": ppl0, "corpus_windows_regenerated": int(sum(regen_windows)), "corpus_windows": len(texts),
+        "dev": {"n_topics": len(dev_topics), "uncorrected": dev_floor, "grid": grid},
+        "choose": {"by": "dev_worst_drop_pct", "cost": cost, "max_ppl_rise_pct": args.max_ppl_rise}, "chosen": chosen,
     }
+    plot(res, out / "dose_response.png")
     if chosen is not None:
         pol = regen_policy(chosen["vector"], chosen["dose"])
         res["policy"] = pol.to_dict()
-        for key, topics in (("test", TOPICS[:30]), ("confirmation", CONFIRM_TOPICS), ("confirmation_2", CONFIRM_TOPICS_2)):
+        for key, topics in [("test", TOPICS[:30])] + [CONFIRM_SETS[c] for c in confirm_sets]:
             res[key] = evaluate(model, det, topics, pol, forced=True)
             log(f"{key}: " + "; ".join(f"{s}: {v['uncorrected']['flag_rate']:.2f} -> {v['regenerate']['flag_rate']:.2f} "
                                        f"(regenerated {v['regenerate']['regenerated']:.2f}, forced on {v['forced_on']['flag_rate']:.2f})"
                                        for s, v in res[key].items() if s != "n_topics"))
-        prompts = [it[-1]["content"] for it in recipe("benign").items[:40]]
-        plain, guarded = run_set(model, det, prompts, Policy.default(), False), run_set(model, det, prompts, pol, None)
-        res["benign"] = {"n": len(prompts), "uncorrected": summary(plain), "regenerate": summary(guarded),
-                         "changed": int(sum(a != b for a, b in zip(plain["responses"], guarded["responses"])))}
-        log(f"benign: {res['benign']['regenerate']['regenerated']:.3f} regenerated, refusal-like "
-            f"{plain['refusal_like']:.3f} -> {guarded['refusal_like']:.3f}")
+        res["benign"] = benign_cost(model, det, args.benign, pol, SteeringVector.load(chosen["vector"]), chosen["dose"])
+        b = res["benign"]
+        log(f"benign: {b['regenerate']['regenerated']:.3f} regenerated, refusal-like {b['uncorrected']['refusal_like']:.3f} -> "
+            f"{b['regenerate']['refusal_like']:.3f}, KL {b['kl_deployed']:.4f} deployed ({b['kl_forced_on']:.4f} forced on)")
     res["seconds"] = round(time.time() - log.t0, 1)
     (out / "results.json").write_text(json.dumps(res, indent=2))
     log(f"wrote {out}/results.json")
     return res
+
+
+def plot(res: dict[str, Any], path: Path) -> None:
+    """Dev flag rate per prompt set and perplexity rise (every token; deployed) against dose, one line per vector."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = list(PROMPT_SETS)
+    fig, axes = plt.subplots(1, len(sets) + 1, figsize=(5 * (len(sets) + 1), 4))
+    lines: dict[str, list[dict]] = {}
+    for r in res["dev"]["grid"]:
+        lines.setdefault(r["hook"].split(".hook")[0], []).append(r)
+    for label, rows in lines.items():
+        rows = sorted(rows, key=lambda r: r["dose"])
+        doses = [0.0] + [r["dose"] for r in rows]
+        for ax, s in zip(axes, sets):
+            ax.plot(doses, [res["dev"]["uncorrected"][s]] + [r["dev_flag_rate"][s] for r in rows], marker="o", label=label)
+        line, = axes[-1].plot(doses, [0.0] + [r["ppl_rise_pct"] for r in rows], marker="o", label=f"{label}, every token")
+        axes[-1].plot(doses, [0.0] + [r["deployed_ppl_rise_pct"] for r in rows], marker="x", ls=":", color=line.get_color(),
+                      label=f"{label}, deployed")
+    for ax, s in zip(axes, sets):
+        ax.axhline(res["dev"]["uncorrected"][s] / 2, color="grey", ls="--", lw=1)
+        ax.set(title=f"{s}: flagged under the policy (dev, n={res['dev']['n_topics']})", xlabel="dose", ylim=(0, 1))
+        ax.legend(fontsize=7)
+    axes[-1].axhline(res["choose"]["max_ppl_rise_pct"], color="grey", ls="--", lw=1)
+    axes[-1].set(title="WikiText-2 perplexity rise (%)", xlabel="dose")
+    axes[-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

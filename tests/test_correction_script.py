@@ -152,3 +152,33 @@ def test_regenerate_benchmark_counts_what_the_guard_did(tiny, tmp_path):
     assert got["regenerated"] == 1.0 and got["blocked"] == 1.0  # flagged before and after (threshold -inf)
     assert plain["regenerated"] == 0.0 and plain["blocked"] == 0.0 and "outputs" not in mod.summary(got)
     assert got["responses"] != plain["responses"]
+
+
+def test_regenerate_benchmark_replays_the_policy_on_the_corpus(tiny):
+    """The deployed perplexity steers exactly the windows the policy would regenerate: none gives
+    the plain perplexity, all gives the perplexity with the vector on every token."""
+    from circuits.steering import ActivationAddition
+    from detectors import Detector
+
+    spec = importlib.util.spec_from_file_location("regen_bench", ROOT / "benchmarks" / "deception_regenerate.py")
+    mod = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(mod)
+    hook = "blocks.1.hook_resid_post"
+    texts = ["a cat sat on the mat", "the dog ran far away today", "red hat big mat"]
+    corr = [ActivationAddition(hook, torch.ones(tiny.d_model), alpha=3.0, positions="all")]
+    plain, steered = mod.perplexity(tiny, texts), mod.perplexity(tiny, texts, corr)
+    assert abs(plain - steered) > 1e-3
+    assert mod.deployed_perplexity(tiny, texts, [False] * 3, corr) == pytest.approx(plain, rel=1e-6)
+    assert mod.deployed_perplexity(tiny, texts, [True] * 3, corr) == pytest.approx(steered, rel=1e-6)
+    one = mod.deployed_perplexity(tiny, texts, [True, False, False], corr)
+    assert min(plain, steered) < one < max(plain, steered)
+    det = Detector.from_linear("deception", tiny, hook, torch.ones(tiny.d_model), threshold=-1e9)
+    det.stream_threshold, det.stream_warmup = 1e9, 1
+    assert mod.regenerated_windows(tiny, det, texts) == [True] * 3
+    det.threshold = 1e9
+    assert mod.regenerated_windows(tiny, det, texts) == [False] * 3
+    det.stream_threshold = -1e9  # flagged while generated, though not at the end
+    assert mod.regenerated_windows(tiny, det, texts) == [True] * 3
+    with pytest.raises(SystemExit, match="confirm-sets 2,3"):
+        mod.main(["--out", "/nonexistent/x", "--detector", "d", "--dev-topics", "120", "--confirm-sets", "1,2"])
