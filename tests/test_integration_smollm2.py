@@ -98,6 +98,10 @@ def test_regenerate_policy_clears_instructed_lie_flags(smollm2, deception):
                  for p, o in zip(prompts, outs)]
         return deception.score(smollm2, chats) > deception.threshold
 
+    def n_hooks() -> int:  # transformers installs its own output-capturing hooks once (output_hidden_states)
+        return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in smollm2.hf_model.modules())
+
+    n0 = n_hooks()
     plain = Guard(smollm2, [deception], policy=Policy.default()).generate(prompts, max_new_tokens=24, correct=False)
     outs = Guard(smollm2, [deception], policy=policy).generate(prompts, max_new_tokens=24)
     before, after = flagged(plain), flagged(outs)
@@ -108,4 +112,4 @@ def test_regenerate_policy_clears_instructed_lie_flags(smollm2, deception):
     for o, p, r in zip(outs, plain, regenerated):
         if not r:
             assert o.generated_text == p.generated_text
-    assert not any(m._forward_hooks or m._forward_pre_hooks for m in smollm2.hf_model.modules())
+    assert n_hooks() == n0
