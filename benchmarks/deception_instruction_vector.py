@@ -260,6 +260,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 def plot_grid(res: dict[str, Any], path: Path) -> None:
     """Dev flag rate per prompt set and perplexity rise against dose, one line per hook and selection."""
+    floor = {s: res["dev"]["floor"][s]["lie"] for s in PROMPT_SETS}
+    plot_dose_grid(res["dev"]["grid"], floor, res["choose"]["max_ppl_rise_pct"], path,
+                   label=lambda r: f"{r['hook'].split('.hook')[0]} {r['select']}", title="flagged share (dev topics)")
+
+
+def plot_dose_grid(grid: Sequence[dict], floor: dict[str, float], max_ppl: float, path: Path, label: Any, title: str,
+                   ppl_keys: Sequence[tuple[str, str]] = (("ppl_rise_pct", ""),)) -> None:
+    """One panel per prompt set (its flag rate against dose, the uncorrected rate at dose 0 and half
+    of it dashed) and one for the WikiText-2 perplexity rise under each key in ``ppl_keys``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -268,18 +277,23 @@ def plot_grid(res: dict[str, Any], path: Path) -> None:
     sets = list(PROMPT_SETS)
     fig, axes = plt.subplots(1, len(sets) + 1, figsize=(5 * (len(sets) + 1), 4))
     lines: dict[str, list[dict]] = {}
-    for r in res["dev"]["grid"]:
-        lines.setdefault(f"{r['hook'].split('.hook')[0]} {r['select']}", []).append(r)
-    for label, rows in lines.items():
+    for r in grid:
+        lines.setdefault(label(r), []).append(r)
+    for name, rows in lines.items():
         rows = sorted(rows, key=lambda r: r["dose"])
         doses = [0.0] + [r["dose"] for r in rows]
         for ax, s in zip(axes, sets):
-            ax.plot(doses, [res["dev"]["floor"][s]["lie"]] + [r["dev_flag_rate"][s] for r in rows], marker="o", label=label)
-        axes[-1].plot(doses, [0.0] + [r["ppl_rise_pct"] for r in rows], marker="o", label=label)
+            ax.plot(doses, [floor[s]] + [r["dev_flag_rate"][s] for r in rows], marker="o", label=name)
+        color = None
+        for k, (key, suffix) in enumerate(ppl_keys):
+            line, = axes[-1].plot(doses, [0.0] + [r[key] for r in rows], marker="ox"[k % 2], ls="-:"[k % 2] if k < 2 else "--",
+                                  color=color, label=name + suffix)
+            color = line.get_color()
     for ax, s in zip(axes, sets):
-        ax.axhline(res["dev"]["floor"][s]["lie"] / 2, color="grey", ls="--", lw=1)
-        ax.set(title=f"{s}: flagged share (dev topics)", xlabel="dose", ylim=(0, 1))
-    axes[-1].axhline(res["choose"]["max_ppl_rise_pct"], color="grey", ls="--", lw=1)
+        ax.axhline(floor[s] / 2, color="grey", ls="--", lw=1)
+        ax.set(title=f"{s}: {title}", xlabel="dose", ylim=(0, 1))
+        ax.legend(fontsize=7)
+    axes[-1].axhline(max_ppl, color="grey", ls="--", lw=1)
     axes[-1].set(title="WikiText-2 perplexity rise (%)", xlabel="dose")
     axes[-1].legend(fontsize=7)
     fig.tight_layout()

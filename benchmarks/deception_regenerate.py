@@ -61,7 +61,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from correction import CORPUS, NEUTRAL, PROMPT_SETS, TOPICS, corpus_windows, guard_run, mean_kl, perplexity, response_logprob_rows  # noqa: E402
-from deception_instruction_vector import CONFIRM_SETS, CONFIRM_TOPICS, DEV_TOPICS, MAX_NEW, REFUSAL  # noqa: E402
+from deception_instruction_vector import CONFIRM_SETS, CONFIRM_TOPICS, DEV_TOPICS, MAX_NEW, REFUSAL, plot_dose_grid  # noqa: E402
 from sycophancy_guard_correction import run_folder  # noqa: E402
 
 from circuits import load_model  # noqa: E402
@@ -263,34 +263,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 def plot(res: dict[str, Any], path: Path) -> None:
     """Dev flag rate per prompt set and perplexity rise (every token; deployed) against dose, one line per vector."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sets = list(PROMPT_SETS)
-    fig, axes = plt.subplots(1, len(sets) + 1, figsize=(5 * (len(sets) + 1), 4))
-    lines: dict[str, list[dict]] = {}
-    for r in res["dev"]["grid"]:
-        lines.setdefault(r["hook"].split(".hook")[0], []).append(r)
-    for label, rows in lines.items():
-        rows = sorted(rows, key=lambda r: r["dose"])
-        doses = [0.0] + [r["dose"] for r in rows]
-        for ax, s in zip(axes, sets):
-            ax.plot(doses, [res["dev"]["uncorrected"][s]] + [r["dev_flag_rate"][s] for r in rows], marker="o", label=label)
-        line, = axes[-1].plot(doses, [0.0] + [r["ppl_rise_pct"] for r in rows], marker="o", label=f"{label}, every token")
-        axes[-1].plot(doses, [0.0] + [r["deployed_ppl_rise_pct"] for r in rows], marker="x", ls=":", color=line.get_color(),
-                      label=f"{label}, deployed")
-    for ax, s in zip(axes, sets):
-        ax.axhline(res["dev"]["uncorrected"][s] / 2, color="grey", ls="--", lw=1)
-        ax.set(title=f"{s}: flagged under the policy (dev, n={res['dev']['n_topics']})", xlabel="dose", ylim=(0, 1))
-        ax.legend(fontsize=7)
-    axes[-1].axhline(res["choose"]["max_ppl_rise_pct"], color="grey", ls="--", lw=1)
-    axes[-1].set(title="WikiText-2 perplexity rise (%)", xlabel="dose")
-    axes[-1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plot_dose_grid(res["dev"]["grid"], res["dev"]["uncorrected"], res["choose"]["max_ppl_rise_pct"], path,
+                   label=lambda r: r["hook"].split(".hook")[0], title=f"flagged under the policy (dev, n={res['dev']['n_topics']})",
+                   ppl_keys=(("ppl_rise_pct", ", every token"), ("deployed_ppl_rise_pct", ", deployed")))
 
 
 if __name__ == "__main__":
