@@ -13,6 +13,7 @@ hook, this reports:
   AUROC *within* each set: how well the model's own activations separate that set at all.
 
 Run: python benchmarks/truth_prompt_formats.py [--out benchmarks/results/truth_prompt_formats.json]
+     python benchmarks/truth_prompt_formats.py --formats fewshot --out benchmarks/results/truth_fewshot.json
 """
 
 from __future__ import annotations
@@ -38,6 +39,15 @@ FORMATS = {
     "chat": lambda s: [{"role": "user", "content": f"Is the following statement true or false?\n{s}"},
                        {"role": "assistant", "content": "The statement is"}],
 }
+# Labelled examples written for this benchmark (none from the statement sets), both polarities,
+# before the statement: in-context examples of "true" and "false" may sharpen what is read out.
+FEW_SHOT = ("Water boils at 100 degrees Celsius at sea level. This statement is TRUE.\n"
+            "The Moon is larger than the Earth. This statement is FALSE.\n"
+            "A triangle does not have four sides. This statement is TRUE.\n"
+            "Fish do not live in water. This statement is FALSE.\n"
+            "Seven is larger than three. This statement is TRUE.\n"
+            "Paris is the capital of Germany. This statement is FALSE.\n")
+FORMATS["fewshot"] = lambda s: f"{FEW_SHOT}{s} This statement is"
 HOOKS = [f"blocks.{i}.hook_resid_post" for i in (12, 14, 16, 18, 20, 22, 24)]
 
 
@@ -75,12 +85,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
     ap.add_argument("--rows", type=int, default=400, help="rows per statement set (class-balanced sample)")
+    ap.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated, from {list(FORMATS)}")
     args = ap.parse_args()
     model = load_model()
     root = default_datasets_dir()
     train, test = [Path(p).stem for p in TRUTH_TRAIN], [Path(p).stem for p in TRUTH_TEST]
     res: dict = {"model": model.model_id, "rows_per_set": args.rows, "train_sets": train, "test_sets": test, "formats": {}}
-    for fmt, wrap in FORMATS.items():
+    for fmt in args.formats.split(","):
+        wrap = FORMATS[fmt]
         sets = {}
         for rel in TRUTH_TRAIN + TRUTH_TEST:
             ds = cap_rows(load_dataset(root / rel), args.rows, 0)
