@@ -50,3 +50,19 @@ def test_row_stems_follow_the_loaders_groups(tmp_path):
     assert len(rows) == len(ds.labels) == 6
     for r, item in zip(rows, ds.items):
         assert r in item[0]["content"]
+
+
+def test_elicited_rows_end_with_the_follow_up_and_keep_labels_and_groups(tmp_path):
+    import json
+
+    from probe.datasets import load_dataset
+
+    items = [{"question": "Q?", "answer_matching_behavior": "(A) yes", "answer_not_matching_behavior": "(B) no"}]
+    path = tmp_path / "ab.json"
+    path.write_text(json.dumps(items))
+    ds = load_dataset(path)
+    mod = _script()
+    out = mod.elicited(ds)
+    assert list(out.labels) == list(ds.labels) and list(out.groups) == list(ds.groups)
+    for before, after in zip(ds.items, out.items):
+        assert after[: len(before)] == before and after[len(before):] == mod.ELICIT_TURNS
