@@ -14,6 +14,8 @@ hook, this reports:
 
 Run: python benchmarks/truth_prompt_formats.py [--out benchmarks/results/truth_prompt_formats.json]
      python benchmarks/truth_prompt_formats.py --formats fewshot --out benchmarks/results/truth_fewshot.json
+     python benchmarks/truth_prompt_formats.py --model gemma-3-270m --formats bare,repe --out benchmarks/results/truth_gemma.json
+(another model is read at the same relative depths: 40%-80% of its blocks)
 """
 
 from __future__ import annotations
@@ -48,7 +50,15 @@ FEW_SHOT = ("Water boils at 100 degrees Celsius at sea level. This statement is 
             "Seven is larger than three. This statement is TRUE.\n"
             "Paris is the capital of Germany. This statement is FALSE.\n")
 FORMATS["fewshot"] = lambda s: f"{FEW_SHOT}{s} This statement is"
-HOOKS = [f"blocks.{i}.hook_resid_post" for i in (12, 14, 16, 18, 20, 22, 24)]
+HOOKS = [f"blocks.{i}.hook_resid_post" for i in (12, 14, 16, 18, 20, 22, 24)]  # SmolLM2's 30 blocks
+
+
+def hooks_for(n_layers: int) -> list[str]:
+    """The same relative depths as ``HOOKS`` (12/30 to 24/30 of the blocks) for another model."""
+    if n_layers == 30:
+        return HOOKS
+    depths = sorted({round(n_layers * i / 30) for i in (12, 14, 16, 18, 20, 22, 24)})
+    return [f"blocks.{d}.hook_resid_post" for d in depths]
 
 
 def _lr() -> LogisticRegression:
@@ -84,10 +94,12 @@ def evaluate_hook(sets: dict, train: list[str], test: list[str], hook: str) -> d
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
+    ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--rows", type=int, default=400, help="rows per statement set (class-balanced sample)")
     ap.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated, from {list(FORMATS)}")
     args = ap.parse_args()
-    model = load_model()
+    model = load_model(args.model)
+    hooks = hooks_for(model.n_layers)
     root = default_datasets_dir()
     train, test = [Path(p).stem for p in TRUTH_TRAIN], [Path(p).stem for p in TRUTH_TEST]
     res: dict = {"model": model.model_id, "rows_per_set": args.rows, "train_sets": train, "test_sets": test, "formats": {}}
@@ -96,10 +108,10 @@ def main() -> None:
         sets = {}
         for rel in TRUTH_TRAIN + TRUTH_TEST:
             ds = cap_rows(load_dataset(root / rel), args.rows, 0)
-            acts = capture(model, [wrap(s) for s in ds.items], HOOKS, select="last", batch_size=32,
+            acts = capture(model, [wrap(s) for s in ds.items], hooks, select="last", batch_size=32,
                            cache_dir=default_cache_dir() / "acts")
             sets[Path(rel).stem] = (acts.acts, np.asarray(ds.labels))
-        res["formats"][fmt] = {h: evaluate_hook(sets, train, test, h) for h in HOOKS}
+        res["formats"][fmt] = {h: evaluate_hook(sets, train, test, h) for h in hooks}
         best = max(res["formats"][fmt].values(), key=lambda r: r["transfer_logistic"])
         print(fmt, json.dumps(best), flush=True)
     if args.out:
