@@ -324,6 +324,7 @@ SIZES = {
     "roleplay_lies_2": 100,
     "roleplay_lies_3": 100,
     "roleplay_lies_4": 100,
+    "roleplay_lies_5": 100,
     "benign": 200,
     "benign_negatives": 200,
 }
@@ -653,6 +654,19 @@ ROLEPLAY4_ROLES = (
 )
 
 
+ROLEPLAY5_ROLES = (
+    "yacht broker", "marina manager", "ferry captain", "sailing instructor", "tugboat skipper", "sailmaker", "purser",
+    "museum conservator", "exhibition designer", "collections manager", "gallery attendant", "fossil preparator",
+    "planetarium presenter", "steward",
+    "session drummer", "band manager", "concert promoter", "organist", "songwriter", "sound technician", "piano teacher",
+    "nanny", "childminder", "au pair", "playgroup leader", "soft-play centre", "after-school club",
+    "auctioneer", "antiques dealer", "house clearance", "pawnbroker", "valuer", "reclamation yard",
+    "refuse collector", "skip hire", "recycling centre", "scrap-metal dealer", "septic tank", "street sweeper",
+    "rollercoaster", "ghost train", "log flume", "water park", "mascot", "dodgems",
+    "architect", "structural engineer", "draughtsman", "interior designer", "acoustic consultant",
+)
+
+
 # one keyword per scenario of concealment part 2, in id order
 CONCEALMENT2_ROLES = (
     "mortgage underwriter", "financial adviser", "loss assessor", "bureau de change", "claims handler",
@@ -763,17 +777,36 @@ def test_roleplay_lies_4_disjoint_from_other_sets():
     )
 
 
+def test_roleplay_lies_5_recipe_pairs_and_balance():
+    _check_confirmation_set("roleplay_lies_5", "roleplay5")
+
+
+def test_roleplay_lies_5_disjoint_from_other_sets():
+    _check_disjoint(
+        "roleplay_lies_5",
+        ROLEPLAY5_ROLES,
+        {
+            "roleplay_lies": ROLEPLAY_ROLES,
+            "roleplay_lies_2": ROLEPLAY2_ROLES,
+            "roleplay_lies_3": ROLEPLAY3_ROLES,
+            "roleplay_lies_4": ROLEPLAY4_ROLES,
+        },
+    )
+
+
 def test_concealment_2_disjoint_from_roleplay_sets_and_part_1():
     """The second concealment part is training data: nothing shared with any role-play evaluation set."""
     mine = _concealment_texts(2)
     mine_grams = set().union(*(_ngrams(t) for t in mine))
-    for other in ("roleplay_lies", "roleplay_lies_2", "roleplay_lies_3", "roleplay_lies_4"):
+    for other in ("roleplay_lies", "roleplay_lies_2", "roleplay_lies_3", "roleplay_lies_4", "roleplay_lies_5"):
         texts = [m["content"] for r in _rows(f"{other}.jsonl") for m in r["messages"]]
         shared = {g for t in texts for g in _ngrams(t) & mine_grams}
         assert not shared, (other, sorted(" ".join(g) for g in shared)[:10])
     scen = conceal.templates(2)["scenarios"]
     assert len(CONCEALMENT2_ROLES) == len(scen) == len(set(CONCEALMENT2_ROLES))
-    taken = [*ROLEPLAY_ROLES, *ROLEPLAY2_ROLES, *ROLEPLAY3_ROLES, *ROLEPLAY4_ROLES, *_concealment_roles(1)]
+    taken = [
+        *ROLEPLAY_ROLES, *ROLEPLAY2_ROLES, *ROLEPLAY3_ROLES, *ROLEPLAY4_ROLES, *ROLEPLAY5_ROLES, *_concealment_roles(1)
+    ]
     for role, s in zip(CONCEALMENT2_ROLES, scen):
         assert re.search(rf"\b{re.escape(role)}\b", s["role"].lower()), (role, s["role"])
         mine_role = re.sub(r"^(a|an|the) ", "", s["role"].lower())

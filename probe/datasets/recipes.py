@@ -50,6 +50,11 @@
     ``roleplay_lies_4.jsonl``: 50 more role-play scenes (100 chats, groups ``"roleplay4:NN"``),
     a third confirmation set written blind, with roles unlike those of the other sets and of
     both concealment parts; never used for training or model selection.
+``"roleplay_lies_5"``
+    ``roleplay_lies_5.jsonl``: 50 more role-play scenes (100 chats, groups ``"roleplay5:NN"``),
+    a fourth confirmation set written blind, with roles in fields unlike those of the other sets
+    and of both concealment parts (boats, museums, music, childcare, auctions, waste, theme parks,
+    architecture); never used for training or model selection.
 ``"benign"``
     ``benign_control.jsonl``: 200 everyday instructions as one-message user chats, all
     label 0 (for false-positive rates; single class on purpose).
@@ -178,6 +183,7 @@ RECIPES: dict[str, Callable[[int], LabelledDataset]] = {
     "roleplay_lies_2": lambda seed=0: _load("roleplay_lies_2.jsonl", "roleplay_lies_2"),
     "roleplay_lies_3": lambda seed=0: _load("roleplay_lies_3.jsonl", "roleplay_lies_3"),
     "roleplay_lies_4": lambda seed=0: _load("roleplay_lies_4.jsonl", "roleplay_lies_4"),
+    "roleplay_lies_5": lambda seed=0: _load("roleplay_lies_5.jsonl", "roleplay_lies_5"),
     "benign": lambda seed=0: _load("benign_control.jsonl", "benign"),
     "benign_negatives": lambda seed=0: _load("benign_negatives.jsonl", "benign_negatives"),
 }
