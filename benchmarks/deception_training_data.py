@@ -38,6 +38,11 @@ Second round (fixed before ``roleplay_lies_4`` was first scored; sets 1-3 had be
 ``roleplay_lies_4`` (50 more scenes, written blind by another helper at the same time) is
 scored for every entry, once.
 
+``roleplay_lies_5`` (50 more scenes in fields none of the other data use: maritime, museums,
+music, childcare, auctions, waste, theme parks, architecture) was written blind by a helper in a
+later session and committed before any detector was scored on it; every entry above is scored on
+it once, unchanged.
+
 Run: python benchmarks/deception_training_data.py [--out benchmarks/results/deception_training_data.json]
 """
 
@@ -64,7 +69,7 @@ SETUPS = {
     "concealment_all": dict(data=["recipe:deception/concealment", "recipe:deception/concealment_2"], negatives=None),
 }
 EVAL_SETS = ("deception/instructed", "deception/false_statement", "roleplay_lies", "roleplay_lies_2", "roleplay_lies_3",
-             "roleplay_lies_4")
+             "roleplay_lies_4", "roleplay_lies_5")
 # mixture name -> the two setups folded together; the weight on the second is chosen by MIX_RULE
 MIXES = {"mixture": ("recipe", "concealment"), "mixture_2": ("recipe", "concealment_all")}
 W_GRID = list(WEIGHT_GRID)
