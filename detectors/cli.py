@@ -102,13 +102,16 @@ def _train_mixture(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from detectors import Detector
     from probe.datasets import load_data
-    from probe.metrics import calibration_report
+    from probe.metrics import calibration_report, pair_accuracy
 
     model = _model(args.model, args.detector)
     det = Detector.load(args.detector, model)
     data = load_data(args.data).check_two_classes()
     scores = det.score(model, data.items)
     report = calibration_report(data.labels, scores, det.threshold)
+    acc, n_pairs = pair_accuracy(data.labels, scores, [e.group for e in data.examples])
+    if n_pairs:  # contrast pairs (A/B rows, grouped chats): each judged on its own as well
+        report |= {"pair_accuracy": acc, "n_pairs": n_pairs}
     print_table(f"{det.name} on {args.data}", [report])
     write_json(args.json, report)
     return 0

@@ -9,7 +9,7 @@ Probes are scikit-learn estimators usable on your own activations::
 
 from probe.activation_set import ActivationSet
 from probe.datasets import Example, LabelledDataset, load_dataset, recipe
-from probe.metrics import auroc, bootstrap_auroc_ci, calibration_report, recall_at_fpr, threshold_at_fpr
+from probe.metrics import auroc, bootstrap_auroc_ci, calibration_report, pair_accuracy, recall_at_fpr, threshold_at_fpr
 from probe.probes import (
     PROBES,
     CCSProbe,
@@ -37,6 +37,7 @@ __all__ = [
     "calibration_report",
     "load_dataset",
     "make_probe",
+    "pair_accuracy",
     "recall_at_fpr",
     "recipe",
     "threshold_at_fpr",

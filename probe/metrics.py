@@ -50,6 +50,31 @@ def accuracy(y, scores, threshold: float = 0.0) -> float:
     return float(((s > threshold).astype(np.int64) == y).mean())
 
 
+def pair_accuracy(y, scores, groups) -> tuple[float, int]:
+    """Within-pair accuracy: over every (positive, negative) pair that shares a group, the fraction
+    in which the positive scores higher (ties count 1/2), and the number of such pairs.
+
+    This is the A/B accuracy of CAA and RepE: it judges each contrast pair on its own, so an offset
+    that lifts both answers of one context does not count against it, as it does in the AUROC.
+    Returns ``(nan, 0)`` when no group holds both classes (e.g. a statements file)."""
+    y, s = _labels_scores(y, scores, both=False)
+    g = np.asarray(groups, dtype=object)
+    if g.shape != y.shape:
+        raise ValueError(f"groups and scores have inconsistent shapes: {g.shape} vs {y.shape}")
+    wins, n = 0.0, 0
+    by_group: dict = {}
+    for i, k in enumerate(g):
+        if k is not None:
+            by_group.setdefault(k, []).append(i)
+    for idx in by_group.values():
+        pos, neg = s[[i for i in idx if y[i] == 1]], s[[i for i in idx if y[i] == 0]]
+        if pos.size and neg.size:
+            diff = pos[:, None] - neg[None, :]
+            wins += float((diff > 0).sum() + 0.5 * (diff == 0).sum())
+            n += diff.size
+    return (wins / n if n else float("nan")), n
+
+
 def fpr_at_threshold(negative_scores, threshold: float) -> float:
     """Fraction of negative (control) scores strictly above ``threshold``."""
     return float((_scores(negative_scores, "negative_scores") > threshold).mean())

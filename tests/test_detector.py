@@ -326,3 +326,33 @@ def test_cli_scan_explain_lists_the_top_tokens(tmp_path, capsys):
     assert row["top tokens"].startswith(f"{row['tokens'][best][0].strip()}@{best} ")
     assert row["top tokens"].count("@") == 2
     assert "top tokens" in capsys.readouterr().out
+
+
+def test_cli_eval_reports_pair_accuracy_for_grouped_chats(tmp_path):
+    """`coalign eval` adds the within-pair accuracy when rows share a group, and leaves it out when none do."""
+    from circuits import load_model
+    from detectors.cli import main
+    from probe.metrics import pair_accuracy
+    from tiny import tiny_hf_model, tiny_tokenizer
+
+    tiny_hf_model().save_pretrained(tmp_path / "m")
+    tiny_tokenizer().save_pretrained(tmp_path / "m")
+    model = load_model(tmp_path / "m")
+    g = torch.Generator().manual_seed(7)
+    Detector.from_linear("x", model, HOOK, torch.randn(model.d_model, generator=g)).save(tmp_path / "d")
+    words = "red blue green cat dog sky sun one two three".split()
+    rows = [{"messages": [{"role": "user", "content": f"is the {w} ok"}, {"role": "assistant", "content": f"{a} {w}"}],
+             "label": lab, "group": f"q{k}"} for k, w in enumerate(words) for lab, a in ((0, "yes the"), (1, "no a"))]
+    grouped, loose = tmp_path / "grouped.jsonl", tmp_path / "loose.jsonl"
+    grouped.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    loose.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "group"}) + "\n" for r in rows))
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(tmp_path / "d"), "--model", str(tmp_path / "m"), "--data", str(grouped), "--json", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    scores = Detector.load(tmp_path / "d", model).score(model, [r["messages"] for r in rows])
+    labels = [r["label"] for r in rows]
+    want = np.mean([scores[2 * k + 1] > scores[2 * k] for k in range(len(words))])
+    assert rep["n_pairs"] == len(words) and rep["pair_accuracy"] == pytest.approx(want)
+    assert rep["pair_accuracy"] == pytest.approx(pair_accuracy(labels, scores, [r["group"] for r in rows])[0])
+    assert main(["eval", str(tmp_path / "d"), "--model", str(tmp_path / "m"), "--data", str(loose), "--json", str(out)]) == 0
+    assert "pair_accuracy" not in json.loads(out.read_text())

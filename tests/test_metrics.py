@@ -98,3 +98,20 @@ def test_bootstrap_auroc_ci():
     assert bootstrap_auroc_ci(y, y + 0.0, n_boot=50) == (1.0, 1.0)
     with pytest.raises(ValueError, match="only one class"):
         bootstrap_auroc_ci(np.ones(5, int), np.arange(5.0))
+
+
+def test_pair_accuracy_hand_example_ties_and_no_pairs():
+    from probe.metrics import pair_accuracy
+
+    y = [0, 1, 0, 1, 0, 1, 1, 0]
+    s = [0.1, 0.9, 0.5, 0.2, 0.3, 0.3, 5.0, -5.0]
+    groups = ["a", "a", "b", "b", "c", "c", None, None]  # ungrouped rows never form a pair
+    # a: win, b: loss, c: tie -> 1.5 / 3; an offset on a whole group changes nothing
+    assert pair_accuracy(y, s, groups) == (pytest.approx(0.5), 3)
+    assert pair_accuracy(y, np.asarray(s) + np.array([9, 9, 0, 0, -4, -4, 0, 0]), groups) == (pytest.approx(0.5), 3)
+    # a group with two positives and one negative gives two pairs
+    assert pair_accuracy([1, 1, 0], [2.0, 0.0, 1.0], ["g", "g", "g"]) == (pytest.approx(0.5), 2)
+    acc, n = pair_accuracy([0, 1, 0, 1], [0.1, 0.2, 0.3, 0.4], ["a", "b", "c", "d"])
+    assert n == 0 and np.isnan(acc)
+    with pytest.raises(ValueError, match="inconsistent shapes"):
+        pair_accuracy([0, 1], [0.1, 0.2], ["a"])
