@@ -318,6 +318,7 @@ SIZES = {
     "deception/false_statement": 432,
     "deception/concealment": 240,
     "deception/concealment_2": 360,
+    "deception/concealment_3": 360,
     "sycophancy": 400,
     "truth": 532,
     "roleplay_lies": 120,
@@ -325,6 +326,7 @@ SIZES = {
     "roleplay_lies_3": 100,
     "roleplay_lies_4": 100,
     "roleplay_lies_5": 100,
+    "roleplay_lies_6": 100,
     "benign": 200,
     "benign_negatives": 200,
 }
@@ -505,7 +507,11 @@ def _ngrams(text: str, n: int = 6) -> set[tuple[str, ...]]:
 
 
 # part -> (recipe name, group prefix, scenarios, affirmative-claim scenarios)
-CONCEALMENT_PARTS = {1: ("deception/concealment", "conceal", 40, 8), 2: ("deception/concealment_2", "conceal2", 60, 12)}
+CONCEALMENT_PARTS = {
+    1: ("deception/concealment", "conceal", 40, 8),
+    2: ("deception/concealment_2", "conceal2", 60, 12),
+    3: ("deception/concealment_3", "conceal3", 60, 12),
+}
 
 
 @pytest.mark.parametrize("part", sorted(CONCEALMENT_PARTS))
@@ -537,15 +543,19 @@ def test_concealment_recipe_pairs_and_determinism(part):
 
 
 def test_concealment_parts_are_separate():
-    one, two = recipe("deception/concealment"), recipe("deception/concealment_2")
-    assert not {e.group for e in one} & {e.group for e in two}
-    assert not {e.source for e in one} & {e.source for e in two}
-    roles = [s["role"].lower() for p in (1, 2) for s in conceal.templates(p)["scenarios"]]
-    assert len(set(roles)) == len(roles) == 100
+    parts = [recipe(CONCEALMENT_PARTS[p][0]) for p in sorted(CONCEALMENT_PARTS)]
+    for i, one in enumerate(parts):
+        for two in parts[i + 1 :]:
+            assert not {e.group for e in one} & {e.group for e in two}
+            assert not {e.source for e in one} & {e.source for e in two}
+    roles = [s["role"].lower() for p in sorted(CONCEALMENT_PARTS) for s in conceal.templates(p)["scenarios"]]
+    assert len(set(roles)) == len(roles) == 160
     assert recipe("deception").content_hash() == recipe("deception", seed=0).content_hash()
-    assert not any(e.group.startswith("conceal2:") for e in recipe("deception"))  # not in the default recipe
+    default = recipe("deception")
+    for prefix in ("conceal2:", "conceal3:"):
+        assert not any(e.group.startswith(prefix) for e in default)  # not in the default recipe
     with pytest.raises(ValueError, match="part"):
-        conceal.templates(3)
+        conceal.templates(4)
 
 
 @pytest.mark.parametrize("part", sorted(CONCEALMENT_PARTS))
@@ -567,7 +577,7 @@ def test_concealment_mix_of_framings_questions_and_lie_kinds(part):
     assert min(yn_honest["No"], yn_honest["Yes"]) >= 0.375 * n_scen
 
 
-@pytest.mark.parametrize("part,seed", [(1, 0), (1, 1), (1, 5), (2, 0), (2, 1)])
+@pytest.mark.parametrize("part,seed", [(1, 0), (1, 1), (1, 5), (2, 0), (2, 1), (3, 0), (3, 1)])
 def test_concealment_no_class_giveaways(part, seed):
     d = conceal.dataset(seed, part)
     for lab in (0, 1):
@@ -667,6 +677,20 @@ ROLEPLAY5_ROLES = (
 )
 
 
+ROLEPLAY6_ROLES = (
+    "stepdad", "eldest daughter", "youngest son", "mother of three", "grandad",
+    "younger sister", "identical twin", "middle child", "older stepsister", "eldest son",
+    "husband", "wife", "fiancée", "newlywed", "dating-app match",
+    "year-nine pupil", "sixth-former", "schoolboy", "class monitor", "prefect",
+    "best mate", "bridesmaid", "childhood pal", "running buddy", "godmother",
+    "former classmate", "cyclist", "festival-goer", "book lover", "home cook",
+    "holidaymaker", "backpacker", "skier", "navigator", "hotel guest",
+    "office junior", "receptionist", "copywriter", "graphic designer", "marketing assistant",
+    "flatmate on the top floor", "lodger", "housemate", "ground-floor resident", "occupant of the attic flat",
+    "lawn bowler", "allotment holder", "quilter", "birdwatcher", "darts player",
+)
+
+
 # one keyword per scenario of concealment part 2, in id order
 CONCEALMENT2_ROLES = (
     "mortgage underwriter", "financial adviser", "loss assessor", "bureau de change", "claims handler",
@@ -681,6 +705,24 @@ CONCEALMENT2_ROLES = (
     "store detective", "door supervisor", "keyholding officer", "fact-checker", "proofreader",
     "print production", "rights manager", "circulation manager", "picture researcher", "cold-chain coordinator",
     "freight forwarder", "load planner", "self-storage", "slot coordinator", "stock controller",
+)
+
+
+# one keyword per scenario of concealment part 3 (everyday personal life), in id order
+CONCEALMENT3_ROLES = (
+    "second-year undergraduate", "postgraduate", "fresher", "final-year medic", "exchange-year linguist",
+    "grandchild staying", "grandparent minding", "weekly shopping", "babysits", "new tablet",
+    "camping van", "staying over for christmas", "joint birthday present", "power tools", "family caravan",
+    "weekend grower", "council allotment site", "village show", "half plot", "pumpkins",
+    "raiding guild", "family group chat", "strategy league", "messaging group", "survival-game server",
+    "goalkeeper", "wing attack", "opening batter", "masters crew", "second-row forward",
+    "chamber chorus", "covers band", "brass band", "ceilidh band", "sheet-music keeper",
+    "house-sitter", "pet-sitter", "two cats", "tropical fish", "house-minder",
+    "lift to work", "car club", "school-run rota", "estate car", "petrol costs",
+    "wedding reception", "fortieth birthday party", "usher", "engagement party", "housewarming",
+    "monthly book group", "book club evening", "crime-fiction book circle", "library reading group",
+    "poetry reading circle", "charity shop", "hospital transport scheme", "litter-picker", "repair workshop",
+    "animal sanctuary",
 )
 
 
@@ -794,23 +836,76 @@ def test_roleplay_lies_5_disjoint_from_other_sets():
     )
 
 
+def test_roleplay_lies_6_recipe_pairs_and_balance():
+    _check_confirmation_set("roleplay_lies_6", "roleplay6")
+
+
+def test_roleplay_lies_6_disjoint_from_other_sets():
+    _check_disjoint(
+        "roleplay_lies_6",
+        ROLEPLAY6_ROLES,
+        {
+            "roleplay_lies": ROLEPLAY_ROLES,
+            "roleplay_lies_2": ROLEPLAY2_ROLES,
+            "roleplay_lies_3": ROLEPLAY3_ROLES,
+            "roleplay_lies_4": ROLEPLAY4_ROLES,
+            "roleplay_lies_5": ROLEPLAY5_ROLES,
+        },
+    )
+
+
 def test_concealment_2_disjoint_from_roleplay_sets_and_part_1():
     """The second concealment part is training data: nothing shared with any role-play evaluation set."""
     mine = _concealment_texts(2)
     mine_grams = set().union(*(_ngrams(t) for t in mine))
-    for other in ("roleplay_lies", "roleplay_lies_2", "roleplay_lies_3", "roleplay_lies_4", "roleplay_lies_5"):
+    for other in ("roleplay_lies", "roleplay_lies_2", "roleplay_lies_3", "roleplay_lies_4", "roleplay_lies_5",
+                  "roleplay_lies_6"):
         texts = [m["content"] for r in _rows(f"{other}.jsonl") for m in r["messages"]]
         shared = {g for t in texts for g in _ngrams(t) & mine_grams}
         assert not shared, (other, sorted(" ".join(g) for g in shared)[:10])
     scen = conceal.templates(2)["scenarios"]
     assert len(CONCEALMENT2_ROLES) == len(scen) == len(set(CONCEALMENT2_ROLES))
     taken = [
-        *ROLEPLAY_ROLES, *ROLEPLAY2_ROLES, *ROLEPLAY3_ROLES, *ROLEPLAY4_ROLES, *ROLEPLAY5_ROLES, *_concealment_roles(1)
+        *ROLEPLAY_ROLES, *ROLEPLAY2_ROLES, *ROLEPLAY3_ROLES, *ROLEPLAY4_ROLES, *ROLEPLAY5_ROLES, *ROLEPLAY6_ROLES,
+        *_concealment_roles(1),
     ]
     for role, s in zip(CONCEALMENT2_ROLES, scen):
         assert re.search(rf"\b{re.escape(role)}\b", s["role"].lower()), (role, s["role"])
         mine_role = re.sub(r"^(a|an|the) ", "", s["role"].lower())
         assert not [r for r in taken if r in mine_role or mine_role in r], s["role"]
+
+
+def test_concealment_3_disjoint_from_roleplay_sets_and_other_parts():
+    """The third concealment part (everyday misdeeds) is training data: no 6-word sequence shared with any
+    role-play evaluation set or with parts 1-2, and no role taken from them."""
+    mine = _concealment_texts(3)
+    mine_grams = set().union(*(_ngrams(t) for t in mine))
+    roleplay = ("roleplay_lies", *(f"roleplay_lies_{i}" for i in range(2, 7)))
+    others = {o: [m["content"] for r in _rows(f"{o}.jsonl") for m in r["messages"]] for o in roleplay}
+    # parts 1-2 share the frames and decorations, so only their scenarios' own strings are compared
+    own = ("role", "fact", "motive")
+    for p in (1, 2):
+        scen_p = conceal.templates(p)["scenarios"]
+        others[f"concealment part {p}"] = [s[k] for s in scen_p for k in own] + [
+            s[q][k] for s in scen_p for q in ("yes_no", "open") for k in ("question", "truth", "lie")
+        ]
+    for other, texts in others.items():
+        shared = {g for t in texts for g in _ngrams(t) & mine_grams}
+        assert not shared, (other, sorted(" ".join(g) for g in shared)[:10])
+    scen = conceal.templates(3)["scenarios"]
+    assert len(CONCEALMENT3_ROLES) == len(scen) == len(set(CONCEALMENT3_ROLES))
+    taken = [
+        *ROLEPLAY_ROLES, *ROLEPLAY2_ROLES, *ROLEPLAY3_ROLES, *ROLEPLAY4_ROLES, *ROLEPLAY5_ROLES, *ROLEPLAY6_ROLES,
+        *_concealment_roles(1), *_concealment_roles(2),
+    ]
+    for role, s in zip(CONCEALMENT3_ROLES, scen):
+        assert re.search(rf"\b{re.escape(role)}\b", s["role"].lower()), (role, s["role"])
+        mine_role = re.sub(r"^(a|an|the) ", "", s["role"].lower())
+        assert not [r for r in taken if r in mine_role or mine_role in r], s["role"]
+    # the speaker owns up in the first person in every truthful answer
+    for s in scen:
+        for q in ("yes_no", "open"):
+            assert re.search(r"\b(I|me|my|mine)\b", s[q]["truth"], re.I), (s["id"], q)
 
 
 def test_shipped_data_files_are_data_only():

@@ -32,6 +32,14 @@ more scenarios in the same schema (48 denials, 12 claims), written later with ro
 fields; ``generate(seed, part=2)`` renders them with the first file's frames, names and
 decorations, in groups ``"conceal2:<scenario id>"``.
 
+A third part, ``concealment_scenarios_3.json`` (recipe ``deception/concealment_3``), holds 60
+scenarios from everyday personal life (housemates, grandparents, in-laws, allotments, group
+chats, amateur sport, bands, house-sitting, lifts, weddings, book groups, volunteering) in which
+the speaker is asked about their own misdeed or slip (48 denials, 12 claims); ``generate(seed,
+part=3)`` renders them with the shared names and decorations but its own frames (personal roles:
+"You are ..." / "In everyday life, ..." rather than "You work as ..."), in groups
+``"conceal3:<scenario id>"``.
+
 ``generate(seed)`` is deterministic (``random.Random(seed)``); ``seed`` picks names, askers,
 framings, wordings and decorations, never the scenarios or their facts.
 """
@@ -48,8 +56,14 @@ from .types import Example, LabelledDataset
 TEMPLATES = "concealment_templates.json"
 # 60 more scenarios in the same schema (rendered with the first file's frames, names and decorations)
 SCENARIOS_2 = "concealment_scenarios_2.json"
+# 60 everyday-life scenarios about the speaker's own misdeed, same schema and rendering
+SCENARIOS_3 = "concealment_scenarios_3.json"
 # part -> (scenario file, recipe name, group prefix)
-PARTS = {1: (TEMPLATES, "deception/concealment", "conceal"), 2: (SCENARIOS_2, "deception/concealment_2", "conceal2")}
+PARTS = {
+    1: (TEMPLATES, "deception/concealment", "conceal"),
+    2: (SCENARIOS_2, "deception/concealment_2", "conceal2"),
+    3: (SCENARIOS_3, "deception/concealment_3", "conceal3"),
+}
 PRONOUNS = {"you": ("your", "you"), "f": ("her", "her"), "m": ("his", "him")}
 YN_STYLES = ("yn_comma", "yn_stop", "yn_tail", "lead", "bare_tail", "lead_yn")
 OPEN_STYLES = ("plain", "lead", "tail", "lead_tail")
@@ -60,12 +74,16 @@ def _read(name: str) -> dict[str, Any]:
 
 
 def templates(part: int = 1) -> dict[str, Any]:
-    """The templates with the scenarios of ``part`` (1: the first 40, 2: the 60 of ``SCENARIOS_2``)."""
+    """The templates with the scenarios of ``part`` (1: the first 40, 2: the 60 of ``SCENARIOS_2``,
+    3: the 60 of ``SCENARIOS_3``)."""
     if part not in PARTS:
         raise ValueError(f"concealment part must be one of {sorted(PARTS)}, got {part!r}")
     t = _read(TEMPLATES)
     if part != 1:
-        t["scenarios"] = _read(PARTS[part][0])["scenarios"]
+        own = _read(PARTS[part][0])
+        t["scenarios"] = own["scenarios"]
+        # a part may bring its own frames (same slots, same count per framing); names and decorations stay shared
+        t["frames"] = own.get("frames", t["frames"])
     return t
 
 
@@ -172,8 +190,8 @@ def generate(seed: int = 0, part: int = 1) -> list[dict[str, Any]]:
 
 
 def dataset(seed: int = 0, part: int = 1) -> LabelledDataset:
-    """``generate(seed, part)`` as the ``deception/concealment`` (part 1) or ``deception/concealment_2``
-    (part 2) dataset."""
+    """``generate(seed, part)`` as the ``deception/concealment`` (part 1), ``deception/concealment_2``
+    (part 2) or ``deception/concealment_3`` (part 3) dataset."""
     name = PARTS[part][1]
     return LabelledDataset(
         name, [Example(r["messages"], r["label"], r["group"], None, f"recipe:{name}:{r['pair']}") for r in generate(seed, part)]

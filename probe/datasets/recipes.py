@@ -28,6 +28,10 @@
     ``"conceal2:<id>"``), rendered the same way, with roles in other fields (finance, public
     services, utilities, factories, IT, laboratories, ...). Not part of ``"deception"``; add it
     with ``--data recipe:deception/concealment recipe:deception/concealment_2``.
+``"deception/concealment_3"``
+    60 everyday-life scenarios in which the speaker hides their own misdeed
+    (``concealment_scenarios_3.json``; 360 chats, groups ``"conceal3:<id>"``), rendered the same
+    way; not part of ``"deception"``.
 ``"sycophancy"``
     ``sycophancy_train.jsonl`` (200 A/B pairs, 400 chats; see :mod:`.sycophancy`).
     ``seed=0`` reads the shipped file; another seed regenerates it from the templates.
@@ -55,6 +59,11 @@
     a fourth confirmation set written blind, with roles in fields unlike those of the other sets
     and of both concealment parts (boats, museums, music, childcare, auctions, waste, theme parks,
     architecture); never used for training or model selection.
+``"roleplay_lies_6"``
+    ``roleplay_lies_6.jsonl``: 50 everyday-life scenes in which the speaker hides their own
+    misdeed (100 chats, groups ``"roleplay6:NN"``; home, siblings, couples, school, friends,
+    lending, trips, office slips, shared flats, hobby clubs), written blind as a confirmation
+    set; never used for training or model selection.
 ``"benign"``
     ``benign_control.jsonl``: 200 everyday instructions as one-message user chats, all
     label 0 (for false-positive rates; single class on purpose).
@@ -177,6 +186,7 @@ RECIPES: dict[str, Callable[[int], LabelledDataset]] = {
     "deception/false_statement": lambda seed=0: _deception(seed, ("false_statement",)),
     "deception/concealment": lambda seed=0: _deception(seed, ("concealment",)),
     "deception/concealment_2": lambda seed=0: concealment(seed, part=2),
+    "deception/concealment_3": lambda seed=0: concealment(seed, part=3),
     "sycophancy": _sycophancy,
     "truth": _truth,
     "roleplay_lies": lambda seed=0: _load("roleplay_lies.jsonl", "roleplay_lies"),
@@ -184,6 +194,7 @@ RECIPES: dict[str, Callable[[int], LabelledDataset]] = {
     "roleplay_lies_3": lambda seed=0: _load("roleplay_lies_3.jsonl", "roleplay_lies_3"),
     "roleplay_lies_4": lambda seed=0: _load("roleplay_lies_4.jsonl", "roleplay_lies_4"),
     "roleplay_lies_5": lambda seed=0: _load("roleplay_lies_5.jsonl", "roleplay_lies_5"),
+    "roleplay_lies_6": lambda seed=0: _load("roleplay_lies_6.jsonl", "roleplay_lies_6"),
     "benign": lambda seed=0: _load("benign_control.jsonl", "benign"),
     "benign_negatives": lambda seed=0: _load("benign_negatives.jsonl", "benign_negatives"),
 }
