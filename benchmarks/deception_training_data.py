@@ -43,6 +43,22 @@ music, childcare, auctions, waste, theme parks, architecture) was written blind 
 later session and committed before any detector was scored on it; every entry above is scored on
 it once, unchanged.
 
+Third round (fixed before ``roleplay_lies_6`` was first scored; sets 1-5 had been seen). On set 1
+the detectors lose within scenes, not across them: ``mixture_2`` orders 83% of its honest/deceptive
+pairs correctly against 98-100% on sets 2-5 (``coalign eval ... --data recipe:roleplay_lies``
+reports ``pair_accuracy``). About 22 of set 1's 60 scenes are everyday life outside work (family,
+partners, flatmates, school), a kind no concealment scenario covers (they are all people at work
+hiding a fact), and 5 of the 10 pairs ``mixture_2`` gets wrong are among them: a hint, not a
+finding. So, to add that kind to the training data and test it on a blind set of that kind:
+
+* ``concealment_3parts``: both concealment parts plus ``deception/concealment_3`` (60 everyday-life
+  scenarios in which the speaker hides their own misdeed, written blind by a helper), no negatives;
+* ``mixture_3``: ``recipe`` and ``concealment_3parts`` folded by the same rule.
+
+``roleplay_lies_6`` (50 everyday-life scenes of the same kind as set 1's failures, written blind by
+another helper at the same time, without seeing set 1 or the new training part) is scored for every
+entry, once.
+
 Run: python benchmarks/deception_training_data.py [--out benchmarks/results/deception_training_data.json]
 """
 
@@ -67,11 +83,14 @@ SETUPS = {
     "concealment": dict(data=["recipe:deception/concealment"], negatives=None),
     "concealment_negatives": dict(data=["recipe:deception/concealment"], negatives="benign"),
     "concealment_all": dict(data=["recipe:deception/concealment", "recipe:deception/concealment_2"], negatives=None),
+    "concealment_3parts": dict(data=["recipe:deception/concealment", "recipe:deception/concealment_2",
+                                     "recipe:deception/concealment_3"], negatives=None),
 }
 EVAL_SETS = ("deception/instructed", "deception/false_statement", "roleplay_lies", "roleplay_lies_2", "roleplay_lies_3",
-             "roleplay_lies_4", "roleplay_lies_5")
+             "roleplay_lies_4", "roleplay_lies_5", "roleplay_lies_6")
 # mixture name -> the two setups folded together; the weight on the second is chosen by MIX_RULE
-MIXES = {"mixture": ("recipe", "concealment"), "mixture_2": ("recipe", "concealment_all")}
+MIXES = {"mixture": ("recipe", "concealment"), "mixture_2": ("recipe", "concealment_all"),
+         "mixture_3": ("recipe", "concealment_3parts")}
 W_GRID = list(WEIGHT_GRID)
 MIX_RULE = RULE.format(floor=FLOOR)
 

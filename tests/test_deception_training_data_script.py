@@ -30,6 +30,7 @@ def test_every_setup_is_trained_and_scored(tmp_path, monkeypatch):
     assert r["concealment"]["n_train"] < r["recipe_no_negatives"]["n_train"]  # one family, not three
     assert r["concealment"]["n_negatives"] == 0 < r["concealment_negatives"]["n_negatives"]
     assert r["concealment"]["n_train"] < r["concealment_all"]["n_train"]  # the second part is added
+    assert r["concealment_all"]["n_train"] < r["concealment_3parts"]["n_train"]  # and the third
     for name, parts in mod.MIXES.items():
         mix = r[name]
         assert tuple(mix["of"]) == parts
