@@ -854,54 +854,44 @@ def test_roleplay_lies_6_disjoint_from_other_sets():
     )
 
 
-def test_concealment_2_disjoint_from_roleplay_sets_and_part_1():
-    """The second concealment part is training data: nothing shared with any role-play evaluation set."""
-    mine = _concealment_texts(2)
-    mine_grams = set().union(*(_ngrams(t) for t in mine))
-    for other in ("roleplay_lies", "roleplay_lies_2", "roleplay_lies_3", "roleplay_lies_4", "roleplay_lies_5",
-                  "roleplay_lies_6"):
-        texts = [m["content"] for r in _rows(f"{other}.jsonl") for m in r["messages"]]
-        shared = {g for t in texts for g in _ngrams(t) & mine_grams}
-        assert not shared, (other, sorted(" ".join(g) for g in shared)[:10])
-    scen = conceal.templates(2)["scenarios"]
-    assert len(CONCEALMENT2_ROLES) == len(scen) == len(set(CONCEALMENT2_ROLES))
-    taken = [
-        *ROLEPLAY_ROLES, *ROLEPLAY2_ROLES, *ROLEPLAY3_ROLES, *ROLEPLAY4_ROLES, *ROLEPLAY5_ROLES, *ROLEPLAY6_ROLES,
-        *_concealment_roles(1),
-    ]
-    for role, s in zip(CONCEALMENT2_ROLES, scen):
-        assert re.search(rf"\b{re.escape(role)}\b", s["role"].lower()), (role, s["role"])
-        mine_role = re.sub(r"^(a|an|the) ", "", s["role"].lower())
-        assert not [r for r in taken if r in mine_role or mine_role in r], s["role"]
-
-
-def test_concealment_3_disjoint_from_roleplay_sets_and_other_parts():
-    """The third concealment part (everyday misdeeds) is training data: no 6-word sequence shared with any
-    role-play evaluation set or with parts 1-2, and no role taken from them."""
-    mine = _concealment_texts(3)
+def _check_concealment_part_disjoint(part: int, roles: tuple[str, ...], extra: dict[str, list[str]] | None = None) -> None:
+    """A concealment part is training data: no 6-word sequence shared with any role-play evaluation set
+    (or with ``extra`` texts), and no role that contains or is contained in one of theirs or another part's."""
+    mine = _concealment_texts(part)
     mine_grams = set().union(*(_ngrams(t) for t in mine))
     roleplay = ("roleplay_lies", *(f"roleplay_lies_{i}" for i in range(2, 7)))
-    others = {o: [m["content"] for r in _rows(f"{o}.jsonl") for m in r["messages"]] for o in roleplay}
-    # parts 1-2 share the frames and decorations, so only their scenarios' own strings are compared
-    own = ("role", "fact", "motive")
-    for p in (1, 2):
-        scen_p = conceal.templates(p)["scenarios"]
-        others[f"concealment part {p}"] = [s[k] for s in scen_p for k in own] + [
-            s[q][k] for s in scen_p for q in ("yes_no", "open") for k in ("question", "truth", "lie")
-        ]
+    others = {o: [m["content"] for r in _rows(f"{o}.jsonl") for m in r["messages"]] for o in roleplay} | (extra or {})
     for other, texts in others.items():
         shared = {g for t in texts for g in _ngrams(t) & mine_grams}
         assert not shared, (other, sorted(" ".join(g) for g in shared)[:10])
-    scen = conceal.templates(3)["scenarios"]
-    assert len(CONCEALMENT3_ROLES) == len(scen) == len(set(CONCEALMENT3_ROLES))
+    scen = conceal.templates(part)["scenarios"]
+    assert len(roles) == len(scen) == len(set(roles))
     taken = [
         *ROLEPLAY_ROLES, *ROLEPLAY2_ROLES, *ROLEPLAY3_ROLES, *ROLEPLAY4_ROLES, *ROLEPLAY5_ROLES, *ROLEPLAY6_ROLES,
-        *_concealment_roles(1), *_concealment_roles(2),
+        *(r for p in CONCEALMENT_PARTS if p != part for r in _concealment_roles(p)),
     ]
-    for role, s in zip(CONCEALMENT3_ROLES, scen):
-        assert re.search(rf"\b{re.escape(role)}\b", s["role"].lower()), (role, s["role"])
-        mine_role = re.sub(r"^(a|an|the) ", "", s["role"].lower())
-        assert not [r for r in taken if r in mine_role or mine_role in r], s["role"]
+    for role, sc in zip(roles, scen):
+        assert re.search(rf"\b{re.escape(role)}\b", sc["role"].lower()), (role, sc["role"])
+        mine_role = re.sub(r"^(a|an|the) ", "", sc["role"].lower())
+        assert not [r for r in taken if r in mine_role or mine_role in r], sc["role"]
+
+
+def test_concealment_2_disjoint_from_roleplay_sets_and_other_parts():
+    _check_concealment_part_disjoint(2, CONCEALMENT2_ROLES)
+
+
+def test_concealment_3_disjoint_from_roleplay_sets_and_other_parts():
+    """The third part (everyday misdeeds) is also compared with parts 1-2, by their scenarios' own strings
+    only (all parts share the frames and decorations)."""
+    own = ("role", "fact", "motive")
+    extra = {}
+    for p in (1, 2):
+        scen_p = conceal.templates(p)["scenarios"]
+        extra[f"concealment part {p}"] = [sc[k] for sc in scen_p for k in own] + [
+            sc[q][k] for sc in scen_p for q in ("yes_no", "open") for k in ("question", "truth", "lie")
+        ]
+    _check_concealment_part_disjoint(3, CONCEALMENT3_ROLES, extra)
+    scen = conceal.templates(3)["scenarios"]
     # the speaker owns up in the first person in every truthful answer
     for s in scen:
         for q in ("yes_no", "open"):
