@@ -1,0 +1,68 @@
+"""Where does a deception detector mis-order the honest/deceptive pairs of the role-play sets?
+
+For one trained detector, per role-play set: within-pair accuracy, how unequal the two answers'
+lengths are (mean |log word-count ratio|), how many mis-ordered pairs are length-balanced
+(|log ratio| <= 0.5), and how often the answers of each class use words of apology or remorse
+("sorry", "my fault", "should have", ...). These are the surface differences a reader notices
+between set 1 and the blind sets; the script checks whether they line up with the errors.
+
+Run: python benchmarks/roleplay_pair_errors.py runs/deception-mixture-2 [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from circuits import load_model
+from detectors import Detector
+from probe.datasets import recipe
+from probe.metrics import pair_accuracy
+
+SETS = ("roleplay_lies", "roleplay_lies_2", "roleplay_lies_3", "roleplay_lies_4", "roleplay_lies_5", "roleplay_lies_6")
+REMORSE = re.compile(r"\b(sorry|apologi[sz]e|apologies|my fault|should have|shouldn't have|should've|mistake|"
+                     r"on me|my bad|i messed|that was me|ashamed|feel terrible|regret)\b", re.I)
+BALANCED = 0.5
+
+
+def pair_table(labels, scores, groups, answers) -> dict:
+    """Per-set summary of a detector's within-pair errors and the answers' surface differences."""
+    by_group: dict = {}
+    for y, s, g, a in zip(labels, scores, groups, answers):
+        by_group.setdefault(g, {})[int(y)] = (float(s), len(a.split()))
+    if any(set(v) != {0, 1} for v in by_group.values()):
+        raise ValueError("every group must hold exactly one honest (0) and one deceptive (1) answer")
+    ratio = np.array([np.log(v[1][1] / v[0][1]) for v in by_group.values()])
+    wrong = np.array([v[1][0] <= v[0][0] for v in by_group.values()])
+    balanced = np.abs(ratio) <= BALANCED
+    acc, n = pair_accuracy(labels, scores, groups)
+    remorse = {lab: float(np.mean([bool(REMORSE.search(a)) for a, y in zip(answers, labels) if y == lab])) for lab in (0, 1)}
+    return {"pairs": n, "pair_accuracy": acc, "mean_abs_log_length_ratio": float(np.abs(ratio).mean()),
+            "misordered": int(wrong.sum()), "misordered_balanced": int((wrong & balanced).sum()),
+            "balanced_pairs": int(balanced.sum()), "remorse_rate_honest": remorse[0], "remorse_rate_deceptive": remorse[1]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("detector", help="a trained detector directory, e.g. runs/deception-mixture-2")
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    model = load_model(args.model)
+    det = Detector.load(args.detector, model)
+    res = {"detector": args.detector, "sets": {}}
+    for name in SETS:
+        d = recipe(name)
+        scores = np.asarray(det.score(model, list(d.items)))
+        res["sets"][name] = row = pair_table(d.labels, scores, list(d.groups), [e.item[-1]["content"] for e in d])
+        print(name, json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""benchmarks/roleplay_pair_errors.py: the per-set summary counts mis-ordered pairs, splits them by
+how unequal the two answers' lengths are, and rejects a group that is not one honest/deceptive pair."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("roleplay_pair_errors", ROOT / "benchmarks" / "roleplay_pair_errors.py")
+    mod = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_pair_table_counts_misordered_and_length_balance():
+    mod = _script()
+    labels = [0, 1, 0, 1, 0, 1]
+    groups = ["a", "a", "b", "b", "c", "c"]
+    answers = ["it was me, sorry", "not me at all", "yes", "no idea what happened to it at all, honestly", "one two", "three four"]
+    scores = [0.9, 0.1, 0.2, 0.8, 0.5, 0.5]  # a: wrong, b: right, c: tie (counts as wrong, half a win)
+    t = mod.pair_table(labels, scores, groups, answers)
+    assert t["pairs"] == 3 and t["pair_accuracy"] == pytest.approx(1.5 / 3)
+    assert t["misordered"] == 2 and t["balanced_pairs"] == 2 and t["misordered_balanced"] == 2
+    assert t["mean_abs_log_length_ratio"] == pytest.approx(np.log(9) / 3)
+    assert t["remorse_rate_honest"] == pytest.approx(1 / 3) and t["remorse_rate_deceptive"] == 0.0
+
+
+def test_pair_table_rejects_a_group_without_both_answers():
+    with pytest.raises(ValueError, match="exactly one honest"):
+        _script().pair_table([0, 0], [0.1, 0.2], ["a", "a"], ["x", "y"])
