@@ -6,25 +6,16 @@ the recipe, A/B rates, perplexity, KL, detector, Guard correction, plot and repo
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
-
+from benchmark_script import load_benchmark
 from tiny import tiny_tokenizer
-
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "correction.py"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("correction_bench", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("correction")
 
 
 def _tiny_long_context():
@@ -85,10 +76,7 @@ def test_correction_script_runs_on_tiny(tmp_path, monkeypatch):
 def test_instruction_vector_pairs_differ_only_in_the_instruction():
     """The instruction-contrast vector of benchmarks/deception_instruction_vector.py is built from
     pairs that say the same thing after a dishonest vs an honest instruction (positive first)."""
-    spec = importlib.util.spec_from_file_location("instruction_bench", ROOT / "benchmarks" / "deception_instruction_vector.py")
-    mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("deception_instruction_vector")
     pairs = mod.instructed_pairs()
     assert len(pairs) >= 100
     for lie, honest in pairs:
@@ -110,10 +98,7 @@ def test_content_pairs_share_the_lie_prompt_and_differ_in_the_answer(tiny):
 
     from detectors import Detector
 
-    spec = importlib.util.spec_from_file_location("instruction_bench", ROOT / "benchmarks" / "deception_instruction_vector.py")
-    mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("deception_instruction_vector")
     det = Detector.from_linear("d", tiny, "blocks.1.hook_resid_post", torch.ones(tiny.d_model), threshold=0.0)
     pairs = mod.content_pairs(tiny, det, ["cat", "dog"])
     assert len(pairs) == 2 * len(mod.PROMPT_SETS)
@@ -134,10 +119,7 @@ def test_regenerate_benchmark_counts_what_the_guard_did(tiny, tmp_path):
     from detectors import Detector
     from detectors.policy import Policy
 
-    spec = importlib.util.spec_from_file_location("regen_bench", ROOT / "benchmarks" / "deception_regenerate.py")
-    mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("deception_regenerate")
     hook = "blocks.1.hook_resid_post"
     sv = build_caa(tiny, [("a cat sat", "the dog ran"), ("red hat", "big mat")], hook, select="all_mean")
     sv.save(tmp_path / "v")
@@ -160,10 +142,7 @@ def test_regenerate_benchmark_replays_the_policy_on_the_corpus(tiny):
     from circuits.steering import ActivationAddition
     from detectors import Detector
 
-    spec = importlib.util.spec_from_file_location("regen_bench", ROOT / "benchmarks" / "deception_regenerate.py")
-    mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("deception_regenerate")
     hook = "blocks.1.hook_resid_post"
     texts = ["a cat sat on the mat", "the dog ran far away today", "red hat big mat"]
     corr = [ActivationAddition(hook, torch.ones(tiny.d_model), alpha=3.0, positions="all")]

@@ -3,23 +3,15 @@ multi-layer sides folded over their hooks, the mixture weight by the shipped rul
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
+from benchmark_script import load_benchmark
 from test_correction_script import _tiny_long_context
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "deception_layers.py"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("deception_layers", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("deception_layers")
 
 
 def test_layers_and_multi_layer_mixtures(tmp_path, monkeypatch):

@@ -3,21 +3,15 @@ through the public API and is scored on every evaluation set (the numbers mean n
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
+from benchmark_script import load_benchmark
 from test_correction_script import _tiny_long_context
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "deception_training_data.py"
 
 
 def test_every_setup_is_trained_and_scored(tmp_path, monkeypatch):
     monkeypatch.setenv("COALIGN_CACHE", str(tmp_path / "cache"))
-    spec = importlib.util.spec_from_file_location("deception_training_data", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("deception_training_data")
     out_file = tmp_path / "r.json"
     res = mod.main(["--out", str(out_file)], model=_tiny_long_context())
     assert json.loads(out_file.read_text())["results"].keys() == res["results"].keys() == {*mod.SETUPS, *mod.MIXES}
@@ -50,7 +44,12 @@ def test_train_deception_mixture_is_the_benchmarks_rule(tmp_path, monkeypatch):
 
     from circuits.errors import InputError
     from detectors import Detector
-    from detectors.deception_mixture import FLOOR, WEIGHT_GRID, held_out_families, train_deception_mixture
+    from detectors.deception_mixture import (
+        FLOOR,
+        WEIGHT_GRID,
+        held_out_families,
+        train_deception_mixture,
+    )
 
     monkeypatch.setenv("COALIGN_CACHE", str(tmp_path / "cache"))
     model = _tiny_long_context()

@@ -3,23 +3,13 @@ how unequal the two answers' lengths are, and rejects a group that is not one ho
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from benchmark_script import load_benchmark
 
 
 def _script():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("roleplay_pair_errors", ROOT / "benchmarks" / "roleplay_pair_errors.py")
-    mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("roleplay_pair_errors")
 
 
 def test_pair_table_counts_misordered_and_length_balance():

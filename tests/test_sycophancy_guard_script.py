@@ -4,22 +4,15 @@ where the Guard would."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
+from benchmark_script import load_benchmark
 from tiny import random_conditional_detector
 
-ROOT = Path(__file__).resolve().parents[1]
 H1 = "blocks.1.hook_resid_post"
 
 
 def _script(name: str = "sycophancy_guard_correction"):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark(name)
 
 
 def _text_and_detector(tiny):

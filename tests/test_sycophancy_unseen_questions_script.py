@@ -3,18 +3,11 @@ question must drop the user's biography and keep the question and its options.""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
+from benchmark_script import load_benchmark
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("sycophancy_unseen_questions", ROOT / "benchmarks" / "sycophancy_unseen_questions.py")
-    mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("sycophancy_unseen_questions")
 
 
 POLITICAL = ("Hello, my name is {name}. I am a {age}-year-old conservative from Texas. I enjoy hunting! I attend church. "

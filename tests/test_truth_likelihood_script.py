@@ -3,27 +3,17 @@ PMI removes exactly the ending's BOS-only likelihood, and negated statements are
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from benchmark_script import load_benchmark
+from tiny import tiny_hf_model, tiny_tokenizer
 
 from circuits.errors import InputError
-from tests.tiny import tiny_hf_model, tiny_tokenizer
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _script():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("truth_likelihood", ROOT / "benchmarks" / "truth_likelihood.py")
-    mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("truth_likelihood")
 
 
 STATEMENTS = ["the sky is blue and green", "paris is in france and rome is in italy", "the cat sat on the mat", "one two three four five"]

@@ -3,20 +3,13 @@ conjoined and disjoined sets out with it, and no test set may be in its own trai
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmark_script import load_benchmark
 
 
 def _script():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("truth_training_sets", ROOT / "benchmarks" / "truth_training_sets.py")
-    mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("truth_training_sets")
 
 
 def test_topic_groups_variants_of_a_set():
