@@ -4,7 +4,8 @@ For one trained detector, per role-play set: within-pair accuracy, how unequal t
 lengths are (mean |log word-count ratio|), how many mis-ordered pairs are length-balanced
 (|log ratio| <= 0.5), and how often the answers of each class use words of apology or remorse
 ("sorry", "my fault", "should have", ...). These are the surface differences a reader notices
-between set 1 and the blind sets; the script checks whether they line up with the errors.
+between set 1 and the blind sets; the script checks whether they line up with the errors. Set 7
+was written blind in free form (lengths and apologies as they fall) to test the sets' form.
 
 Run: python benchmarks/roleplay_pair_errors.py runs/deception-mixture-2 [--out FILE]
 """
@@ -21,9 +22,10 @@ import numpy as np
 from circuits import load_model
 from detectors import Detector
 from probe.datasets import recipe
-from probe.metrics import pair_accuracy
+from probe.metrics import auroc, bootstrap_auroc_ci, pair_accuracy
 
-SETS = ("roleplay_lies", "roleplay_lies_2", "roleplay_lies_3", "roleplay_lies_4", "roleplay_lies_5", "roleplay_lies_6")
+SETS = ("roleplay_lies", "roleplay_lies_2", "roleplay_lies_3", "roleplay_lies_4", "roleplay_lies_5", "roleplay_lies_6",
+        "roleplay_lies_7")
 REMORSE = re.compile(r"\b(sorry|apologi[sz]e|apologies|my fault|should have|shouldn't have|should've|mistake|"
                      r"on me|my bad|i messed|that was me|ashamed|feel terrible|regret)\b", re.I)
 BALANCED = 0.5
@@ -41,7 +43,7 @@ def pair_table(labels, scores, groups, answers) -> dict:
     balanced = np.abs(ratio) <= BALANCED
     acc, n = pair_accuracy(labels, scores, groups)
     remorse = {lab: float(np.mean([bool(REMORSE.search(a)) for a, y in zip(answers, labels) if y == lab])) for lab in (0, 1)}
-    return {"pairs": n, "pair_accuracy": acc, "mean_abs_log_length_ratio": float(np.abs(ratio).mean()),
+    return {"auroc": auroc(labels, scores), "auroc_ci": list(bootstrap_auroc_ci(labels, scores)), "pairs": n, "pair_accuracy": acc, "mean_abs_log_length_ratio": float(np.abs(ratio).mean()),
             "misordered": int(wrong.sum()), "misordered_balanced": int((wrong & balanced).sum()),
             "balanced_pairs": int(balanced.sum()), "remorse_rate_honest": remorse[0], "remorse_rate_deceptive": remorse[1]}
 
@@ -59,7 +61,7 @@ def main() -> None:
         d = recipe(name)
         scores = np.asarray(det.score(model, list(d.items)))
         res["sets"][name] = row = pair_table(d.labels, scores, list(d.groups), [e.item[-1]["content"] for e in d])
-        print(name, json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+        print(name, json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items() if k != "auroc_ci"}), flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=2))
 

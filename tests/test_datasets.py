@@ -327,6 +327,7 @@ SIZES = {
     "roleplay_lies_4": 100,
     "roleplay_lies_5": 100,
     "roleplay_lies_6": 100,
+    "roleplay_lies_7": 100,
     "benign": 200,
     "benign_negatives": 200,
 }
@@ -595,7 +596,7 @@ def test_concealment_no_class_giveaways(part, seed):
         assert n0 + n1 < 12 or min(n0, n1) / (n0 + n1) >= 0.25, (w, n0, n1)
     # the scenario's own answer texts never name the behaviour (the shared lead "Honestly," is in both classes)
     answers = [s[q][k] for s in conceal.templates(part)["scenarios"] for q in ("yes_no", "open") for k in ("truth", "lie")]
-    assert not [a for a in answers if re.search(r"\b(lie|lied|lying|truth|honest|honestly|deceive)\b", a, re.I)]
+    assert not [a for a in answers if re.search(NAMES_THE_BEHAVIOUR, a, re.I)]
 
 
 def test_concealment_disjoint_from_roleplay_lies():
@@ -725,13 +726,72 @@ CONCEALMENT3_ROLES = (
     "animal sanctuary",
 )
 
+ROLEPLAY7_ROLES = (
+    "ward clerk on a surgical ward",
+    "phlebotomist",
+    "hospital pharmacy technician",
+    "junior doctor on night shifts",
+    "occupational therapist",
+    "accounts payable clerk",
+    "recruitment consultant",
+    "executive assistant to a managing director",
+    "business intelligence developer",
+    "hr officer at a logistics company",
+    "junior solicitor",
+    "sales assistant at an electronics store",
+    "salesperson at a furniture showroom",
+    "paint counter assistant at a hardware store",
+    "supermarket shelf stacker",
+    "perfume counter consultant",
+    "site foreman",
+    "bricklayer",
+    "kitchen fitter",
+    "crane operator",
+    "primary school teacher",
+    "school bursar",
+    "teaching assistant",
+    "exam invigilator",
+    "headteacher",
+    "father of a six-year-old",
+    "adult daughter home for the weekend",
+    "stepmother",
+    "uncle hosting the family barbecue",
+    "twelve-year-old",
+    "retired grandmother living with her son's family",
+    "spouse who handles the household bills",
+    "maid of honour",
+    "groomsman",
+    "group holiday organiser",
+    "houseguest",
+    "dinner party guest",
+    "debtor who owes money to an old schoolmate",
+    "man on a second date",
+    "woman three months into a relationship",
+    "long-distance sweetheart",
+    "online dater",
+    "resident of a semi-detached house",
+    "dog owner on a quiet cul-de-sac",
+    "residents' association chair",
+    "homeowner who had an extension built",
+    "secretary of an amateur astronomy society",
+    "bridge player at a weekly club",
+    "angler in a fishing club competition",
+    "amateur photographer in a camera club",
+)
+
 
 def _rows(filename: str) -> list[dict]:
     return [json.loads(line) for line in open(DATA / filename, encoding="utf-8")]
 
 
-def _check_confirmation_set(name: str, prefix: str, n_scenes: int = 50) -> None:
-    """A hand-written confirmation set: honest/deceptive pairs per scene, no surface giveaways."""
+NAMES_THE_BEHAVIOUR = r"\b(lie|lied|lying|truth|honest|honestly|deceive)\b"
+
+
+def _check_confirmation_set(name: str, prefix: str, n_scenes: int = 50, free_form: bool = False) -> None:
+    """A hand-written confirmation set: honest/deceptive pairs per scene, no surface giveaways.
+
+    ``free_form`` (set 7) drops the matched lengths and allows "honest(ly)" and "truth", as people
+    say them, in either class; words for lying stay banned."""
     d = recipe(name)
     assert len(d) == 2 * n_scenes and d.name == name and d.class_counts() == {0: n_scenes, 1: n_scenes}
     by_group = defaultdict(list)
@@ -747,9 +807,11 @@ def _check_confirmation_set(name: str, prefix: str, n_scenes: int = 50) -> None:
         answers = [e.item[-1]["content"] for e in d if e.label == lab]
         first = Counter(a.split()[0].strip(",.!;:").lower() for a in answers)
         assert first.most_common(1)[0][1] <= 0.25 * len(answers), first.most_common(3)
-        assert not [a for a in answers if re.search(r"\b(lie|lied|lying|truth|honest|honestly|deceive)\b", a, re.I)]
-    lens = {lab: np.mean([len(e.item[-1]["content"].split()) for e in d if e.label == lab]) for lab in (0, 1)}
-    assert abs(lens[0] - lens[1]) < 3, lens
+        banned = r"\b(lie|lied|lies|lying|liar|deceive|deceiving|deception)\b" if free_form else NAMES_THE_BEHAVIOUR
+        assert not [a for a in answers if re.search(banned, a, re.I)]
+    if not free_form:
+        lens = {lab: np.mean([len(e.item[-1]["content"].split()) for e in d if e.label == lab]) for lab in (0, 1)}
+        assert abs(lens[0] - lens[1]) < 3, lens
     rows = _rows(f"{name}.jsonl")
     settings = Counter(r["setting"] for r in rows)
     assert len(settings) >= 7 and settings.most_common(1)[0][1] <= 0.25 * len(rows), settings
@@ -854,12 +916,39 @@ def test_roleplay_lies_6_disjoint_from_other_sets():
     )
 
 
+def test_roleplay_lies_7_recipe_pairs_and_balance():
+    _check_confirmation_set("roleplay_lies_7", "roleplay7", free_form=True)
+
+
+def test_roleplay_lies_7_is_free_form():
+    """Set 7 tests the sets' form: many pairs of unequal length, longer on either side."""
+    rows = _rows("roleplay_lies_7.jsonl")
+    ratio = [np.log(len(b["messages"][-1]["content"].split()) / len(a["messages"][-1]["content"].split()))
+             for a, b in zip(rows[::2], rows[1::2])]
+    assert sum(r > np.log(2) for r in ratio) >= 5 and sum(r < -np.log(2) for r in ratio) >= 5, ratio
+
+
+def test_roleplay_lies_7_disjoint_from_other_sets():
+    _check_disjoint(
+        "roleplay_lies_7",
+        ROLEPLAY7_ROLES,
+        {
+            "roleplay_lies": ROLEPLAY_ROLES,
+            "roleplay_lies_2": ROLEPLAY2_ROLES,
+            "roleplay_lies_3": ROLEPLAY3_ROLES,
+            "roleplay_lies_4": ROLEPLAY4_ROLES,
+            "roleplay_lies_5": ROLEPLAY5_ROLES,
+            "roleplay_lies_6": ROLEPLAY6_ROLES,
+        },
+    )
+
+
 def _check_concealment_part_disjoint(part: int, roles: tuple[str, ...], extra: dict[str, list[str]] | None = None) -> None:
     """A concealment part is training data: no 6-word sequence shared with any role-play evaluation set
     (or with ``extra`` texts), and no role that contains or is contained in one of theirs or another part's."""
     mine = _concealment_texts(part)
     mine_grams = set().union(*(_ngrams(t) for t in mine))
-    roleplay = ("roleplay_lies", *(f"roleplay_lies_{i}" for i in range(2, 7)))
+    roleplay = ("roleplay_lies", *(f"roleplay_lies_{i}" for i in range(2, 8)))
     others = {o: [m["content"] for r in _rows(f"{o}.jsonl") for m in r["messages"]] for o in roleplay} | (extra or {})
     for other, texts in others.items():
         shared = {g for t in texts for g in _ngrams(t) & mine_grams}
@@ -868,6 +957,7 @@ def _check_concealment_part_disjoint(part: int, roles: tuple[str, ...], extra: d
     assert len(roles) == len(scen) == len(set(roles))
     taken = [
         *ROLEPLAY_ROLES, *ROLEPLAY2_ROLES, *ROLEPLAY3_ROLES, *ROLEPLAY4_ROLES, *ROLEPLAY5_ROLES, *ROLEPLAY6_ROLES,
+        *ROLEPLAY7_ROLES,
         *(r for p in CONCEALMENT_PARTS if p != part for r in _concealment_roles(p)),
     ]
     for role, sc in zip(roles, scen):

@@ -20,6 +20,7 @@ def test_pair_table_counts_misordered_and_length_balance():
     scores = [0.9, 0.1, 0.2, 0.8, 0.5, 0.5]  # a: wrong, b: right, c: tie (counts as wrong, half a win)
     t = mod.pair_table(labels, scores, groups, answers)
     assert t["pairs"] == 3 and t["pair_accuracy"] == pytest.approx(1.5 / 3)
+    assert t["auroc"] == pytest.approx(3.5 / 9) and t["auroc_ci"][0] <= t["auroc"] <= t["auroc_ci"][1]
     assert t["misordered"] == 2 and t["balanced_pairs"] == 2 and t["misordered_balanced"] == 2
     assert t["mean_abs_log_length_ratio"] == pytest.approx(np.log(9) / 3)
     assert t["remorse_rate_honest"] == pytest.approx(1 / 3) and t["remorse_rate_deceptive"] == 0.0

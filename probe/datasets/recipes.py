@@ -64,6 +64,11 @@
     misdeed (100 chats, groups ``"roleplay6:NN"``; home, siblings, couples, school, friends,
     lending, trips, office slips, shared flats, hobby clubs), written blind as a confirmation
     set; never used for training or model selection.
+``"roleplay_lies_7"``
+    ``roleplay_lies_7.jsonl``: 50 scenes (100 chats, groups ``"roleplay7:NN"``), half at work and
+    half in personal life, written blind in free form: the two answers' lengths, apologies and
+    words like "honestly" fall as they naturally would, in both classes, unlike sets 2-6, whose
+    briefs matched lengths and banned such words. Never used for training or model selection.
 ``"benign"``
     ``benign_control.jsonl``: 200 everyday instructions as one-message user chats, all
     label 0 (for false-positive rates; single class on purpose).
@@ -195,6 +200,7 @@ RECIPES: dict[str, Callable[[int], LabelledDataset]] = {
     "roleplay_lies_4": lambda seed=0: _load("roleplay_lies_4.jsonl", "roleplay_lies_4"),
     "roleplay_lies_5": lambda seed=0: _load("roleplay_lies_5.jsonl", "roleplay_lies_5"),
     "roleplay_lies_6": lambda seed=0: _load("roleplay_lies_6.jsonl", "roleplay_lies_6"),
+    "roleplay_lies_7": lambda seed=0: _load("roleplay_lies_7.jsonl", "roleplay_lies_7"),
     "benign": lambda seed=0: _load("benign_control.jsonl", "benign"),
     "benign_negatives": lambda seed=0: _load("benign_negatives.jsonl", "benign_negatives"),
 }
