@@ -59,6 +59,10 @@ finding. So, to add that kind to the training data and test it on a blind set of
 another helper at the same time, without seeing set 1 or the new training part) is scored for every
 entry, once.
 
+``roleplay_lies_7`` (50 scenes written blind in free form: the briefs of sets 2-6 matched the two
+answers' lengths and kept apologies and "honestly" out, this one lets them fall as they would, in
+both classes) was committed before any detector was scored on it; nothing above was changed for it.
+
 Run: python benchmarks/deception_training_data.py [--out benchmarks/results/deception_training_data.json]
 """
 
@@ -87,7 +91,7 @@ SETUPS = {
                                      "recipe:deception/concealment_3"], negatives=None),
 }
 EVAL_SETS = ("deception/instructed", "deception/false_statement", "roleplay_lies", "roleplay_lies_2", "roleplay_lies_3",
-             "roleplay_lies_4", "roleplay_lies_5", "roleplay_lies_6")
+             "roleplay_lies_4", "roleplay_lies_5", "roleplay_lies_6", "roleplay_lies_7")
 # mixture name -> the two setups folded together; the weight on the second is chosen by MIX_RULE
 MIXES = {"mixture": ("recipe", "concealment"), "mixture_2": ("recipe", "concealment_all"),
          "mixture_3": ("recipe", "concealment_3parts")}

@@ -62,6 +62,10 @@ Python policy logic runs only on steps where some row is above it.
 **Cleanup.** Hooks are attached per batch and removed in ``finally`` on every path (detector,
 corrector or callback exceptions, ``KeyboardInterrupt``, a stream closed early); the audit record
 of every row is written in the same ``finally``.
+
+The policy's actions (correct, escalate, block, detector failures) are in
+:mod:`detectors.guard_actions`, the outputs and audit records in :mod:`detectors.guard_results`,
+the per-batch state and the scoring hooks in :mod:`detectors.guard_run`.
 """
 
 from __future__ import annotations
@@ -73,27 +77,15 @@ from inspect import signature
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from circuits.errors import InputError
 from circuits.hooked_model import HookedModel
 from circuits.inputs import Item, as_chat, check_chat_mode, encode, pad_id, render
-from circuits.steering import Corrector
-from detectors.audit import AuditLog, build_record
-from detectors.policy import (
-    TIERS,
-    Decision,
-    Policy,
-    PolicyError,
-    Resolved,
-    check_not_relaxed,
-)
-from detectors.regenerate import end_policy, judge_end, merge
-from detectors.router import Route, Router
-
-__all__ = ["Action", "DetectorFailure", "EscalationContext", "Guard", "GuardOutput", "HumanDecision", "TokenEvent"]
+from detectors.audit import AuditLog
+from detectors.guard_actions import PolicyActions
+from detectors.guard_results import GuardResults
 from detectors.guard_run import _as_items, _Gen, _Prompt, _Run, _Scorer
 from detectors.guard_types import (
     Action,
@@ -103,6 +95,17 @@ from detectors.guard_types import (
     HumanDecision,
     TokenEvent,
 )
+from detectors.policy import (
+    TIERS,
+    Policy,
+    PolicyError,
+    Resolved,
+    check_not_relaxed,
+)
+from detectors.regenerate import end_policy, merge
+from detectors.router import Router
+
+__all__ = ["Action", "DetectorFailure", "EscalationContext", "Guard", "GuardOutput", "HumanDecision", "TokenEvent"]
 
 
 def _check_processor(fn: Any) -> Any:
@@ -132,7 +135,7 @@ def _common_prefix(a: str, b: str) -> int:
 # --------------------------------------------------------------------------------------------
 # the Guard
 # --------------------------------------------------------------------------------------------
-class Guard:
+class Guard(PolicyActions, GuardResults):
     """Generation guarded by detectors under a policy.
 
     Args:
@@ -432,9 +435,6 @@ class Guard:
             steps.close()
         return text
 
-    def _eos_list(self) -> list[int]:
-        return self._eos.tolist()
-
     # -- context manager ------------------------------------------------------------------------
     def close(self) -> None:
         """Close any stream still open (removing its hooks, writing its audit records)."""
@@ -730,304 +730,3 @@ class Guard:
                 s[:, j] = float("nan")
                 run.pending.append(([j], e))
 
-    def _handle_errors(self, run: _Run, t: int) -> None:
-        pending, run.pending = run.pending, []
-        for cols, err in pending:
-            for j in cols:
-                name = self.names[j]
-                res = run.res[j]
-                msg = err if isinstance(err, str) else f"{type(err).__name__}: {err}"
-                mode = "fail_closed" if res.red_line else run.error_mode
-                run.errors.append({"detector": name, "token": t, "error": msg, "handling": mode})
-                if mode == "raise":
-                    exc = DetectorFailure(f"detector {name!r} failed at token {t}: {msg}")
-                    if isinstance(err, BaseException):
-                        raise exc from err
-                    raise exc
-                if mode == "fail_open":
-                    run.det_live[j] = False
-                    run.failed_open.add(j)
-                    for b in range(run.B):
-                        if run.active_py[b]:
-                            run.actions[b].append(Action(t, "detector_error", name, None, {"error": msg, "handling": "fail_open"}))
-                    continue
-                for b in range(run.B):
-                    if run.active_py[b]:
-                        run.actions[b].append(Action(t, "detector_error", name, None, {"error": msg, "handling": "fail_closed"}))
-                        self._block(run, b, j, float("nan"), t, "detector_error", by=None)
-
-    def _act(self, run: _Run, b: int, j: int, x: float, t: int) -> None:
-        res = run.res[j]
-        tier = res.tier_of(x, lowest="correct")
-        if tier is None:
-            return
-        if tier == "block":
-            self._block(run, b, j, x, t, "policy")
-            return
-        key = (b, j)
-        if tier == "escalate":
-            if key in run.allowed:
-                if x <= res.correct:
-                    return
-            elif key not in run.human_correct:
-                self._escalate(run, b, j, x, t, "tier")
-                return
-        self._correct(run, b, j, x, t)
-
-    def _block(self, run: _Run, b: int, j: int, x: float, t: int, reason: str, by: str | None | bool = True) -> None:
-        if not run.active_py[b]:
-            return
-        name = self.names[j] if by is True else by
-        run.active_py[b] = False
-        run.active[b] = False
-        run.blocked_at[b] = t
-        run.blocked_by[b] = name  # type: ignore[assignment]
-        run.actions[b].append(Action(t, "block", self.names[j], None if x != x else x, {"reason": reason, "red_line": run.res[j].red_line}))
-
-    def _corrector(self, run: _Run, route: Route, det: Any, j: int) -> Corrector:
-        entry = run.correctors.get(route.key)
-        if entry is None:
-            bound = run.bound.get(j)  # a prompt-conditioned detector's per-row read-out, once bound
-            c = self.router.build(route, det, self.model, run.state, readout=None if bound is None else bound[0], batch=run.B)
-            if run.gen.correct != "always":
-                c.rows_off(run.B)
-            h = c.attach(self.model, state=run.state)
-            entry = run.correctors[route.key] = (c, h, route)
-        return entry[0]
-
-    def _correct_all(self, run: _Run) -> None:
-        for j, det in enumerate(self.detectors):
-            res = run.res[j]
-            self.router.validate(res.corrector, det, where=self._policy.source)
-            route = self.router.route(det, res, model=self.model)
-            self._corrector(run, route, det, j)
-            for b in range(run.B):
-                run.corrected[(b, j)] = route
-                run.run_start[(b, j)] = 0
-                run.actions[b].append(Action(0, "correct", self.names[j], None, {**route.to_dict(), "forced": True}))
-                run.row_correctors[b].append({**route.to_dict(), "from_token": 0})
-
-    def _force(self, run: _Run) -> None:
-        """A regeneration: the flagged detectors' correctors on from the first token of their rows."""
-        for b, js in run.force.items():
-            for j in js:
-                det = self.detectors[j]
-                route = self.router.route(det, run.res[j], model=self.model)
-                self._corrector(run, route, det, j).set_row(b, 1.0)
-                run.corrected[(b, j)] = route
-                run.run_start[(b, j)] = 0
-                run.actions[b].append(Action(0, "correct", self.names[j], None, {**route.to_dict(), "regenerated": True}))
-                run.row_correctors[b].append({**route.to_dict(), "from_token": 0})
-
-    def _stop_for_regeneration(self, run: _Run, b: int, j: int, x: float, t: int) -> None:
-        """Policy ``regenerate``: a response flagged mid-way is stopped here and, once the batch is
-        done, generated again from its first token with the corrector on (see :meth:`generate`)."""
-        run.active_py[b] = False
-        run.active[b] = False
-        run.stopped_at[b] = t
-        run.regen.append((b, j))
-        run.actions[b].append(Action(t, "regenerate", self.names[j], x, {"threshold": run.res[j].correct, "during": "response"}))
-
-    def _correct(self, run: _Run, b: int, j: int, x: float, t: int) -> None:
-        key = (b, j)
-        res = run.res[j]
-        if run.gen.correct == "never":
-            if key not in run.noted:
-                run.noted.add(key)
-                run.actions[b].append(Action(t, "correct", self.names[j], x, {"applied": False, "reason": "correct=False"}))
-            return
-        if res.regenerate and run.attempt == 1 and key not in run.corrected:
-            self._stop_for_regeneration(run, b, j, x, t)
-            return
-        if res.rewind and t == 0:  # step 0 reads the prompt's last token: nothing has been said to take back
-            if key not in run.noted:
-                run.noted.add(key)
-                run.actions[b].append(Action(t, "correct", self.names[j], x, {"applied": False, "reason": "rewind: no token said yet"}))
-            return
-        if key not in run.corrected:
-            det = self.detectors[j]
-            route = self.router.route(det, res, model=self.model)
-            self._corrector(run, route, det, j).set_row(b, 1.0)
-            rewind = res.rewind
-            how = {"rewind": True} if rewind else {"immediate": True} if res.immediate else {}
-            action = Action(t, "correct", self.names[j], x, route.to_dict() | how)
-            if rewind:
-                run.rewinds.append((b, route.key, action))
-            elif res.immediate:
-                run.redo = True
-            run.cum[b, j] = 0.0  # re-score the corrected continuation on its own
-            run.cnt[b, j] = 0.0
-            run.corrected[key] = route
-            run.run_start[key] = run.last_hit[key] = t
-            run.actions[b].append(action)
-            run.row_correctors[b].append({**route.to_dict(), "from_token": t - 1 if rewind else t if res.immediate else t + 1})
-            return
-        if run.last_hit.get(key) != t - 1:
-            run.run_start[key] = t
-        run.last_hit[key] = t
-        if t - run.run_start[key] >= res.patience:
-            nxt = res.next_tier("correct")
-            run.run_start[key] = t
-            run.actions[b].append(Action(t, "move_up", self.names[j], x, {"from": "correct", "to": nxt, "after_tokens": res.patience}))
-            if nxt == "block":
-                self._block(run, b, j, x, t, "correction_persisted")
-            elif nxt == "escalate" and key not in run.allowed:
-                self._escalate(run, b, j, x, t, "correction_persisted")
-
-    def _escalate(self, run: _Run, b: int, j: int, x: float, t: int, reason: str) -> None:
-        res = run.res[j]
-        name = self.names[j]
-        det = self.detectors[j]
-        if self.on_escalate is None:
-            decision, by = Decision.BLOCK, "default"
-        else:
-            ctx = EscalationContext(
-                prompt=run.prompts[b].item,
-                prompt_text=run.prompts[b].text,
-                text=self._text_so_far(run, b, t),
-                detector=name,
-                behaviour=getattr(det, "behaviour", name),
-                score=x,
-                threshold=res.escalate,
-                token_index=t,
-                row=b,
-                red_line=res.red_line,
-                reason=reason,
-            )
-            decision, by = Decision.parse(self.on_escalate(ctx)), "callback"
-        run.decisions[b].append(HumanDecision(t, name, x, decision.value, by, reason))
-        detail = {"decision": decision.value, "by": by, "reason": reason}
-        if res.red_line and decision is Decision.ALLOW:
-            detail["note"] = "red line: the block tier still applies"
-        run.actions[b].append(Action(t, "escalate", name, x, detail))
-        key = (b, j)
-        if decision is Decision.ALLOW:
-            run.allowed.add(key)
-        elif decision is Decision.CORRECT:
-            run.human_correct.add(key)
-            if run.gen.correct != "never" and key in run.corrected:
-                return  # already correcting; the patience count continues
-            self._correct(run, b, j, x, t)
-        else:
-            self._block(run, b, j, x, t, "human" if by == "callback" else "escalation_without_callback")
-
-    def _text_so_far(self, run: _Run, b: int, t: int) -> str:
-        if t == 0 or not run.tokens:
-            return ""
-        ids = torch.stack(run.tokens[:t])[:, b].tolist()
-        eos = set(self._eos_list())
-        out = []
-        for i in ids:
-            out.append(i)
-            if i in eos:
-                break
-        return self.model.tokenizer.decode(out, skip_special_tokens=True)
-
-    # -- results and audit ----------------------------------------------------------------------
-    def _finish(self, run: _Run) -> None:
-        n = run.n_steps
-        toks = torch.stack(run.tokens).cpu().numpy() if run.tokens else np.zeros((0, run.B), dtype=np.int64)
-        buf = run.buf[:n].detach().cpu().numpy() if n else np.zeros((0, run.B, len(self.names)), dtype=np.float32)
-        stat = run.stat[:n].detach().cpu().numpy() if n else buf
-        eos = set(self._eos_list())
-        tok = self.model.tokenizer
-        for b, p in enumerate(run.prompts):
-            col = toks[:, b].tolist()
-            if run.blocked_at[b] is not None:
-                s = int(run.blocked_at[b])  # type: ignore[arg-type]
-                ids, n_sc, reason = col[:s], s + 1, "blocked"
-            elif run.stopped_at[b] is not None:
-                s = int(run.stopped_at[b])  # type: ignore[arg-type]
-                ids, n_sc, reason = col[:s], s + 1, "regenerate"
-            else:
-                e = next((i for i, x in enumerate(col) if x in eos), None)
-                if e is not None:
-                    ids, n_sc, reason = col[: e + 1], e + 1, "eos"
-                else:
-                    ids, n_sc, reason = col, len(col), "length"
-            if run.error is not None and reason == "length":
-                reason = "error"
-            n_sc = min(n_sc, n)
-            scores = {name: buf[:n_sc, b, j].copy() for j, name in enumerate(self.names)}
-            policy_scores = {name: stat[:n_sc, b, j].copy() for j, name in enumerate(self.names)}
-            actions = self._monitor_actions(run, policy_scores) + run.actions[b]
-            actions.sort(key=lambda a: a.token)
-            generated = tok.decode(ids, skip_special_tokens=True)
-            blocked = run.blocked_at[b] is not None
-            res0 = run.res[0]
-            refusal = res0.refusal_text
-            if blocked and run.blocked_by[b] in self.names:
-                refusal = run.res[self.names.index(run.blocked_by[b])].refusal_text  # type: ignore[arg-type]
-            out = GuardOutput(
-                prompt=p.item,
-                text=refusal if blocked else generated,
-                generated_text=generated,
-                token_ids=[int(i) for i in ids],
-                scores=scores,
-                policy_scores=policy_scores,
-                actions=actions,
-                decisions=list(run.decisions[b]),
-                blocked=blocked,
-                blocked_by=run.blocked_by[b],
-                finish_reason=reason,
-                correctors=list(run.row_correctors[b]),
-                prompt_tokens=len(p.enc.ids),
-                errors=list(run.errors),
-            )
-            if self._res_end:
-                out = judge_end(self, run, b, out)
-            run.outputs.append(out)
-        if self.audit is not None:
-            self._write_audit(run)
-
-    def _monitor_actions(self, run: _Run, scores: dict[str, np.ndarray]) -> list[Action]:
-        out = []
-        for j, name in enumerate(self.names):
-            thr = run.res[j].monitor
-            if not math.isfinite(thr):
-                continue
-            s = scores[name]
-            above = np.nan_to_num(s, nan=-np.inf) > thr
-            rises = np.nonzero(above & ~np.concatenate([[False], above[:-1]]))[0]
-            out.extend(Action(int(i), "monitor", name, float(s[i])) for i in rises)
-        return out
-
-    def _write_audit(self, run: _Run) -> None:
-        assert self.audit is not None
-        monitor = {r.name: r.monitor for r in run.res}
-        for b, (p, o) in enumerate(zip(run.prompts, run.outputs)):
-            try:
-                rec = build_record(
-                    log=self.audit,
-                    started=run.started,
-                    model=self._meta_model,
-                    detectors=self._meta_dets,
-                    policy=run.policy_meta,
-                    prompt_text=p.text,
-                    prompt_tokens=len(p.enc.ids),
-                    settings={**run.gen.to_dict(), "batch_size": run.B, "attempt": run.attempt},
-                    row=b,
-                    scores=o.scores,
-                    policy_scores=o.policy_scores,
-                    monitor_thresholds=monitor,
-                    actions=[a.to_dict() for a in o.actions],
-                    correctors=o.correctors,
-                    decisions=[d.to_dict() for d in o.decisions],
-                    detector_errors=o.errors,
-                    n_generated=len(o.token_ids),
-                    finish_reason=o.finish_reason,
-                    blocked=o.blocked,
-                    blocked_by=o.blocked_by,
-                    generated_text=o.generated_text,
-                    output_text=o.text,
-                    error=run.error if not isinstance(run.error, GeneratorExit) else _Cancelled("stream closed before the end"),
-                )
-                self.audit.write(rec)
-            except Exception as e:
-                if run.error is None:
-                    raise
-                warnings.warn(f"could not write the audit record: {e}", RuntimeWarning, stacklevel=2)
-
-
-class _Cancelled(Exception):
-    pass

@@ -1,0 +1,139 @@
+"""Turning a finished batch into :class:`~detectors.guard_types.GuardOutput` rows and audit
+records. Split out of :mod:`detectors.guard`; :class:`~detectors.guard.Guard` is the only class
+that mixes this in."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+from circuits.hooked_model import HookedModel
+from detectors.audit import AuditLog, build_record
+from detectors.guard_run import _Run
+from detectors.guard_types import Action, GuardOutput
+from detectors.regenerate import judge_end
+
+
+class GuardResults:
+    """Assembles the outputs and audit records of a batch (mixed into the Guard)."""
+
+    # set by Guard.__init__
+    _eos: torch.Tensor  # end-of-turn token ids
+    model: HookedModel
+    names: list[str]
+    audit: AuditLog | None
+    _meta_model: dict[str, Any]
+    _meta_dets: list[dict[str, Any]]
+    _res_end: Any
+
+    def _finish(self, run: _Run) -> None:
+        n = run.n_steps
+        toks = torch.stack(run.tokens).cpu().numpy() if run.tokens else np.zeros((0, run.B), dtype=np.int64)
+        buf = run.buf[:n].detach().cpu().numpy() if n else np.zeros((0, run.B, len(self.names)), dtype=np.float32)
+        stat = run.stat[:n].detach().cpu().numpy() if n else buf
+        eos = set(self._eos.tolist())
+        tok = self.model.tokenizer
+        for b, p in enumerate(run.prompts):
+            col = toks[:, b].tolist()
+            if run.blocked_at[b] is not None:
+                s = int(run.blocked_at[b])  # type: ignore[arg-type]
+                ids, n_sc, reason = col[:s], s + 1, "blocked"
+            elif run.stopped_at[b] is not None:
+                s = int(run.stopped_at[b])  # type: ignore[arg-type]
+                ids, n_sc, reason = col[:s], s + 1, "regenerate"
+            else:
+                e = next((i for i, x in enumerate(col) if x in eos), None)
+                if e is not None:
+                    ids, n_sc, reason = col[: e + 1], e + 1, "eos"
+                else:
+                    ids, n_sc, reason = col, len(col), "length"
+            if run.error is not None and reason == "length":
+                reason = "error"
+            n_sc = min(n_sc, n)
+            scores = {name: buf[:n_sc, b, j].copy() for j, name in enumerate(self.names)}
+            policy_scores = {name: stat[:n_sc, b, j].copy() for j, name in enumerate(self.names)}
+            actions = self._monitor_actions(run, policy_scores) + run.actions[b]
+            actions.sort(key=lambda a: a.token)
+            generated = tok.decode(ids, skip_special_tokens=True)
+            blocked = run.blocked_at[b] is not None
+            res0 = run.res[0]
+            refusal = res0.refusal_text
+            if blocked and run.blocked_by[b] in self.names:
+                refusal = run.res[self.names.index(run.blocked_by[b])].refusal_text  # type: ignore[arg-type]
+            out = GuardOutput(
+                prompt=p.item,
+                text=refusal if blocked else generated,
+                generated_text=generated,
+                token_ids=[int(i) for i in ids],
+                scores=scores,
+                policy_scores=policy_scores,
+                actions=actions,
+                decisions=list(run.decisions[b]),
+                blocked=blocked,
+                blocked_by=run.blocked_by[b],
+                finish_reason=reason,
+                correctors=list(run.row_correctors[b]),
+                prompt_tokens=len(p.enc.ids),
+                errors=list(run.errors),
+            )
+            if self._res_end:
+                out = judge_end(self, run, b, out)
+            run.outputs.append(out)
+        if self.audit is not None:
+            self._write_audit(run)
+
+    def _monitor_actions(self, run: _Run, scores: dict[str, np.ndarray]) -> list[Action]:
+        out = []
+        for j, name in enumerate(self.names):
+            thr = run.res[j].monitor
+            if not math.isfinite(thr):
+                continue
+            s = scores[name]
+            above = np.nan_to_num(s, nan=-np.inf) > thr
+            rises = np.nonzero(above & ~np.concatenate([[False], above[:-1]]))[0]
+            out.extend(Action(int(i), "monitor", name, float(s[i])) for i in rises)
+        return out
+
+    def _write_audit(self, run: _Run) -> None:
+        assert self.audit is not None
+        monitor = {r.name: r.monitor for r in run.res}
+        for b, (p, o) in enumerate(zip(run.prompts, run.outputs)):
+            try:
+                rec = build_record(
+                    log=self.audit,
+                    started=run.started,
+                    model=self._meta_model,
+                    detectors=self._meta_dets,
+                    policy=run.policy_meta,
+                    prompt_text=p.text,
+                    prompt_tokens=len(p.enc.ids),
+                    settings={**run.gen.to_dict(), "batch_size": run.B, "attempt": run.attempt},
+                    row=b,
+                    scores=o.scores,
+                    policy_scores=o.policy_scores,
+                    monitor_thresholds=monitor,
+                    actions=[a.to_dict() for a in o.actions],
+                    correctors=o.correctors,
+                    decisions=[d.to_dict() for d in o.decisions],
+                    detector_errors=o.errors,
+                    n_generated=len(o.token_ids),
+                    finish_reason=o.finish_reason,
+                    blocked=o.blocked,
+                    blocked_by=o.blocked_by,
+                    generated_text=o.generated_text,
+                    output_text=o.text,
+                    error=run.error if not isinstance(run.error, GeneratorExit) else _Cancelled("stream closed before the end"),
+                )
+                self.audit.write(rec)
+            except Exception as e:
+                if run.error is None:
+                    raise
+                warnings.warn(f"could not write the audit record: {e}", RuntimeWarning, stacklevel=2)
+
+
+class _Cancelled(Exception):
+    pass
