@@ -5,7 +5,14 @@ hook names on any local causal LM.
 """
 
 from circuits.capture import SELECTIONS, Activations, capture, capture_selections
-from circuits.errors import ArtifactError, CoalignError, HookNameError, InputError, ModelMismatchError
+from circuits.errors import (
+    ArtifactError,
+    CoalignError,
+    HookNameError,
+    InputError,
+    ModelMismatchError,
+    UnsupportedModelError,
+)
 from circuits.hooked_model import HFHookedModel, HookedModel, HookHandle, TLHookedModel, as_hooked
 from circuits.inputs import Item
 from circuits.loading import DEFAULT_MODEL, EMBEDDED, from_hf, load_model
@@ -33,6 +40,7 @@ __all__ = [
     "InputError",
     "Item",
     "ModelMismatchError",
+    "UnsupportedModelError",
     "TLHookedModel",
     "as_hooked",
     "capture",

@@ -16,6 +16,10 @@ class ModelMismatchError(CoalignError):
     """An artifact was built for a different model (id, d_model or weights)."""
 
 
+class UnsupportedModelError(CoalignError):
+    """A model that coalign cannot run correctly with the installed libraries (the reason is named)."""
+
+
 class InputError(CoalignError, ValueError):
     """Bad user input: malformed rows, prompts longer than the context, wrong shapes."""
 

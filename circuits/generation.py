@@ -9,7 +9,6 @@ from typing import Sequence
 
 import torch
 
-from circuits.errors import InputError
 from circuits.hooked_model import HookedModel
 from circuits.inputs import Item, as_chat, batches, encode, pad_id
 
@@ -31,8 +30,7 @@ def complete(
     The cache key is the model's weight fingerprint, the token ids and ``max_new_tokens``, so the
     control answers of a model are generated once per machine.
     """
-    if model.hf_model is None:
-        raise InputError(f"complete() needs a model that can decode (circuits.load_model / from_hf, or a TransformerLens model), got {type(model).__name__}")
+    model.check_decode()
     items = [as_chat(model.tokenizer, it, chat) for it in items]
     encoded = encode(model.tokenizer, items, model.n_ctx - max_new_tokens)
     path = None

@@ -145,7 +145,8 @@ class GenerationState:
 
 
 def _past_length(kwargs: dict) -> int:
-    cache = kwargs.get("past_key_values")
+    # transformers >= 5.24 hands the base model its KV cache as ``cache``; earlier ones as ``past_key_values``
+    cache = kwargs.get("past_key_values", kwargs.get("cache"))
     if cache is not None:
         if hasattr(cache, "get_seq_length"):
             return int(cache.get_seq_length())

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from circuits.errors import HookNameError
+from circuits.errors import HookNameError, InputError, UnsupportedModelError
 from circuits.hook_points import HookPoint, HookPointMap, attach
 
 HookFn = Callable[[torch.Tensor, Any], "torch.Tensor | None"]
@@ -104,6 +104,14 @@ class HookedModel:
     def layer_of(self, name: str) -> int:
         """Index of the block a hook lives in (-1 for the embedding, n_layers for the final norm)."""
         raise NotImplementedError
+
+    def check_decode(self) -> None:
+        """Raise :class:`InputError` if the Guard and ``complete`` cannot decode on this model."""
+        if self.hf_model is None:
+            raise InputError(
+                f"decoding needs a model that can generate (circuits.load_model / from_hf, or a TransformerLens "
+                f"HookedTransformer / TransformerBridge), got {type(self).__name__}"
+            )
 
     # --- hooks --------------------------------------------------------------------------
     def add_hooks(self, fwd_hooks: Sequence[tuple[str, HookFn]]) -> HookHandle:
@@ -269,6 +277,7 @@ class TLHookedModel(HookedModel):
         self.d_model = int(cfg.d_model)
         self.n_ctx = int(getattr(cfg, "n_ctx", 2048) or 2048)
         self._is_bridge = type(tl_model).__name__ == "TransformerBridge"
+        self._bridge_cache_ok: bool | None = None  # checked once, at the first decode
         hf = getattr(tl_model, "original_model", None) if self._is_bridge else None
         if isinstance(hf, nn.Module) and callable(getattr(hf, "forward", None)):
             self.hf_model = hf
@@ -278,6 +287,22 @@ class TLHookedModel(HookedModel):
 
             self.hf_model = TLDecoder(tl_model)  # HF-style decoding over TL's own KV cache
             self._base = tl_model
+
+    def check_decode(self) -> None:
+        super().check_decode()
+        if self._is_bridge:
+            if self._bridge_cache_ok is None:
+                self._bridge_cache_ok = kv_cache_matches_full_forward(self.hf_model, self.device)
+            if not self._bridge_cache_ok:
+                from importlib.metadata import version
+
+                raise UnsupportedModelError(
+                    f"this TransformerBridge ignores its KV cache (transformer-lens {version('transformer-lens')} "
+                    f"with transformers {version('transformers')}: the bridge's attention reads the cache as "
+                    "`past_key_values`, transformers >= 5.24 passes it as `cache`), so every generated token would "
+                    "be chosen without the prompt; install transformers<5.24 (see constraints.txt) or decode "
+                    "the plain model (circuits.load_model / from_hf), which has the same fingerprint"
+                )
 
     @property
     def hook_names(self) -> list[str]:
@@ -334,6 +359,21 @@ class TLHookedModel(HookedModel):
             except StopForward:
                 pass
         return None
+
+
+@torch.no_grad()
+def kv_cache_matches_full_forward(hf: nn.Module, device: torch.device) -> bool:
+    """Whether decoding one token over a KV cache gives the logits of the uncached forward.
+
+    A wrapper (a TransformerBridge) whose attention does not see the cache that its transformers
+    version passes would otherwise decode every token as if the prompt were not there.
+    """
+    vocab = int(getattr(getattr(hf, "config", None), "vocab_size", 0) or 0)
+    ids = torch.arange(1, 5, device=device).remainder(max(vocab, 5)).unsqueeze(0)
+    full = hf(input_ids=ids, use_cache=False).logits[0, -1].float()
+    head = hf(input_ids=ids[:, :-1], use_cache=True)
+    step = hf(input_ids=ids[:, -1:], past_key_values=head.past_key_values, use_cache=True).logits[0, -1].float()
+    return bool(torch.allclose(step, full, rtol=1e-2, atol=1e-2 * float(full.abs().max()) + 1e-5))
 
 
 def hf_state_under_bridge(hf: nn.Module) -> dict[str, torch.Tensor] | None:

@@ -172,11 +172,9 @@ class Guard(PolicyActions, GuardResults):
         batch_size: int = 8,
         scoring: str = "calibrated",
     ) -> None:
-        if getattr(model, "hf_model", None) is None:
-            raise InputError(
-                f"Guard needs a model that can decode (circuits.load_model / from_hf, or a TransformerLens "
-                f"HookedTransformer / TransformerBridge), got {type(model).__name__}"
-            )
+        if not callable(getattr(model, "check_decode", None)):
+            raise InputError(f"Guard needs a coalign model (circuits.load_model / from_hf), got {type(model).__name__}")
+        model.check_decode()
         self.model = model
         self.detectors = list(detectors)
         if not self.detectors:

@@ -12,7 +12,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::U
 model_bridge = pytest.importorskip("transformer_lens.model_bridge")
 
 from circuits import TLHookedModel, capture, from_hf, load_model  # noqa: E402
-from circuits.errors import InputError  # noqa: E402
+from circuits.errors import InputError, UnsupportedModelError  # noqa: E402
+from circuits.hooked_model import kv_cache_matches_full_forward  # noqa: E402
 from circuits.generation import complete  # noqa: E402
 from circuits.steering import ActivationAddition  # noqa: E402
 from detectors import Detector, Guard, Policy  # noqa: E402
@@ -96,12 +97,43 @@ def test_a_model_that_cannot_decode_gets_a_clear_error(both):
     det = Detector.from_linear("d", plain, H, torch.ones(16), threshold=0.0)
     plain.hf_model, hf = None, plain.hf_model  # as a backend without a decoder would be
     try:
-        with pytest.raises(InputError, match="Guard needs a model that can decode"):
-            Guard(plain, [det])
-        with pytest.raises(InputError, match="complete\\(\\) needs a model that can decode"):
-            complete(plain, ["hi"], max_new_tokens=2)
+        for call in (lambda: Guard(plain, [det]), lambda: complete(plain, ["hi"], max_new_tokens=2)):
+            with pytest.raises(InputError, match="decoding needs a model that can generate"):
+                call()
     finally:
         plain.hf_model = hf
+
+
+class ForgetfulLM(torch.nn.Module):
+    """A causal LM that drops the KV cache it is given, as a bridge does whose attention reads the
+    cache under another keyword than its transformers version passes."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.lm, self.config = lm, lm.config
+
+    def forward(self, input_ids, past_key_values=None, use_cache=False, **_):
+        return self.lm(input_ids=input_ids, use_cache=use_cache)
+
+
+def test_the_kv_cache_check_tells_a_working_cache_from_an_ignored_one(both):
+    plain, bridged, _ = both
+    assert kv_cache_matches_full_forward(plain.hf_model, plain.device)
+    assert not kv_cache_matches_full_forward(ForgetfulLM(plain.hf_model), plain.device)
+    # on the installed versions, the check's verdict on the bridge is what decoding shows
+    ids = plain.tokenizer(PROMPTS[1], return_tensors="pt").input_ids
+    greedy = [m.hf_model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0) for m in (plain, bridged)]
+    assert kv_cache_matches_full_forward(bridged.hf_model, bridged.device) == torch.equal(*greedy)
+
+
+def test_a_bridge_that_ignores_its_kv_cache_is_refused_with_the_reason(tmp_path):
+    _, bridged = bridged_tiny(3)
+    bridged._bridge_cache_ok = False  # the verdict the check gives on such a bridge (above)
+    det = Detector.from_linear("d", bridged, H, torch.ones(16), threshold=0.0)
+    for call in (lambda: Guard(bridged, [det]), lambda: complete(bridged, ["hi"], max_new_tokens=2)):
+        with pytest.raises(UnsupportedModelError, match="ignores its KV cache.*transformers<5.24"):
+            call()
+    assert capture(bridged, CHATS, H, select="response_mean")[H].shape == (2, 16)  # reading still works
 
 
 def test_training_on_a_bridge_gives_the_plain_models_detector(both, tmp_path):

@@ -154,6 +154,30 @@ def test_addition_generated_positions_under_kv_cache_generate(tiny):
         assert torch.equal(y, x + 1.5 * v)  # every decode step is a generated position
 
 
+def test_generated_positions_in_a_hand_written_decode_loop(tiny):
+    """A serving loop that passes only the cache (no ``cache_position``): transformers >= 5.24
+    hands the base model the cache as ``cache=`` rather than ``past_key_values=``; a decode step
+    must still count as generated, not as the start of a new prompt."""
+    torch.manual_seed(1)
+    v = torch.randn(16)
+    ids, _ = ids_mask(tiny, ["the cat sat on the mat"])  # batch 1: no attention mask, as loops often do
+    c = ActivationAddition(HOOK, v, alpha=1.5, positions="generated")
+    before, after, hs = around(tiny, c)
+    try:
+        with torch.no_grad():
+            out = tiny.hf_model(input_ids=ids, use_cache=True)
+            for _ in range(3):
+                nxt = out.logits[:, -1:].argmax(-1)
+                out = tiny.hf_model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True)
+    finally:
+        for h in hs:
+            h.remove()
+    assert len(before.acts) == 4
+    assert torch.equal(after.acts[0], before.acts[0])  # the prompt is untouched
+    for x, y in zip(before.acts[1:], after.acts[1:]):
+        assert torch.equal(y, x + 1.5 * v)
+
+
 def test_response_positions_steer_the_first_generated_token(tiny):
     """'generated' leaves the first new token's logits (read at the last prompt token) unsteered;
     'response' edits exactly that prompt position too, and every decode step."""
