@@ -2,7 +2,7 @@
 
 Instructed pairs teach "asked to deceive" (same answer, different instruction); concealment pairs
 teach a response that hides what its context says (same context, different answer), which is what
-a role-play lie is. Neither does both (README, "Deception: training data and transfer"), so this
+a role-play lie is. Neither does both (benchmarks/README.md, "Deception: training data and transfer"), so this
 trains one of each and folds them with :func:`detectors.ensemble.combine_detectors`. The weight on
 the concealment part is the largest on a 0.05 grid for which the default detector's held-out
 instructed and false-statement rows both keep AUROC >= ``floor``; no role-play data is used.

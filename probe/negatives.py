@@ -2,7 +2,7 @@
 
 Extra label-0 rows (the model's own answers to everyday instructions) teach a probe what ordinary
 chats look like, so its threshold, calibrated on other benign chats, does not sit above most
-positives. Measured on SmolLM2 (README, "Benign training negatives"): they help deception and
+positives. Measured on SmolLM2 (benchmarks/README.md, "Benign training negatives"): they help deception and
 hurt sycophancy, hence the per-behaviour default.
 """
 
