@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from circuits import load_model
-from detectors.cli import print_table, write_json
+from detectors.cli_common import print_table, write_json
 from detectors.detector import Detector
 
 EXAMPLES = [

@@ -116,7 +116,7 @@ def test_outputs_planted_signal_and_matrix(tiny, tmp_path):
     train = ["cities", "neg_cities", "sp_en_trans", "neg_sp_en_trans"]
     assert s["suites"]["truth"]["n"]["fit"] == sum(parts[k][0] + parts[k][2] for k in train)
     assert s["suites"]["truth"]["n"]["val"] == sum(parts[k][1] for k in train)
-    from detectors.cli import print_table
+    from detectors.cli_common import print_table
 
     print_table("probe benchmark", s["table"])  # what `coalign bench probes` prints
 
