@@ -17,8 +17,7 @@ import numpy as np
 from circuits import HookedModel, capture_selections
 from circuits.errors import InputError
 from circuits.generation import complete
-from detectors.conditional import ConditionalDetector
-from detectors.detector import MEAN_SELECTIONS, Detector
+from detectors.kinds import MEAN_SELECTIONS, detector_kind
 from probe.activation_set import ActivationSet, group_codes
 from probe.datasets import LabelledDataset, is_data_spec, load_data, recipe
 from probe.metrics import calibration_report
@@ -139,7 +138,7 @@ def train_detector(
     negatives: Any = "auto",
     context_select: str = "prompt_last",
     **probe_params: Any,
-) -> Detector:
+) -> "Detector":
     """Train and calibrate a detector.
 
     Args:
@@ -226,10 +225,10 @@ def train_detector(
         data_hash=_data_hash(dataset, neg), name=name or behaviour,
     )
     if method == "conditional":
-        det: Detector = ConditionalDetector.from_probe(probe, train.X[hook][:, : model.d_model], context_select=context_select, **common)
+        det = detector_kind("conditional_detector").from_probe(probe, train.X[hook][:, : model.d_model], context_select=context_select, **common)
     else:
         weight, bias = linear_readout(probe)
-        det = Detector(weight=weight.astype(np.float32), bias=bias, **common)
+        det = detector_kind("linear_detector")(weight=weight.astype(np.float32), bias=bias, **common)
     if select in MEAN_SELECTIONS:
         try:
             det.calibrate_stream(model, control.items, warmup=stream_warmup, cache_dir=str(cache / "acts"), confidence=confidence)
