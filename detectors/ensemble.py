@@ -24,13 +24,13 @@ import numpy as np
 from circuits import HookedModel
 from circuits.errors import InputError
 from circuits.inputs import Item
-from detectors.kinds import MEAN_SELECTIONS, detector_kind
+from detectors.kinds import MEAN_SELECTIONS, DetectorLike, detector_kind
 from probe.datasets import LabelledDataset
 from probe.trainer import calibrate_threshold
 
 
 def combine_detectors(
-    detectors: Sequence["Detector"],
+    detectors: Sequence[DetectorLike],
     model: HookedModel,
     weights: Sequence[float] | None = None,
     name: str | None = None,
@@ -40,7 +40,7 @@ def combine_detectors(
     n_control: int = 200,
     cache_dir: str | os.PathLike | None = None,
     stream_warmup: int = 4,
-) -> "Detector":
+) -> DetectorLike:
     """One calibrated detector scoring ``sum_i weights[i] * z_i``, each ``z_i`` standardised on the control set.
 
     Args:
@@ -114,7 +114,7 @@ def combine_detectors(
     return combined
 
 
-def _check_parts(dets: list["Detector"], model: HookedModel) -> None:
+def _check_parts(dets: list[DetectorLike], model: HookedModel) -> None:
 
     if len(dets) < 2:
         raise InputError(f"combining needs at least two detectors, got {len(dets)}")
@@ -131,7 +131,7 @@ def _check_parts(dets: list["Detector"], model: HookedModel) -> None:
                          "a sum of their scores would mix per-item statistics")
 
 
-def _default_name(dets: list["Detector"]) -> str:
+def _default_name(dets: list[DetectorLike]) -> str:
     names = list(dict.fromkeys(d.name for d in dets))
     return f"{names[0]}_mixture" if len(names) == 1 else "+".join(names)
 
@@ -147,6 +147,6 @@ def _normalised_weights(weights: Sequence[float] | None, n: int) -> list[float]:
     return [x / sum(w) for x in w]
 
 
-def _combined_hash(dets: list["Detector"], w: list[float]) -> str:
+def _combined_hash(dets: list[DetectorLike], w: list[float]) -> str:
     key = json.dumps([[d.data_hash, d.id, x] for d, x in zip(dets, w)])
     return hashlib.sha256(key.encode()).hexdigest()

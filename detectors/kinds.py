@@ -13,12 +13,31 @@ kind without importing the detector modules that import them.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, Protocol, Sequence, TypeVar
 
 from circuits.errors import ArtifactError
 
 # Token selections whose item score is the mean of per-token scores (a Guard can stream them).
 MEAN_SELECTIONS = ("response_mean", "all_mean")
+
+
+
+class DetectorLike(Protocol):
+    """What training, ensembles and the Guard rely on: a linear read-out ``sum_k acts[hooks[k]] @ weight[k] + bias``
+    with a calibrated threshold (annotation for modules that must not import the detector classes)."""
+
+    name: str
+    behaviour: str
+    hooks: list[str]
+    bias: float
+    threshold: float
+    fpr: float
+    select: str
+    model_fingerprint: str
+    d_model: int
+
+    def score(self, model: Any, items: Sequence[Any], batch_size: int = ..., cache_dir: str | None = ...) -> Any: ...
+
 
 _KINDS: dict[str, type] = {}
 T = TypeVar("T", bound=type)

@@ -17,7 +17,7 @@ import numpy as np
 from circuits import HookedModel, capture_selections
 from circuits.errors import InputError
 from circuits.generation import complete
-from detectors.kinds import MEAN_SELECTIONS, detector_kind
+from detectors.kinds import MEAN_SELECTIONS, DetectorLike, detector_kind
 from probe.activation_set import ActivationSet, group_codes
 from probe.datasets import LabelledDataset, is_data_spec, load_data, recipe
 from probe.metrics import calibration_report
@@ -138,7 +138,7 @@ def train_detector(
     negatives: Any = "auto",
     context_select: str = "prompt_last",
     **probe_params: Any,
-) -> "Detector":
+) -> DetectorLike:
     """Train and calibrate a detector.
 
     Args:
