@@ -7,6 +7,7 @@ to use for a behaviour and packs the result into a :class:`~detectors.detector.D
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import warnings
 from pathlib import Path
@@ -15,13 +16,15 @@ from typing import Any, Sequence
 import numpy as np
 
 from circuits import HookedModel, capture_selections
-from circuits.errors import InputError
+from circuits.errors import ArtifactError, InputError
 from circuits.generation import complete
 from detectors.kinds import MEAN_SELECTIONS, DetectorLike, detector_kind
+from detectors.train_config import TrainingConfig
 from probe.activation_set import ActivationSet, group_codes
 from probe.datasets import LabelledDataset, is_data_spec, load_data, recipe
 from probe.metrics import calibration_report
-from probe.negatives import DEFAULT_NEGATIVES, NEGATIVE_METHODS
+from probe.negatives import DEFAULT_NEGATIVES, negative_methods
+from probe.probes import tags_of
 from probe.trainer import calibrate_threshold, fit_probe, linear_readout, split_indices, sweep
 
 BEHAVIOURS = ("deception", "sycophancy", "truth")
@@ -103,7 +106,7 @@ def training_negatives(
         return None
     if isinstance(negatives, str) and negatives == "benign":
         chats = all(isinstance(it, (list, tuple)) for it in dataset.items)
-        if not (chats and select.startswith("response") and method in NEGATIVE_METHODS):
+        if not (chats and select.startswith("response") and tags_of(method).unpaired_negatives):
             return None
         return LabelledDataset("benign_negatives", _control_examples(
             control_items(model, len(recipe("benign_negatives")), cache_dir / "completions", source="benign_negatives")))
@@ -112,9 +115,9 @@ def training_negatives(
             raise InputError(f"negatives={str(negatives)!r}: expected 'auto', 'benign', None, files, 'recipe:<name>', "
                              "a dataset or chats (no such file)")
         negatives = [negatives]
-    if method not in NEGATIVE_METHODS:
+    if not tags_of(method).unpaired_negatives:
         raise InputError(f"method {method!r} cannot take extra negatives (it needs contrast pairs or polarity); "
-                         f"use one of {', '.join(NEGATIVE_METHODS)} or negatives=None")
+                         f"use one of {', '.join(negative_methods())} or negatives=None")
     return _label0(_user_set(negatives, "negatives"), "negatives set")
 
 
@@ -185,14 +188,51 @@ def train_detector(
         >>> det.metrics["val_auroc"] > 0.9
         True
     """
+    config = TrainingConfig(
+        behaviour, data=data, method=method, layer=layer, select=select, fpr=fpr, n_control=n_control,
+        test_fraction=test_fraction, seed=seed, name=name, stream_warmup=stream_warmup, control=control,
+        confidence=confidence, negatives=negatives, context_select=context_select, probe_params=probe_params,
+    )
+    return train_from_config(config, model, cache_dir=cache_dir, progress=progress)
+
+
+def retrain(path: str | os.PathLike, model: HookedModel, cache_dir: str | os.PathLike | None = None,
+            progress: bool = False) -> DetectorLike:
+    """Train again from the :class:`TrainingConfig` recorded in the artifact at ``path`` (same data files,
+    method, hooks, seed): on the same model and data this reproduces the artifact's weights exactly."""
+    config = TrainingConfig.from_dict(_recorded_config(path), where=f"{path}/config.json: training_config")
+    return train_from_config(config, model, cache_dir=cache_dir, progress=progress)
+
+
+def _recorded_config(path: str | os.PathLike) -> dict[str, Any]:
+    cfg_path = Path(path) / "config.json"
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"{cfg_path}: cannot read the artifact's config ({e})") from e
+    if not isinstance(cfg, dict) or not cfg.get("training_config"):
+        raise ArtifactError(f"{cfg_path}: no training_config recorded (trained by an older coalign, or combined)")
+    return cfg["training_config"]
+
+
+def train_from_config(config: TrainingConfig, model: HookedModel, cache_dir: str | os.PathLike | None = None,
+                      progress: bool = False) -> DetectorLike:
+    """Train and calibrate a detector as ``config`` says (validated first, before any forward pass); the
+    detector records ``config.to_dict()`` as its ``training_config``."""
+    config.validate()
+    c = config
+    behaviour, method, layer, fpr, seed = c.behaviour, c.method, c.layer, c.fpr, c.seed
+    confidence, context_select, probe_params = c.confidence, c.context_select, c.probe_params
+
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    dataset = training_data(behaviour, data, seed)
-    select = select or DEFAULT_SELECT.get(behaviour, "response_mean")
+    dataset = training_data(behaviour, c.data, seed)
+    select = c.select or DEFAULT_SELECT.get(behaviour, "response_mean")
     hooks = candidate_hooks(model, layer)
     capture_kw = dict(select=select, cache_dir=cache / "acts", progress=progress, context_select=context_select)
     acts = _activations(model, dataset, hooks, method, capture_kw)
-    tr, va = split_indices(acts.y, acts.groups, test_fraction, seed)
+    tr, va = split_indices(acts.y, acts.groups, c.test_fraction, seed)
     train, val = acts.subset(tr), acts.subset(va)
+    negatives = c.negatives
     asked_auto = isinstance(negatives, str) and negatives == "auto"
     if asked_auto:
         negatives = DEFAULT_NEGATIVES.get(behaviour)
@@ -207,7 +247,7 @@ def train_detector(
     _, hook = result.best
     probe = fit_probe(method, train.X[hook], train.y, train.fit_params(), **probe_params)
 
-    control = control_dataset(model, control, n_control, cache)
+    control = control_dataset(model, c.control, c.n_control, cache)
     ctrl_scores = probe.decision_function(_activations(model, control, [hook], method, capture_kw).X[hook])
     threshold = calibrate_threshold(ctrl_scores, fpr, confidence)
     report = calibration_report(val.y, probe.decision_function(val.X[hook]), threshold)
@@ -222,16 +262,17 @@ def train_detector(
     common = dict(
         behaviour=behaviour, hooks=[hook], threshold=threshold, fpr=fpr, select=select, model_id=model.model_id,
         model_fingerprint=model.fingerprint, d_model=model.d_model, probe_kind=method, metrics=metrics,
-        data_hash=_data_hash(dataset, neg), name=name or behaviour,
+        data_hash=_data_hash(dataset, neg), name=c.name or behaviour,
     )
-    if method == "conditional":
+    if tags_of(method).readout == "bilinear":
         det = detector_kind("conditional_detector").from_probe(probe, train.X[hook][:, : model.d_model], context_select=context_select, **common)
     else:
         weight, bias = linear_readout(probe)
         det = detector_kind("linear_detector")(weight=weight.astype(np.float32), bias=bias, **common)
+    det.training_config = config.to_dict()
     if select in MEAN_SELECTIONS:
         try:
-            det.calibrate_stream(model, control.items, warmup=stream_warmup, cache_dir=str(cache / "acts"), confidence=confidence)
+            det.calibrate_stream(model, control.items, warmup=c.stream_warmup, cache_dir=str(cache / "acts"), confidence=confidence)
         except InputError as e:  # e.g. every control response shorter than the warm-up
             warnings.warn(f"no stream calibration for {det.name!r} ({e}); a Guard will judge it token by token", RuntimeWarning, stacklevel=2)
     return det
@@ -247,11 +288,12 @@ def _activations(model: HookedModel, dataset: LabelledDataset, hooks: list[str],
     """Activations for ``method``: the conditional probe reads ``[context | response]`` side by side."""
     capture_kw = dict(capture_kw)
     context = capture_kw.pop("context_select", "prompt_last")
-    if method == "conditional":  # one forward pass fills the cache for both selections
+    bilinear = tags_of(method).readout == "bilinear"
+    if bilinear:  # one forward pass fills the cache for both selections
         capture_selections(model, dataset.items, hooks, [context, capture_kw["select"]],
                            cache_dir=capture_kw["cache_dir"], progress=capture_kw["progress"])
     acts = ActivationSet.from_dataset(model, dataset, hooks, **capture_kw)
-    if method == "conditional":
+    if bilinear:
         ctx = ActivationSet.from_dataset(model, dataset, hooks, **(capture_kw | {"select": context}))
         acts.X = {h: np.hstack([ctx.X[h], acts.X[h]]) for h in hooks}
     return acts

@@ -20,6 +20,7 @@ from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 
 from .base import BaseProbe, ProbeInputError
+from .tags import ProbeTags
 
 
 class ConditionalProbe(BaseProbe):
@@ -37,6 +38,8 @@ class ConditionalProbe(BaseProbe):
     Fitted attributes: ``pca_p_``, ``pca_r_`` (sklearn PCA), ``scale_p_``, ``scale_r_``,
     ``W_`` [k, k], ``u_`` [k], ``c_``, ``classes_``, ``n_features_in_``.
     """
+
+    probe_tags = ProbeTags(readout="bilinear")
 
     def __init__(self, n_components=96, C=0.1, max_iter=3000):
         self.n_components = n_components
