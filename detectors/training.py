@@ -58,11 +58,13 @@ def training_data(behaviour: str, data: Sequence[str | os.PathLike] | LabelledDa
     return recipe(behaviour, seed=seed).check_two_classes()
 
 
-def control_items(model: HookedModel, n: int, cache_dir: Path, max_new_tokens: int = 32, source: str = "benign") -> list[Any]:
+def control_items(model: HookedModel, n: int, cache_dir: Path, max_new_tokens: int = 32, source: str = "benign",
+                  progress: bool = False) -> list[Any]:
     """Benign instructions (recipe ``source``) with the model's own greedy answers (generated once,
     cached by fingerprint)."""
     prompts = recipe(source).items[:n]
-    answers = complete(model, prompts, max_new_tokens=max_new_tokens, cache_dir=cache_dir)
+    answers = complete(model, prompts, max_new_tokens=max_new_tokens, cache_dir=cache_dir,
+                       progress=progress and f"model's own answers to {source} instructions")
     return [p + [{"role": "assistant", "content": a or "OK."}] for p, a in zip(prompts, answers)]
 
 
@@ -71,12 +73,14 @@ def control_dataset(
     control: Sequence[str | os.PathLike] | Sequence[Any] | LabelledDataset | None,
     n_control: int,
     cache_dir: Path,
+    progress: bool = False,
 ) -> LabelledDataset:
     """The benign set the threshold is calibrated on: the shipped benign instructions with the
     model's own answers, or the user's (files in any supported format, a dataset, or chats); from
     labelled data only the label-0 rows are used."""
     if control is None:
-        return LabelledDataset("benign_control", _control_examples(control_items(model, n_control, cache_dir / "completions")))
+        return LabelledDataset("benign_control", _control_examples(
+            control_items(model, n_control, cache_dir / "completions", progress=progress)))
     return _label0(_user_set(control, "control"), "control set")
 
 
@@ -98,6 +102,7 @@ def _user_set(rows: Sequence[str | os.PathLike] | Sequence[Any] | LabelledDatase
 
 def training_negatives(
     model: HookedModel, negatives: Any, dataset: LabelledDataset, select: str, method: str, cache_dir: Path,
+    progress: bool = False,
 ) -> LabelledDataset | None:
     """Extra benign rows for the training part only. ``"benign"``: the shipped benign-negatives
     instructions with the model's own answers, used when the detector reads a chat response with a
@@ -109,7 +114,8 @@ def training_negatives(
         if not (chats and select.startswith("response") and tags_of(method).unpaired_negatives):
             return None
         return LabelledDataset("benign_negatives", _control_examples(
-            control_items(model, len(recipe("benign_negatives")), cache_dir / "completions", source="benign_negatives")))
+            control_items(model, len(recipe("benign_negatives")), cache_dir / "completions", source="benign_negatives",
+                          progress=progress)))
     if isinstance(negatives, (str, os.PathLike)):
         if not is_data_spec(negatives):
             raise InputError(f"negatives={str(negatives)!r}: expected 'auto', 'benign', None, files, 'recipe:<name>', "
@@ -236,7 +242,7 @@ def train_from_config(config: TrainingConfig, model: HookedModel, cache_dir: str
     asked_auto = isinstance(negatives, str) and negatives == "auto"
     if asked_auto:
         negatives = DEFAULT_NEGATIVES.get(behaviour)
-    neg = training_negatives(model, negatives, dataset, select, method, cache)
+    neg = training_negatives(model, negatives, dataset, select, method, cache, progress=progress)
     if neg is None and isinstance(negatives, str) and negatives == "benign" and not asked_auto:
         warnings.warn(f"negatives='benign' is not used here: it applies to chat data read over the response "
                       f"(select response_*) with a probe that takes unpaired rows; got select={select!r}, "
@@ -247,7 +253,7 @@ def train_from_config(config: TrainingConfig, model: HookedModel, cache_dir: str
     _, hook = result.best
     probe = fit_probe(method, train.X[hook], train.y, train.fit_params(), **probe_params)
 
-    control = control_dataset(model, c.control, c.n_control, cache)
+    control = control_dataset(model, c.control, c.n_control, cache, progress=progress)
     ctrl_scores = probe.decision_function(_activations(model, control, [hook], method, capture_kw).X[hook])
     threshold = calibrate_threshold(ctrl_scores, fpr, confidence)
     report = calibration_report(val.y, probe.decision_function(val.X[hook]), threshold)
