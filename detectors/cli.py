@@ -167,6 +167,30 @@ def cmd_combine(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from detectors import Detector
+    from detectors.calibration import recalibrate
+
+    check_detector_dirs([args.detector])
+    check_input_files(args.control, "--control")
+    check_output_dir(args.out or args.detector, "--out")
+    check_output_file(args.json, "--json")
+    check_unit_interval(args.fpr, "--fpr")
+    check_unit_interval(args.confidence, "--confidence", allow_zero=True)
+    model = _model(args.model, args.detector)
+    det = Detector.load(args.detector, model)
+    new = recalibrate(det, model, args.control, fpr=args.fpr,
+                      confidence=None if args.confidence <= 0 else args.confidence, progress=True)
+    out = args.out or args.detector
+    new.save(out)
+    row = {"detector": new.name, "control": new.metrics["recalibrated_on"]["source"], "n": new.metrics["n_control"],
+           "old threshold": det.threshold, "new threshold": new.threshold, "control FPR": new.metrics["control_fpr"],
+           "stream threshold": new.stream_threshold if new.stream_threshold is not None else "-"}
+    print_table(f"recalibrated {args.detector} -> {out} (weights unchanged)", [row])
+    write_json(args.json, {"out": out, "id": new.id, **row})
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from probe.benchmark import run_probe_benchmark
 
@@ -260,6 +284,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--model", default=None)
     c.add_argument("--json", default=None)
     c.set_defaults(func=cmd_combine)
+
+    k = sub.add_parser("calibrate", help="re-set a detector's threshold on your own benign rows (weights unchanged)")
+    k.add_argument("detector")
+    k.add_argument("--control", nargs="+", required=True,
+                   help="benign files (label-0 rows are used) in the form the detector will watch, or recipe:NAME")
+    k.add_argument("--fpr", type=float, default=None, help="target false-positive rate (default: the detector's)")
+    k.add_argument("--confidence", type=float, default=0.95, help="as for train (0: the plain empirical quantile)")
+    k.add_argument("--out", default=None, help="where to save (default: replace DETECTOR in place)")
+    k.add_argument("--model", default=None)
+    k.add_argument("--json", default=None)
+    k.set_defaults(func=cmd_calibrate)
 
     b = sub.add_parser("bench", help="benchmarks")
     bsub = b.add_subparsers(dest="bench_kind", required=True)

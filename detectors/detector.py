@@ -12,6 +12,7 @@ import hashlib
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -164,7 +165,17 @@ class Detector:
         """
         self.check_model(model)
         acts = capture(model, items, self.hooks, select=self.select, batch_size=batch_size, cache_dir=cache_dir)
-        return self.score_arrays(acts.acts)
+        scores = self.score_arrays(acts.acts)
+        self.warn_on_drift(scores)
+        return scores
+
+    def warn_on_drift(self, scores: np.ndarray) -> None:
+        """RuntimeWarning when a batch of scores sits far from the calibration set (see :mod:`detectors.calibration`)."""
+        from detectors.calibration import drift_warning
+
+        message = drift_warning(self, scores)
+        if message:
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
 
     def flag(self, scores: np.ndarray) -> np.ndarray:
         return np.asarray(scores) > self.threshold

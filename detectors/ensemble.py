@@ -24,6 +24,7 @@ import numpy as np
 from circuits import HookedModel
 from circuits.errors import InputError
 from circuits.inputs import Item
+from detectors.calibration import control_summary
 from detectors.kinds import MEAN_SELECTIONS, DetectorLike, detector_kind
 from probe.datasets import LabelledDataset
 from probe.trainer import calibrate_threshold
@@ -61,7 +62,7 @@ def combine_detectors(
         >>> both = Detector.combine([instructed_det, concealment_det], model, weights=[0.7, 0.3])
         >>> both.score(model, chats)
     """
-    from detectors.training import control_dataset, default_cache_dir
+    from detectors.control import control_dataset, default_cache_dir
 
     dets = list(detectors)
     _check_parts(dets, model)
@@ -103,6 +104,7 @@ def combine_detectors(
         ],
         "control_fpr": float(np.mean(ctrl_scores > combined.threshold)),
         "n_control": len(ctrl_scores),
+        "control_summary": control_summary(ctrl_scores),
         "threshold_confidence": confidence,
     }
     if combined.select in MEAN_SELECTIONS:

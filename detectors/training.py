@@ -17,7 +17,15 @@ import numpy as np
 
 from circuits import HookedModel, capture_selections
 from circuits.errors import ArtifactError, InputError
-from circuits.generation import complete
+from detectors.calibration import control_summary
+from detectors.control import (
+    _control_examples,
+    _label0,
+    _user_set,
+    control_dataset,
+    control_items,
+    default_cache_dir,
+)
 from detectors.kinds import MEAN_SELECTIONS, DetectorLike, detector_kind
 from detectors.train_config import TrainingConfig
 from probe.activation_set import ActivationSet, group_codes
@@ -25,15 +33,17 @@ from probe.datasets import LabelledDataset, is_data_spec, load_data, recipe
 from probe.metrics import calibration_report
 from probe.negatives import DEFAULT_NEGATIVES, negative_methods
 from probe.probes import tags_of
-from probe.trainer import calibrate_threshold, fit_probe, linear_readout, split_indices, sweep
+from probe.trainer import (
+    calibrate_threshold,
+    fit_probe,
+    linear_readout,
+    split_indices,
+    sweep,
+)
 
 BEHAVIOURS = ("deception", "sycophancy", "truth")
 # Token selection per behaviour: chats are judged over the response; bare statements at their end.
 DEFAULT_SELECT = {"deception": "response_mean", "sycophancy": "response_mean", "truth": "last"}
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("COALIGN_CACHE", Path.home() / ".cache" / "coalign"))
 
 
 def candidate_hooks(model: HookedModel, layer: str | Sequence[str]) -> list[str]:
@@ -56,48 +66,6 @@ def training_data(behaviour: str, data: Sequence[str | os.PathLike] | LabelledDa
     if behaviour not in BEHAVIOURS:
         raise InputError(f"no built-in recipe for {behaviour!r}; use one of {', '.join(BEHAVIOURS)} or pass data=[files]")
     return recipe(behaviour, seed=seed).check_two_classes()
-
-
-def control_items(model: HookedModel, n: int, cache_dir: Path, max_new_tokens: int = 32, source: str = "benign",
-                  progress: bool = False) -> list[Any]:
-    """Benign instructions (recipe ``source``) with the model's own greedy answers (generated once,
-    cached by fingerprint)."""
-    prompts = recipe(source).items[:n]
-    answers = complete(model, prompts, max_new_tokens=max_new_tokens, cache_dir=cache_dir,
-                       progress=progress and f"model's own answers to {source} instructions")
-    return [p + [{"role": "assistant", "content": a or "OK."}] for p, a in zip(prompts, answers)]
-
-
-def control_dataset(
-    model: HookedModel,
-    control: Sequence[str | os.PathLike] | Sequence[Any] | LabelledDataset | None,
-    n_control: int,
-    cache_dir: Path,
-    progress: bool = False,
-) -> LabelledDataset:
-    """The benign set the threshold is calibrated on: the shipped benign instructions with the
-    model's own answers, or the user's (files in any supported format, a dataset, or chats); from
-    labelled data only the label-0 rows are used."""
-    if control is None:
-        return LabelledDataset("benign_control", _control_examples(
-            control_items(model, n_control, cache_dir / "completions", progress=progress)))
-    return _label0(_user_set(control, "control"), "control set")
-
-
-def _label0(ds: LabelledDataset, what: str) -> LabelledDataset:
-    neg = ds.subset(ds.labels == 0, name=f"{ds.name} (label 0)")
-    if len(neg) == 0:
-        raise InputError(f"{what} {ds.name!r} has no label-0 (benign) rows")
-    return neg
-
-
-def _user_set(rows: Sequence[str | os.PathLike] | Sequence[Any] | LabelledDataset, name: str) -> LabelledDataset:
-    """Files in any supported format, a dataset, or bare chats (taken as label 0)."""
-    if isinstance(rows, LabelledDataset):
-        return rows
-    if rows and all(is_data_spec(c) for c in rows):
-        return LabelledDataset.concat(*[load_data(p) for p in rows], name=name)  # type: ignore[arg-type]
-    return LabelledDataset(name, _control_examples(list(rows)))
 
 
 def training_negatives(
@@ -260,6 +228,7 @@ def train_from_config(config: TrainingConfig, model: HookedModel, cache_dir: str
     metrics = {"val_" + k: v for k, v in report.items()} | {
         "control_fpr": float(np.mean(ctrl_scores > threshold)),
         "n_control": len(ctrl_scores),
+        "control_summary": control_summary(ctrl_scores),
         "threshold_confidence": confidence,
         "n_train": len(train),
         "n_negatives": 0 if neg is None else len(neg),
@@ -309,9 +278,3 @@ def _data_hash(dataset: LabelledDataset, negatives: LabelledDataset | None) -> s
     if negatives is None:
         return dataset.content_hash()
     return hashlib.sha256(f"{dataset.content_hash()}+negatives:{negatives.content_hash()}".encode()).hexdigest()
-
-
-def _control_examples(items: list[Any]) -> list[Any]:
-    from probe.datasets import Example
-
-    return [Example(item=it, label=0, source=f"control:{i}") for i, it in enumerate(items)]
