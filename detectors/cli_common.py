@@ -77,8 +77,10 @@ def _check_writable_parent(p: Path, flag: str) -> None:
         raise InputError(f"{flag} {p}: cannot write in {parent}")
 
 
-def check_input_files(paths: Sequence[str] | None, flag: str) -> None:
-    """Each entry is ``recipe:NAME`` or a readable UTF-8 text file (checked now, loaded later)."""
+def check_input_files(paths: Sequence[str] | None, flag: str, parse: bool = True) -> None:
+    """Each entry is ``recipe:NAME`` or a readable UTF-8 data file; with ``parse`` its rows are read too
+    (milliseconds), so a malformed row is reported, naming file, row and field, before the model loads."""
+    from probe.datasets import load_data
     from probe.datasets.recipes import RECIPE_PREFIX, RECIPES
 
     for spec in paths or ():
@@ -99,6 +101,8 @@ def check_input_files(paths: Sequence[str] | None, flag: str) -> None:
             raise InputError(f"{flag} {spec}: not UTF-8 text (byte {e.start}: {e.reason})") from None
         except OSError as e:
             raise InputError(f"{flag} {spec}: cannot read ({e.strerror})") from None
+        if parse:
+            load_data(spec)
 
 
 def check_unit_interval(value: float | None, flag: str, allow_zero: bool = False) -> None:

@@ -36,6 +36,8 @@ def files(tmp_path, tiny):
     data = tmp_path / "data.jsonl"
     data.write_text(json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
                                 "label": 1}) + "\n")
+    badrow = tmp_path / "badrow.jsonl"
+    badrow.write_text('{"messages": 5, "label": 1}\n')
     binary = tmp_path / "latin1.jsonl"
     binary.write_bytes(b'{"messages": "caf\xe9"}\n')
     hf = tmp_path / "hf-model"
@@ -47,7 +49,7 @@ def files(tmp_path, tiny):
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
     (corrupt / "config.json").write_text("{not json")
-    yield {"data": str(data), "binary": str(binary), "hf": str(hf), "det": str(det), "corrupt": str(corrupt),
+    yield {"badrow": str(badrow), "data": str(data), "binary": str(binary), "hf": str(hf), "det": str(det), "corrupt": str(corrupt),
            "dir": str(tmp_path)}
 
 
@@ -60,6 +62,7 @@ CASES = {
     "missing data": (["train", "x", "--out", "{dir}/o", "--data", "{dir}/nope.jsonl"], "no such file"),
     "data is a directory": (["train", "x", "--out", "{dir}/o", "--data", "{dir}"], "is a directory"),
     "data not utf-8": (["train", "x", "--out", "{dir}/o", "--data", "{binary}"], "not UTF-8"),
+    "malformed data row": (["train", "x", "--out", "{dir}/o", "--data", "{badrow}"], "line 1"),
     "unknown recipe": (["train", "x", "--out", "{dir}/o", "--data", "recipe:nope"], "unknown dataset recipe"),
     "out is a model folder": (["train", "deception", "--out", "{hf}"], "not a coalign artifact"),
     "out under a file": (["train", "deception", "--out", "{data}/o"], "cannot write"),
