@@ -79,8 +79,8 @@ def run_ray(kwargs: dict[str, Any], files: list[str] | None, columns: list[str],
     scored = ds.map_batches(
         _Worker, fn_constructor_kwargs={**kwargs, "threads": threads}, batch_size=batch_size,
         batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=cpus,
-        num_gpus=gpus_per_actor or None, max_restarts=-1, max_task_retries=-1,
-    )
+        num_gpus=gpus_per_actor or None,
+    )  # Ray Data's actor pools restart a dead actor and retry its batch by default (max_restarts=-1)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     scored.write_parquet(str(run_dir), ray_remote_args={"num_cpus": IO_CPUS})
 
