@@ -168,7 +168,7 @@ def scan(detectors: Sequence[str | os.PathLike], data: str | os.PathLike, out: s
         kwargs = dict(detectors=dets, model=model, id_column=id_column, batch_size=batch_size,
                       model_kwargs=model_kwargs, chaos=chaos)
         if engine == "local":
-            _run_local(kwargs, files, columns, rows, set(done), run_dir, batch_size, progress)
+            _run_local(kwargs, files, columns, rows, set(done), run_dir, batch_size, progress, todo)
         else:
             from detectors.scan_ray import run_ray
 
@@ -220,7 +220,7 @@ def _prepare_out(out: Path, request: dict[str, Any], resume: bool, id_column: st
 
 
 def _run_local(kwargs: dict[str, Any], files: list[str] | None, columns: list[str], rows: list[dict] | None,
-               done: set[Any], run_dir: Path, batch_size: int, progress: bool) -> None:
+               done: set[Any], run_dir: Path, batch_size: int, progress: bool, todo: int) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -232,7 +232,7 @@ def _run_local(kwargs: dict[str, Any], files: list[str] | None, columns: list[st
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(desc="scan", unit="row")
+        bar = tqdm(desc="scan", unit="row", total=todo)
     run_dir.mkdir(parents=True, exist_ok=False)
     k = 0
     for _, batch in source:
