@@ -61,9 +61,9 @@ def run_ray(kwargs: dict[str, Any], files: list[str] | None, columns: list[str],
                          f"{ray.cluster_resources().get('GPU', 0):g} GPUs")
     cpus = actor_cpus(total, actors)
     threads = max(1, int(total // actors))
-    # blocks of a few batches each: every block is written as its own file as soon as it is scored, so a
-    # failed run keeps most of its work for --resume, and the actors share the work evenly
-    blocks = max(2 * actors, min(MAX_BLOCKS, -(-n_rows // (4 * batch_size))))
+    # blocks of about 16 batches: every block is written as its own file once scored, so a failed run keeps
+    # most of its work for --resume; fewer, larger blocks leave fewer short batches at block ends
+    blocks = max(2 * actors, min(MAX_BLOCKS, -(-n_rows // (16 * batch_size))))
     if files is not None:
         ds = ray.data.read_parquet(files, columns=columns, num_cpus=IO_CPUS, override_num_blocks=blocks)
     else:

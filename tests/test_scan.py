@@ -121,3 +121,21 @@ def test_cli_batch_scan_and_the_table_scan_refusals(setup, tmp_path, capsys):
     assert main(["scan", setup["detectors"][0], "--model", setup["model"], "--prompt", "is the cat red",
                  "--response", "the sky", "--json", str(tmp_path / "t.json")]) == 0
     assert len(json.loads((tmp_path / "t.json").read_text())) == 1
+
+
+def test_cli_exits_non_zero_when_output_ids_differ_from_input_ids(setup, tmp_path, capsys):
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from detectors.cli import main
+
+    out = tmp_path / "o"
+    args = ["scan", *setup["detectors"], "--data", setup["corpus"], "--out", str(out), "--model", setup["model"]]
+    assert main(args) == 0
+    part = sorted((out / "parts").rglob("*.parquet"))[0]
+    shutil.copy(part, part.with_name("copy.parquet"))  # the same rows twice, as a broken engine might write them
+    assert main([*args, "--resume", "--json", str(tmp_path / "m.json")]) == 1
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["exact"] is False and m["duplicated"] == pq.read_metadata(part).num_rows and m["missing"] == 0
+    assert "output ids differ from input ids" in capsys.readouterr().out

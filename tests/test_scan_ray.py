@@ -67,7 +67,7 @@ def test_failed_ray_run_then_resume_is_exactly_once(setup, local, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(Exception, match="scan chaos"):
         scan(setup["detectors"], setup["corpus"], out, model=setup["model"], engine="ray", actors=1, batch_size=20,
-             progress=False, chaos={"raise_after": 160})  # fails in the last of 3 blocks
+             progress=False, chaos={"raise_after": 160})  # fails in the second of 2 blocks
     first = len(read_scores(out)) if list((out / "parts").rglob("*.parquet")) else 0
     m = scan(setup["detectors"], setup["corpus"], out, model=setup["model"], engine="ray", actors=1, batch_size=20,
              progress=False, resume=True)
