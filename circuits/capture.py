@@ -188,7 +188,7 @@ def _run_capture(
 
         def fn(act: torch.Tensor, _hook: object) -> None:
             for s in selects:
-                rows = select_tokens(act, s, state.get(("positions", s)), state.get(("mask", s)))  # type: ignore[arg-type]
+                rows = select_tokens(act, s, _on(state, ("positions", s), act.device), _on(state, ("mask", s), act.device))
                 chunks[(name, s)].append((state["idx"], rows.detach().float().cpu()))  # type: ignore[arg-type]
 
         return fn
@@ -202,14 +202,25 @@ def _run_capture(
     all_selects = list(dict.fromkeys(s for _, s in todo))
     with model.hooks([(h, make_hook(h)) for h in hooks]):
         for idx, ids, mask in it:
+            state.clear()
             state["idx"] = idx
-            for s in all_selects:
+            for s in all_selects:  # kept on the CPU: each hook copies them to its activation's device once
                 if s in POSITION_SELECTIONS:
-                    state[("positions", s)] = _positions(encoded, idx, s).to(device)
+                    state[("positions", s)] = _positions(encoded, idx, s)
                 else:
-                    state[("mask", s)] = _span_mask(encoded, idx, ids.shape[1], s).to(device)
+                    state[("mask", s)] = _span_mask(encoded, idx, ids.shape[1], s)
             model.forward(ids.to(device), mask.to(device), stop_at_layer=stop)
     return {k: _assemble(c, encoded, k[1]) for k, c in chunks.items()}
+
+
+def _on(state: dict[object, object], key: tuple[str, str], device: torch.device) -> torch.Tensor | None:
+    """``state[key]`` on ``device``, copied at most once per batch and device: on a model split over
+    devices each hook's activation lives on its own block's device, never necessarily ``model.device``."""
+    t = state.get(key)
+    if t is None or t.device == device:  # type: ignore[union-attr]
+        return t  # type: ignore[return-value]
+    moved = state.setdefault((key, device), t.to(device))  # type: ignore[union-attr]
+    return moved  # type: ignore[return-value]
 
 
 def _assemble(chunks: list[tuple[list[int], torch.Tensor]], encoded: list[Encoded], select: str) -> tuple[np.ndarray, np.ndarray]:

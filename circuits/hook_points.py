@@ -93,13 +93,13 @@ class HookPointMap:
             )
         self.layers: nn.ModuleList = layers
         self.n_layers = len(layers)
-        self._embed = _first(hf_model, _EMBED_PATHS)
+        self.embed = _first(hf_model, _EMBED_PATHS)
         self._norm = _first(hf_model, _NORM_PATHS)
 
     @property
     def names(self) -> list[str]:
         """Every hook name this model supports, in forward order."""
-        out = [n for n in _GLOBAL_HOOKS if n == "hook_embed" and self._embed is not None]
+        out = [n for n in _GLOBAL_HOOKS if n == "hook_embed" and self.embed is not None]
         for i in range(self.n_layers):
             out += [f"blocks.{i}.{suffix}" for suffix in _BLOCK_HOOKS if self._resolve_block(i, suffix)]
         if self._norm is not None:
@@ -122,8 +122,8 @@ class HookPointMap:
             i, suffix = int(m.group(1)), m.group(2)
             if suffix in _BLOCK_HOOKS and 0 <= i < self.n_layers:
                 hp = self._resolve_block(i, suffix)
-        elif name == "hook_embed" and self._embed is not None:
-            hp = HookPoint(name, self._embed, "post", -1)
+        elif name == "hook_embed" and self.embed is not None:
+            hp = HookPoint(name, self.embed, "post", -1)
         elif name == "ln_final.hook_normalized" and self._norm is not None:
             hp = HookPoint(name, self._norm, "post", self.n_layers)
         if hp is None:

@@ -19,7 +19,6 @@ with ``.remove()``; the wrapped model's weights and module tree are never change
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -27,6 +26,7 @@ from torch import nn
 
 from circuits.errors import HookNameError, InputError, UnsupportedModelError
 from circuits.hook_points import HookPoint, HookPointMap, attach
+from circuits.placement import input_device, weight_fingerprint
 
 HookFn = Callable[[torch.Tensor, Any], "torch.Tensor | None"]
 
@@ -50,24 +50,6 @@ class HookHandle:
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
-
-
-def weight_fingerprint(module: nn.Module | dict[str, torch.Tensor]) -> str:
-    """A short hash of a model's weights (names, shapes and a sample of values from each tensor).
-
-    Cheap enough to compute at load time, and different for any two checkpoints a user would
-    confuse (another model, another fine-tune, another quantisation). Takes a module or its
-    state dict.
-    """
-    h = hashlib.sha256()
-    state = module if isinstance(module, dict) else module.state_dict()
-    for name, p in sorted(state.items()):
-        h.update(name.encode())
-        h.update(str(tuple(p.shape)).encode())
-        flat = p.detach().reshape(-1)
-        step = max(1, flat.numel() // 4096)
-        h.update(flat[::step][:4096].to(torch.float32).cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 class HookedModel:
@@ -229,7 +211,10 @@ class HFHookedModel(HookedModel):
 
     @property
     def device(self) -> torch.device:
-        return next(self.hf_model.parameters()).device
+        """Where input ids go: the embedding's device (its execution device when accelerate dispatched
+        the model over several devices; other blocks' activations live elsewhere, so hooks follow the
+        activation's own device and never this one)."""
+        return input_device(self.hf_model, self._points.embed)
 
     def _weights_module(self) -> nn.Module:
         return self.hf_model

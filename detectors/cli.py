@@ -14,7 +14,7 @@ from typing import Any, Sequence
 from circuits import DEFAULT_MODEL, CoalignError
 from circuits.errors import InputError
 from detectors.cli_common import (
-    _model, _negatives, _preview, check_detector_dirs, check_input_files, check_output_dir, check_output_file,
+    _model, _negatives, check_detector_dirs, check_input_files, check_output_dir, check_output_file,
     check_unit_interval, print_table, write_json,
 )
 
@@ -107,36 +107,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         report |= {"pair_accuracy": acc, "n_pairs": n_pairs}
     print_table(f"{det.name} on {args.data}", [report])
     write_json(args.json, report)
-    return 0
-
-
-def cmd_scan(args: argparse.Namespace) -> int:
-    from detectors import Detector
-    from probe.datasets import load_data
-
-    model = _model(args.model, args.detector)
-    det = Detector.load(args.detector, model)
-    if args.prompt is not None:
-        item: Any = [{"role": "user", "content": args.prompt}]
-        if args.response is not None:
-            item.append({"role": "assistant", "content": args.response})
-        items, labels = [item], [None]
-    else:
-        ds = load_data(args.data)
-        items, labels = ds.items, list(ds.labels)
-    scores = det.score(model, items)
-    rows = [
-        {"i": i, "text": _preview(it), "score": float(s), "flag": bool(s > det.threshold), "label": lab}
-        for i, (it, s, lab) in enumerate(zip(items, scores, labels))
-    ]
-    if args.explain:
-        for row, toks in zip(rows, det.explain(model, items)):
-            top = sorted(range(len(toks)), key=lambda k: -toks[k][1])[: args.explain]
-            row["top tokens"] = "  ".join(f"{toks[k][0].strip() or repr(toks[k][0])}@{k} {toks[k][1]:+.2f}" for k in top)
-            row["tokens"] = toks
-    print_table(f"{det.name} scan (threshold {det.threshold:.3f} at {det.fpr:.0%} FPR)", rows,
-                [c for c in rows[0] if c != "tokens"] if rows else None)
-    write_json(args.json, rows)
     return 0
 
 
@@ -261,18 +231,6 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", default=None)
     e.set_defaults(func=cmd_eval)
 
-    s = sub.add_parser("scan", help="score prompts/responses with a detector")
-    s.add_argument("detector")
-    g = s.add_mutually_exclusive_group(required=True)
-    g.add_argument("--prompt")
-    g.add_argument("--data")
-    s.add_argument("--response", default=None, help="assistant response to judge (with --prompt)")
-    s.add_argument("--explain", type=int, nargs="?", const=5, default=0, metavar="K",
-                   help="also show the K tokens (default 5) with the highest scores (the item score is the mean of all its token scores)")
-    s.add_argument("--model", default=None)
-    s.add_argument("--json", default=None)
-    s.set_defaults(func=cmd_scan)
-
     c = sub.add_parser("combine", help="fold several detectors into one (weighted sum of control-standardised scores)")
     c.add_argument("detectors", nargs="+", help="two or more detector directories")
     c.add_argument("--out", required=True)
@@ -312,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     from detectors.cli_guard import register
 
     register(sub)
+    from detectors.cli_scan import register as register_scan
+
+    register_scan(sub)
     return p
 
 
