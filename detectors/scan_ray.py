@@ -89,7 +89,7 @@ class _Worker:
     """Imports the worker inside the actor (the driver never loads the model)."""
 
     def __init__(self, **kwargs: Any) -> None:
-        from detectors.scan import ScanWorker
+        from detectors.scan_worker import ScanWorker
 
         self.worker = ScanWorker(**kwargs)
 
