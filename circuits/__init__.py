@@ -2,49 +2,56 @@
 
 Knows nothing about deception or sycophancy: it reads and writes activations at TransformerLens
 hook names on any local causal LM.
+
+Names are imported on first use (PEP 562), so ``import circuits`` (and the CLI) starts without
+loading torch or transformers until something needs them.
 """
 
-from circuits.capture import SELECTIONS, Activations, capture, capture_selections
-from circuits.errors import (
-    ArtifactError,
-    CoalignError,
-    HookNameError,
-    InputError,
-    ModelMismatchError,
-    UnsupportedModelError,
-)
-from circuits.hooked_model import HFHookedModel, HookedModel, HookHandle, TLHookedModel, as_hooked
-from circuits.inputs import Item
-from circuits.loading import DEFAULT_MODEL, EMBEDDED, from_hf, load_model
-from circuits.steering import ActivationAddition, DirectionalAblation, GenerationState, SAEClamp, logits_with
-from circuits.steering_vectors import SteeringVector, build_caa
+from __future__ import annotations
 
-__all__ = [
-    "ActivationAddition",
-    "DirectionalAblation",
-    "GenerationState",
-    "SAEClamp",
-    "SteeringVector",
-    "build_caa",
-    "logits_with",
-    "SELECTIONS",
-    "Activations",
-    "ArtifactError",
-    "CoalignError",
-    "DEFAULT_MODEL",
-    "EMBEDDED",
-    "HFHookedModel",
-    "HookHandle",
-    "HookNameError",
-    "HookedModel",
-    "InputError",
-    "Item",
-    "ModelMismatchError",
-    "UnsupportedModelError",
-    "TLHookedModel",
-    "as_hooked",
-    "capture",
-    "capture_selections",
-    "from_hf",
-    "load_model",
-]
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "SELECTIONS": "circuits.capture",
+    "Activations": "circuits.capture",
+    "capture": "circuits.capture",
+    "capture_selections": "circuits.capture",
+    "ArtifactError": "circuits.errors",
+    "CoalignError": "circuits.errors",
+    "HookNameError": "circuits.errors",
+    "InputError": "circuits.errors",
+    "ModelMismatchError": "circuits.errors",
+    "UnsupportedModelError": "circuits.errors",
+    "HFHookedModel": "circuits.hooked_model",
+    "HookedModel": "circuits.hooked_model",
+    "HookHandle": "circuits.hooked_model",
+    "TLHookedModel": "circuits.hooked_model",
+    "as_hooked": "circuits.hooked_model",
+    "Item": "circuits.inputs",
+    "DEFAULT_MODEL": "circuits.loading",
+    "EMBEDDED": "circuits.loading",
+    "from_hf": "circuits.loading",
+    "load_model": "circuits.loading",
+    "ActivationAddition": "circuits.steering",
+    "DirectionalAblation": "circuits.steering",
+    "GenerationState": "circuits.steering",
+    "SAEClamp": "circuits.steering",
+    "logits_with": "circuits.steering",
+    "SteeringVector": "circuits.steering_vectors",
+    "build_caa": "circuits.steering_vectors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'circuits' has no attribute {name!r}")
+    value = getattr(import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

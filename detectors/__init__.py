@@ -1,23 +1,43 @@
-"""detectors: calibrated Detector artifacts, the Guard around generation, policies, routing, CLI."""
+"""detectors: calibrated Detector artifacts, the Guard around generation, policies, routing, CLI.
 
-from detectors.audit import AuditLog
-from detectors.conditional import ConditionalDetector
-from detectors.deception_mixture import train_deception_mixture
-from detectors.detector import Detector
-from detectors.guard import EscalationContext, Guard, GuardOutput
-from detectors.policy import Decision, Policy, PolicyError
-from detectors.router import Router
+Names are imported on first use (PEP 562), so ``import detectors`` (and the CLI) starts without
+loading torch or transformers until something needs them.
+"""
 
-__all__ = [
-    "AuditLog",
-    "ConditionalDetector",
-    "Decision",
-    "Detector",
-    "EscalationContext",
-    "Guard",
-    "GuardOutput",
-    "Policy",
-    "PolicyError",
-    "Router",
-    "train_deception_mixture",
-]
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "AuditLog": "detectors.audit",
+    "ConditionalDetector": "detectors.conditional",
+    "train_deception_mixture": "detectors.deception_mixture",
+    "Detector": "detectors.detector",
+    "EscalationContext": "detectors.guard",
+    "Guard": "detectors.guard",
+    "GuardOutput": "detectors.guard",
+    "Decision": "detectors.policy",
+    "Policy": "detectors.policy",
+    "PolicyError": "detectors.policy",
+    "Router": "detectors.router",
+    "TrainingConfig": "detectors.train_config",
+    "train_detector": "detectors.training",
+    "retrain": "detectors.training",
+    "recalibrate": "detectors.calibration",
+    "register_detector_kind": "detectors.kinds",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'detectors' has no attribute {name!r}")
+    value = getattr(import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -11,8 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from circuits import DEFAULT_MODEL, CoalignError
-from circuits.errors import InputError
+from circuits.errors import CoalignError, InputError
 from detectors.cli_common import (
     _model, _negatives, check_detector_dirs, check_input_files, check_output_dir, check_output_file,
     check_unit_interval, print_table, write_json,
@@ -20,13 +19,12 @@ from detectors.cli_common import (
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from detectors.train_config import TrainingConfig
-    from detectors.training import retrain, train_from_config
-
     check_output_dir(args.out, "--out")
     check_output_file(args.json, "--json")
     check_unit_interval(args.fpr, "--fpr")
     check_unit_interval(args.confidence, "--confidence", allow_zero=True)
+    from detectors.train_config import TrainingConfig
+    from detectors.training import retrain, train_from_config
     if args.from_dir:
         if args.behaviour is not None or args.mixture or args.data or args.control:
             raise InputError("--from retrains exactly what the artifact records; it takes no behaviour, --data, "
@@ -90,13 +88,12 @@ def _train_mixture(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from detectors import Detector
-    from probe.datasets import load_data
-    from probe.metrics import calibration_report, pair_accuracy
-
     check_detector_dirs([args.detector])
     check_input_files([args.data], "--data")
     check_output_file(args.json, "--json")
+    from detectors import Detector
+    from probe.datasets import load_data
+    from probe.metrics import calibration_report, pair_accuracy
     model = _model(args.model, args.detector)
     det = Detector.load(args.detector, model)
     data = load_data(args.data).check_two_classes()
@@ -111,8 +108,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_combine(args: argparse.Namespace) -> int:
-    from detectors import Detector
-
     check_detector_dirs(args.detectors)
     check_output_dir(args.out, "--out")
     check_output_file(args.json, "--json")
@@ -124,6 +119,7 @@ def cmd_combine(args: argparse.Namespace) -> int:
         raise InputError(f"--weights must be comma-separated numbers, got {args.weights!r}") from None
     if weights is not None and (len(weights) != len(args.detectors) or not all(math.isfinite(w) for w in weights)):
         raise InputError(f"--weights needs {len(args.detectors)} finite numbers (one per detector), got {args.weights!r}")
+    from detectors import Detector
     model = _model(args.model, args.detectors[0])
     dets = [Detector.load(d, model) for d in args.detectors]
     both = Detector.combine(dets, model, weights=weights, name=args.name, fpr=args.fpr, control=args.control,
@@ -138,15 +134,14 @@ def cmd_combine(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from detectors import Detector
-    from detectors.calibration import recalibrate
-
     check_detector_dirs([args.detector])
     check_input_files(args.control, "--control")
     check_output_dir(args.out or args.detector, "--out")
     check_output_file(args.json, "--json")
     check_unit_interval(args.fpr, "--fpr")
     check_unit_interval(args.confidence, "--confidence", allow_zero=True)
+    from detectors import Detector
+    from detectors.calibration import recalibrate
     model = _model(args.model, args.detector)
     det = Detector.load(args.detector, model)
     new = recalibrate(det, model, args.control, fpr=args.fpr,
@@ -178,6 +173,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     check_output_dir(str(Path(args.out) / "deception"), "--out")
     check_output_dir(str(Path(args.out) / "sycophancy"), "--out")
     check_output_file(args.json, "--json")
+    from circuits.loading import DEFAULT_MODEL
+
     return run_demo(args.model or DEFAULT_MODEL, args.out, json_out=args.json)
 
 

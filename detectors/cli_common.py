@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from circuits import DEFAULT_MODEL
 from circuits.errors import ArtifactError, InputError
 
 
@@ -58,7 +57,7 @@ def check_output_dir(path: str | None, flag: str) -> None:
     """An artifact can be saved at ``path`` (a new folder, an empty one, or a coalign artifact to replace)."""
     if not path:
         return
-    from circuits.artifact_io import check_replaceable
+    from circuits.artifact_dirs import check_replaceable
 
     p = Path(path)
     if p.exists():
@@ -120,7 +119,7 @@ def check_detector_dirs(paths: Sequence[str], flag: str = "detector") -> None:
 
 
 def _model(name: str | None, detector_dir: str | None = None):
-    from circuits import EMBEDDED, load_model
+    from circuits import DEFAULT_MODEL, EMBEDDED, load_model
 
     if name is None and detector_dir is not None:
         cfg_path = Path(detector_dir) / "config.json"

@@ -13,6 +13,7 @@ kind without importing the detector modules that import them.
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import Any, Protocol, Sequence, TypeVar
 
 from circuits.errors import ArtifactError
@@ -40,6 +41,9 @@ class DetectorLike(Protocol):
 
 
 _KINDS: dict[str, type] = {}
+# The built-in kinds, by the module that defines and registers each: imported when first asked for (as
+# entry points are), so ``import detectors`` stays light and this module imports no detector module.
+_BUILTIN = {"linear_detector": "detectors.detector", "conditional_detector": "detectors.conditional"}
 T = TypeVar("T", bound=type)
 
 
@@ -54,10 +58,12 @@ def register_detector_kind(cls: T) -> T:
 
 def detector_kind(kind: Any, where: str = "detector") -> type:
     """The class registered for ``kind``; ArtifactError naming ``where`` if there is none."""
+    if kind not in _KINDS and kind in _BUILTIN:
+        import_module(_BUILTIN[kind])
     if kind not in _KINDS:
         raise ArtifactError(f"{where}: kind {kind!r} is not a detector kind ({', '.join(sorted(_KINDS))})")
     return _KINDS[kind]
 
 
 def detector_kinds() -> list[str]:
-    return sorted(_KINDS)
+    return sorted(set(_KINDS) | set(_BUILTIN))

@@ -5,40 +5,50 @@ Probes are scikit-learn estimators usable on your own activations::
     from probe import LogisticProbe
     p = LogisticProbe().fit(X_train, y_train)      # X: [n, d_model], y: 1 = behaviour present
     p.direction_, p.decision_function(X_test)
+
+Names are imported on first use (PEP 562), so ``import probe`` (and the CLI) starts without
+loading torch or transformers until something needs them.
 """
 
-from probe.activation_set import ActivationSet
-from probe.datasets import Example, LabelledDataset, load_dataset, recipe
-from probe.metrics import auroc, bootstrap_auroc_ci, calibration_report, pair_accuracy, recall_at_fpr, threshold_at_fpr
-from probe.probes import (
-    PROBES,
-    CCSProbe,
-    EnsembleProbe,
-    LATProbe,
-    LogisticProbe,
-    MassMeanProbe,
-    TTPDProbe,
-    make_probe,
-)
+from __future__ import annotations
 
-__all__ = [
-    "PROBES",
-    "ActivationSet",
-    "CCSProbe",
-    "EnsembleProbe",
-    "Example",
-    "LATProbe",
-    "LabelledDataset",
-    "LogisticProbe",
-    "MassMeanProbe",
-    "TTPDProbe",
-    "auroc",
-    "bootstrap_auroc_ci",
-    "calibration_report",
-    "load_dataset",
-    "make_probe",
-    "pair_accuracy",
-    "recall_at_fpr",
-    "recipe",
-    "threshold_at_fpr",
-]
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "ActivationSet": "probe.activation_set",
+    "Example": "probe.datasets",
+    "LabelledDataset": "probe.datasets",
+    "load_dataset": "probe.datasets",
+    "recipe": "probe.datasets",
+    "auroc": "probe.metrics",
+    "bootstrap_auroc_ci": "probe.metrics",
+    "calibration_report": "probe.metrics",
+    "pair_accuracy": "probe.metrics",
+    "recall_at_fpr": "probe.metrics",
+    "threshold_at_fpr": "probe.metrics",
+    "PROBES": "probe.probes",
+    "CCSProbe": "probe.probes",
+    "EnsembleProbe": "probe.probes",
+    "LATProbe": "probe.probes",
+    "LogisticProbe": "probe.probes",
+    "MassMeanProbe": "probe.probes",
+    "TTPDProbe": "probe.probes",
+    "make_probe": "probe.probes",
+    "ConditionalProbe": "probe.probes",
+    "register_probe": "probe.probes",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'probe' has no attribute {name!r}")
+    value = getattr(import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
