@@ -73,6 +73,7 @@ from __future__ import annotations
 import math
 import warnings
 import weakref
+from dataclasses import replace
 from inspect import signature
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -261,6 +262,17 @@ class Guard(PolicyActions, GuardResults):
         self.policy = self._policy.merge(Policy.load(path))
         return self._policy
 
+    def _lock_red_line(self, r: Resolved, policy: Policy) -> Resolved:
+        """Belt and braces: a red line's block threshold is finite and never rises above where it
+        started, whatever the policy says (comparisons written so that NaN cannot pass)."""
+        lock = self._locked.get(r.name)
+        if not math.isfinite(r.block):
+            raise PolicyError(f"{policy.source}: red line {r.name!r}: block threshold resolves to {r.block} "
+                              f"(detector threshold {self._thresholds[r.name]}); a red line needs a finite one")
+        if lock is not None and not (r.block <= lock):
+            r = replace(r, block=lock)
+        return replace(r, red_line=True)
+
     def _apply_policy(self, policy: Policy) -> None:
         missing = sorted(set(policy.red_lines) - set(self.names))
         if missing:
@@ -268,8 +280,8 @@ class Guard(PolicyActions, GuardResults):
         res = []
         for name, det in zip(self.names, self.detectors):
             r = policy.resolve(name, self._thresholds[name])
-            if name in self._locked:  # belt and braces: a red line's block never rises above where it started
-                r = Resolved(**{**r.__dict__, "block": min(r.block, self._locked[name]), "red_line": True})
+            if name in self._locked or r.red_line:
+                r = self._lock_red_line(r, policy)
             if math.isfinite(r.correct) or math.isfinite(r.escalate):
                 self.router.validate(r.corrector, det, where=policy.source)
             res.append(r)

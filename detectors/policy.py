@@ -169,6 +169,13 @@ class Threshold:
     kind: str
     value: float
 
+    def __post_init__(self) -> None:
+        # a NaN here would make every comparison False: a red line that never blocks (issue 24)
+        if self.kind not in ("abs", "offset", "scale"):
+            raise PolicyError(f"threshold kind must be 'abs', 'offset' or 'scale', got {self.kind!r}")
+        if isinstance(self.value, bool) or not isinstance(self.value, (int, float)) or not math.isfinite(self.value):
+            raise PolicyError(f"threshold must be a finite number, got {self.value!r}")
+
     def resolve(self, detector_threshold: float) -> float:
         if self.kind == "abs":
             return self.value
@@ -203,15 +210,21 @@ class Threshold:
             if s in ("off", "none", "never", ""):
                 return OFF
             try:
-                return cls("abs", float(s))
+                x = float(s)  # also parses "nan", "inf", "1e400": refused below, not passed on
             except ValueError:
-                pass
+                x = None
+            if x is not None:
+                if not math.isfinite(x):
+                    raise PolicyError(f"{where}: threshold must be finite, got {value!r}")
+                return cls("abs", x)
             m = _REL.match(s)
             if m:
                 op, num = m.group(1), m.group(2)
                 if op is None:
                     return cls("offset", 0.0)
                 x = float(num)
+                if not math.isfinite(x):
+                    raise PolicyError(f"{where}: threshold must be finite, got {value!r}")
                 return cls("offset", x) if op == "+" else cls("offset", -x) if op == "-" else cls("scale", x)
         raise PolicyError(
             f"{where}: bad threshold {value!r}; use a number, 'threshold', 'threshold + X', "
@@ -481,12 +494,21 @@ class Policy:
             raise PolicyError(f"{self.source}: detector {name!r}: corrector 'avoid_token' needs rewind = true "
                               "(it steers away from the token the correction takes back)")
         thr = float(detector_threshold)
+        tiers = {}
+        for tier in TIERS:
+            t = getattr(dp, f"{tier}_above")
+            x = _num(t, thr)
+            if t not in (None, OFF) and not math.isfinite(x):
+                # inf means "tier off" below, NaN compares False: either would silently disable a tier
+                raise PolicyError(f"{self.source}: detector {name!r}: {tier}_above = {t} resolves to {x} "
+                                  f"(detector threshold {thr}); tier thresholds must be finite")
+            tiers[tier] = x
         return Resolved(
             name=name,
-            monitor=_num(dp.monitor_above, thr),
-            correct=_num(dp.correct_above, thr),
-            escalate=_num(dp.escalate_above, thr),
-            block=_num(dp.block_above, thr),
+            monitor=tiers["monitor"],
+            correct=tiers["correct"],
+            escalate=tiers["escalate"],
+            block=tiers["block"],
             corrector=str(dp.corrector),
             dose=float(dp.dose),  # type: ignore[arg-type]
             patience=int(dp.patience),  # type: ignore[arg-type]
@@ -572,9 +594,11 @@ def check_not_relaxed(old: Policy, new: Policy, thresholds: Mapping[str, float] 
         if ob == nb:
             continue
         assert isinstance(ob, Threshold) and isinstance(nb, Threshold)
+        # every comparison below is written "not (new <= old)" so that a NaN, whatever its
+        # source, counts as a relaxation (NaN > x is False and would let it through)
         if thresholds is not None and name in thresholds:
             o, n = ob.resolve(thresholds[name]), nb.resolve(thresholds[name])
-            if n > o:
+            if not math.isfinite(n) or not (n <= o):
                 raise PolicyError(f"red line {name!r}: block threshold cannot be raised from {o:.4g} to {n:.4g} (policy {new.source})")
             continue
         if ob.kind != nb.kind or ob.kind == "scale":
@@ -582,5 +606,5 @@ def check_not_relaxed(old: Policy, new: Policy, thresholds: Mapping[str, float] 
                 f"red line {name!r}: block_above changed from {ob} to {nb}; a red line's block threshold can only be "
                 f"lowered, keeping its form (policy {new.source})"
             )
-        if nb.value > ob.value:
+        if not math.isfinite(nb.value) or not (nb.value <= ob.value):
             raise PolicyError(f"red line {name!r}: block threshold cannot be raised from {ob} to {nb} (policy {new.source})")

@@ -108,7 +108,8 @@ def _move_up(guard: "Guard", run: "_Run", b: int, j: int, x: float, out: GuardOu
             decision, by = Decision.parse(guard.on_escalate(ctx)), "callback"
         out.decisions.append(HumanDecision(n, name, x, decision.value, by, "regenerated_still_flagged"))
         out.actions.append(Action(n, "escalate", name, x, {"decision": decision.value, "by": by, "reason": "regenerated_still_flagged"}))
-        if decision is not Decision.BLOCK:
+        red_line_holds = end.red_line and not (x <= end.block)  # a person's "allow" never lifts a red line
+        if decision is not Decision.BLOCK and not red_line_holds:
             return out  # allow, or correct: the response is already the corrected one
     out.actions.append(Action(n, "block", name, x, {"reason": "regenerated_still_flagged", "red_line": end.red_line}))
     return replace(out, text=end.refusal_text, blocked=True, blocked_by=name, finish_reason="blocked")
