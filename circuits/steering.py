@@ -74,6 +74,17 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 # correctors
 # --------------------------------------------------------------------------------------------
+def _check_alpha(alpha: float, hook: str) -> float:
+    """A non-finite dose turns every edited activation into NaN (and every later token into id 0)."""
+    try:
+        a = float(alpha)
+    except (TypeError, ValueError):
+        raise InputError(f"corrector at {hook}: dose must be a number, got {alpha!r}") from None
+    if not np.isfinite(a):
+        raise InputError(f"corrector at {hook}: dose must be finite, got {alpha!r}")
+    return a
+
+
 class CorrectorHandle:
     """Detaches a corrector (its hook and, if it made one, its position tracker). Idempotent."""
 
@@ -117,7 +128,7 @@ class Corrector(ABC):
         self.hook = hook
         self.positions = _check_positions(positions)
         self.state = state
-        self._alpha = float(alpha)
+        self._alpha = _check_alpha(alpha, hook)
         self._enabled = True
         self._rows: Tensor | None = None
         self._rows_cast: dict[tuple[torch.device, torch.dtype], Tensor] = {}
@@ -132,7 +143,7 @@ class Corrector(ABC):
 
     def set_dose(self, alpha: float) -> None:
         """Change the dose; takes effect on the next forward."""
-        self._alpha = float(alpha)
+        self._alpha = _check_alpha(alpha, self.hook)
         self._refresh()
 
     @property

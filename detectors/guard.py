@@ -199,6 +199,8 @@ class Guard(PolicyActions, GuardResults):
         self.audit = AuditLog(audit) if isinstance(audit, (str, Path)) else audit
         check_chat_mode(chat)
         self.chat = chat
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         self.batch_size = int(batch_size)
         self._scorer = _Scorer(self.detectors, model.d_model)
         hf = model.hf_model
@@ -334,12 +336,12 @@ class Guard(PolicyActions, GuardResults):
         Returns:
             One :class:`GuardOutput` per prompt, in order.
         """
-        prompts = self._prepare(_as_items(items))
         gen = self._gen(max_new_tokens, min_new_tokens, do_sample, temperature, top_k, top_p, seed, correct)
         _check_processor(logits_processor)
-        bs = int(batch_size or self.batch_size)
-        if bs < 1:
-            raise InputError("batch_size must be >= 1")
+        bs = self.batch_size if batch_size is None else batch_size
+        if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
+            raise InputError(f"batch_size must be an integer >= 1, got {bs!r}")
+        prompts = self._prepare(_as_items(items), gen)
         generator = self._generator(gen)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].enc.ids))
         outs: list[GuardOutput | None] = [None] * len(prompts)
@@ -396,10 +398,11 @@ class Guard(PolicyActions, GuardResults):
         Closing the iterator early (``break``) removes the hooks and writes the audit record.
         Arguments as for :meth:`generate`.
         """
-        prompts = self._prepare(_as_items(item))
-        if len(prompts) != 1:
+        items = _as_items(item)
+        if len(items) != 1:
             raise InputError("Guard.stream takes one prompt")
         gen = self._gen(max_new_tokens, min_new_tokens, do_sample, temperature, top_k, top_p, seed, correct)
+        prompts = self._prepare(items, gen)
         run = _Run(self, prompts, gen, self._generator(gen))
         run.processor = _check_processor(logits_processor)
         return self._stream(run)
@@ -458,9 +461,14 @@ class Guard(PolicyActions, GuardResults):
         self.close()
 
     # -- preparation ----------------------------------------------------------------------------
-    def _prepare(self, items: list[Item]) -> list[_Prompt]:
+    def _prepare(self, items: list[Item], gen: _Gen | None = None) -> list[_Prompt]:
         wrapped = [as_chat(self.model.tokenizer, it, self.chat) for it in items]
-        enc = encode(self.model.tokenizer, wrapped, self.model.n_ctx)
+        try:
+            enc = encode(self.model.tokenizer, wrapped, self.model.n_ctx)
+        except InputError as e:  # e.g. one prompt longer than the context: the whole call is refused, on the record
+            if self.audit is not None:
+                self._write_rejection(wrapped, gen, e)
+            raise
         out = []
         for i, (it, w, e) in enumerate(zip(items, wrapped, enc)):
             prefix, response, _ = render(self.model.tokenizer, w, where=f"item {i}")

@@ -5,6 +5,7 @@ that mixes this in."""
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from typing import Any
 
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 
 from circuits.hooked_model import HookedModel
+from circuits.inputs import encode, render
 from detectors.audit import AuditLog, build_record
 from detectors.guard_run import _Run
 from detectors.guard_types import Action, GuardOutput
@@ -29,6 +31,7 @@ class GuardResults:
     _meta_model: dict[str, Any]
     _meta_dets: list[dict[str, Any]]
     _res_end: Any
+    _policy_meta: dict[str, Any]
 
     def _finish(self, run: _Run) -> None:
         n = run.n_steps
@@ -85,6 +88,28 @@ class GuardResults:
             run.outputs.append(out)
         if self.audit is not None:
             self._write_audit(run)
+
+    def _write_rejection(self, items: list[Any], gen: Any, err: BaseException) -> None:
+        """One audit record per prompt of a call refused before generation (nothing was generated)."""
+        assert self.audit is not None
+        tok = self.model.tokenizer
+        started = time.time()
+        for b, it in enumerate(items):
+            try:
+                prefix, response, _ = render(tok, it, where=f"item {b}")
+                text = prefix + response
+                n_tok = len(encode(tok, [it], 2**62)[0].ids)
+            except Exception:  # the item itself is malformed: record what was given
+                text, n_tok = repr(it), 0
+            rec = build_record(
+                log=self.audit, started=started, model=self._meta_model, detectors=self._meta_dets,
+                policy=self._policy_meta, prompt_text=text, prompt_tokens=n_tok,
+                settings={**(gen.to_dict() if gen is not None else {}), "batch_size": len(items), "attempt": 1}, row=b, scores={},
+                monitor_thresholds={}, actions=[], correctors=[], decisions=[], detector_errors=[], n_generated=0,
+                finish_reason="rejected", blocked=False, blocked_by=None, generated_text=None, output_text=None,
+                error=err,
+            )
+            self.audit.write(rec)
 
     def _monitor_actions(self, run: _Run, scores: dict[str, np.ndarray]) -> list[Action]:
         out = []

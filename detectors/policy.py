@@ -107,6 +107,7 @@ ERROR_MODES = ("fail_closed", "fail_open", "raise")
 DEFAULT_REFUSAL = "I'm sorry, but I can't continue with this response."
 DEFAULT_DOSE = 16.0
 DEFAULT_PATIENCE = 8
+MAX_DOSE = 1000.0
 DEFAULT_POLICY_FILE = Path(__file__).parent / "data" / "default_policy.toml"
 _TOP_KEYS = {"version", "refusal_text", "on_detector_error", "red_lines", "defaults", "detectors"}
 
@@ -288,8 +289,14 @@ def _field_value(key: str, v: Any, where: str) -> Any:
             raise PolicyError(f"{where}: expected a string, got {v!r}")
         return v.strip() if key == "corrector" else v
     if key == "dose":
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise PolicyError(f"{where}: expected a number, got {v!r}")
+        if not (0.0 <= v <= MAX_DOSE):  # also catches NaN
+            raise PolicyError(
+                f"{where}: dose {v!r} is out of range; it must be a finite number from 0 to {MAX_DOSE:g} "
+                "(residual-stream units: token norms are ~100-250 in SmolLM2, so a far larger dose swamps the "
+                "activation and overflows to NaN logits; a negative one would steer toward the behaviour)"
+            )
         return float(v)
     if key == "positions":
         if v not in POSITIONS:
