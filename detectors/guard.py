@@ -59,9 +59,21 @@ model (greedy outputs are token-identical to ``hf_model.generate``; see the test
 the step's scores against the lowest action threshold costs one small comparison per step; the
 Python policy logic runs only on steps where some row is above it.
 
-**Cleanup.** Hooks are attached per batch and removed in ``finally`` on every path (detector,
-corrector or callback exceptions, ``KeyboardInterrupt``, a stream closed early); the audit record
-of every row is written in the same ``finally``.
+**Cleanup.** Hooks (scoring and correctors) are attached at the start of each decode step and
+removed at its end, in ``finally`` on every path (detector, corrector or callback exceptions,
+``KeyboardInterrupt``): between steps, e.g. while a :meth:`Guard.stream` consumer holds a paused or
+abandoned iterator, the model carries no hook of the Guard's and runs exactly as the user's model.
+The audit record of every row is written when its run ends (finished, failed, or the stream closed
+or garbage-collected).
+
+**Threads.** One Guard, or several Guards on one model, may be used from several threads, and
+several streams may be interleaved in one thread: each step runs under the model's lock
+(:func:`circuits.generation_lock.model_lock`), so steps of different runs are serialised and no run
+scores or steers another's forward passes. The results are exactly the sequential ones; the
+throughput is not higher than one thread's. An ``on_escalate`` callback runs inside the step (with
+the lock held, so other runs on the model wait for the person); generating with the same model from
+inside it raises :class:`~circuits.errors.InputError`. Code outside coalign that runs the same
+model concurrently should hold ``model_lock(model)`` too.
 
 The policy's actions (correct, escalate, block, detector failures) are in
 :mod:`detectors.guard_actions`, the outputs and audit records in :mod:`detectors.guard_results`,
@@ -70,7 +82,9 @@ the per-batch state and the scoring hooks in :mod:`detectors.guard_run`.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
 import warnings
 import weakref
 from dataclasses import replace
@@ -82,6 +96,7 @@ import torch
 from torch import Tensor
 
 from circuits.errors import InputError
+from circuits.generation_lock import model_lock
 from circuits.hooked_model import HookedModel
 from circuits.inputs import Item, as_chat, check_chat_mode, encode, pad_id, render
 from detectors.audit import AuditLog
@@ -156,8 +171,8 @@ class Guard(PolicyActions, GuardResults):
             docstring); ``"token"``: every detector token by token against its item threshold.
 
     Usable as a wrapper (``guard.generate(...)``, ``guard(...)``) or a context manager
-    (``with Guard(...) as guard:``; on exit any stream still open is closed, which removes its
-    hooks and writes its audit records).
+    (``with Guard(...) as guard:``; on exit any stream still open is closed, which writes its
+    audit records). Thread-safe by serialising steps per model (see "Threads" in the module docstring).
     """
 
     def __init__(
@@ -510,20 +525,24 @@ class Guard(PolicyActions, GuardResults):
         ids, mask = ids.to(device), mask.to(device)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         attn: Tensor | None = None if bool(mask.all()) else mask
-        handles: list[Any] = []
+        lock = model_lock(model)
+        score_fns = self._scorer.hook_fns(model, run, self._dtype)
         try:
-            handles.append(self._scorer.attach(model, run, self._dtype))
-            if run.gen.correct == "always":
-                self._correct_all(run)
-            elif run.force:
-                self._force(run)
             cache = None
             inp = ids
             run.prompt_ids = ids
             prev: tuple[Tensor, Tensor | None, Tensor, Tensor] | None = None  # the last step's inputs and logits (rewind)
             t = 0
             while True:
-                with torch.inference_mode():
+                # hooks exist only inside a step, under the model's lock: between steps (a stream
+                # paused or abandoned by its consumer) the model is exactly the user's model, and
+                # another thread's run on it cannot score or steer through this run's hooks
+                with lock, self._hooked(run, score_fns), torch.inference_mode():
+                    if t == 0:
+                        if run.gen.correct == "always":
+                            self._correct_all(run)
+                        elif run.force:
+                            self._force(run)
                     run.t = t
                     if t == 0:
                         run.state.begin(width, attention_mask=mask, position_ids=pos)
@@ -559,17 +578,6 @@ class Guard(PolicyActions, GuardResults):
             run.error = e
             raise
         finally:
-            errs: list[BaseException] = []
-            for _, h, _ in run.correctors.values():
-                try:
-                    h.remove()
-                except BaseException as e:  # pragma: no cover - removal does not fail in practice
-                    errs.append(e)
-            for h in reversed(handles):
-                try:
-                    h.remove()
-                except BaseException as e:  # pragma: no cover
-                    errs.append(e)
             run.last.clear()
             run.bound.clear()
             try:
@@ -578,7 +586,32 @@ class Guard(PolicyActions, GuardResults):
                 if run.error is None:
                     raise
                 warnings.warn(f"could not assemble the guard outputs after an error: {e}", RuntimeWarning, stacklevel=2)
-            if errs and run.error is None:
+
+    @contextlib.contextmanager
+    def _hooked(self, run: _Run, score_fns: list[tuple[str, Any]]) -> Iterator[None]:
+        """The run's scoring hooks, then its correctors (in the order they were made: detectors read
+        an activation before a corrector at the same hook edits it), attached for one step.
+        Correctors made during the step attach themselves; everything is removed on exit."""
+        run.hooks = [self.model.add_hooks(score_fns)]
+        try:
+            for key, (c, h, route) in list(run.correctors.items()):
+                if not h.active:
+                    run.correctors[key] = (c, c.attach(self.model, state=run.state), route)
+            yield
+        finally:
+            errs: list[BaseException] = []
+            for _, h, _ in run.correctors.values():
+                try:
+                    h.remove()
+                except BaseException as e:  # pragma: no cover - removal does not fail in practice
+                    errs.append(e)
+            for h in reversed(run.hooks):
+                try:
+                    h.remove()
+                except BaseException as e:  # pragma: no cover
+                    errs.append(e)
+            run.hooks = []
+            if errs and sys.exc_info()[1] is None:
                 raise errs[0]
 
     def _redo_step(self, run: _Run, t: int, inp: Tensor, attn: Tensor | None, pos: Tensor, cache: Any) -> tuple[Tensor, Any]:

@@ -111,6 +111,7 @@ class _Run:
         self.attempt = 1  # 2: a regeneration (policy ``regenerate``)
         self.force: dict[int, list[int]] = {}  # row -> detectors whose corrector is on from the first token
         self.regen: list[tuple[int, int]] = []  # (row, detector) finished flagged: generate again corrected
+        self.hooks: list[HookHandle] = []  # the scoring hooks, while a step runs
 
     def hook_failed(self, cols: list[int], err: BaseException) -> None:
         self.buf[self.t, :, cols] = float("nan")
@@ -150,6 +151,10 @@ class _Scorer:
         self._cast: dict[tuple[str, torch.device, torch.dtype], Tensor] = {}
 
     def attach(self, model: HookedModel, run: _Run, dtype: torch.dtype) -> HookHandle:
+        return model.add_hooks(self.hook_fns(model, run, dtype))
+
+    def hook_fns(self, model: HookedModel, run: _Run, dtype: torch.dtype) -> list[tuple[str, Callable[[Tensor, Any], None]]]:
+        """``(hook name, fn)`` pairs writing into ``run``'s buffers (built once per run, attached per step)."""
         device = model.device
         fns = []
         for h in self.hooks:
@@ -160,7 +165,7 @@ class _Scorer:
                     self._cast[key] = self.weights[h].to(device=device, dtype=dtype)
                 W = self._cast[key]
             fns.append((h, self._make(h, W, h in self.custom_hooks, run)))
-        return model.add_hooks(fns)
+        return fns
 
     def _make(self, h: str, W: Tensor | None, keep: bool, run: _Run) -> Callable[[Tensor, Any], None]:
         cols = self.cols.get(h, [])
