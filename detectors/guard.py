@@ -30,14 +30,13 @@ not the trivial shift of the edited activation itself.
 **What a token's score is.** ``out.scores[name][t]`` is read from the forward pass that produced
 generated token ``t``: the residual stream at the position before it (``t = 0`` is the last
 prompt token, i.e. the prefill is scored too). The policy therefore acts *before* token ``t`` is
-emitted: a blocked row never shows the token that tripped the block, and a correction switched on
-at step ``t`` steers from token ``t + 1`` on, or, with the policy's ``immediate``, from token ``t``
-itself (step ``t`` is re-run with the corrector on; one extra forward pass, only at the steps where
-a correction starts), or, with ``rewind``, from token ``t - 1``, the token whose position step ``t``
-read: it is taken back and re-chosen under correction (steps ``t - 1`` and ``t`` are re-run; the
-action records ``taken_back`` and ``replaced_by``, ``out.scores[t]`` is the re-chosen token's and
-``out.policy_scores[t]`` what the policy acted on; a stream's next event has ``retract`` set). A
-detector under ``rewind`` starts no correction at step 0 (nothing has been said yet). A blocked
+emitted: a blocked row never shows the token that tripped the block. When a correction started
+at step ``t`` takes effect is the policy's ``timing`` (``next``: from token ``t + 1``;
+``immediate``: from token ``t``; ``rewind``: from token ``t - 1``, taken back and re-chosen;
+``regenerate``: the response again from its first token), described once in
+:data:`detectors.policy_knobs.TIMINGS`. Under ``rewind`` the action records ``taken_back`` and
+``replaced_by``, ``out.scores[t]`` is the re-chosen token's and ``out.policy_scores[t]`` what the
+policy acted on, and a stream's next event has ``retract`` set. A blocked
 row's scores have one entry more than its tokens (the step that blocked it).
 
 **What the policy acts on.** A detector calibrated on the mean over a response
@@ -377,7 +376,7 @@ class Guard(PolicyActions, GuardResults):
 
     def _regenerate(self, outs: list[GuardOutput | None], prompts: list[_Prompt], regen: dict[int, list[int]], gen: _Gen,
                     processor: Any, bs: int, generator: torch.Generator | None) -> None:
-        """Generate the rows the policy's ``regenerate`` flagged again, each with its detectors'
+        """Generate the rows ``timing = "regenerate"`` flagged again, each with its detectors'
         correctors on from the first token (see :mod:`detectors.regenerate`)."""
         order = sorted(regen, key=lambda i: len(prompts[i].enc.ids))
         for s in range(0, len(order), bs):
@@ -425,7 +424,7 @@ class Guard(PolicyActions, GuardResults):
     def _stream(self, run: _Run) -> Iterator[TokenEvent]:
         shown = yield from self._stream_run(run, 0)
         out = run.outputs[0]
-        if run.regen:  # policy ``regenerate``: the next event retracts what the first attempt showed
+        if run.regen:  # ``timing = "regenerate"``: the next event retracts what the first attempt showed
             again = _Run(self, run.prompts, run.gen, run.generator)
             again.processor, again.attempt = run.processor, 2
             again.force = {0: [j for _, j in run.regen]}
@@ -615,7 +614,7 @@ class Guard(PolicyActions, GuardResults):
                 raise errs[0]
 
     def _redo_step(self, run: _Run, t: int, inp: Tensor, attn: Tensor | None, pos: Tensor, cache: Any) -> tuple[Tensor, Any]:
-        """Re-run step ``t`` with the corrections that just started (policy ``immediate``), so the
+        """Re-run step ``t`` with the corrections that just started (``timing = "immediate"``), so the
         token it chooses is chosen under correction. Rows without a new correction compute what
         they computed the first time. The scores of step ``t`` stay the ones the policy acted on."""
         run.redo = False
@@ -640,7 +639,7 @@ class Guard(PolicyActions, GuardResults):
 
     def _rewind(self, run: _Run, t: int, prev: tuple[Tensor, Tensor | None, Tensor, Tensor], inp: Tensor,
                 attn: Tensor | None, pos: Tensor, cache: Any, width: int, mask: Tensor) -> tuple[Tensor, Any, Tensor]:
-        """Take back token ``t - 1`` of the rows whose correction (policy ``rewind``) started at step
+        """Take back token ``t - 1`` of the rows whose correction (``timing = "rewind"``) started at step
         ``t``: re-run step ``t - 1`` with the correctors on, re-choose that token for those rows (the
         others keep theirs), then re-run step ``t`` on the re-chosen tokens, scored. Returns step
         ``t``'s logits, the cache and step ``t``'s input."""

@@ -108,7 +108,7 @@ class _Run:
         self.state = GenerationState()
         self.error: BaseException | None = None
         self.outputs: list[GuardOutput] = []
-        self.attempt = 1  # 2: a regeneration (policy ``regenerate``)
+        self.attempt = 1  # 2: a regeneration (``timing = "regenerate"``)
         self.force: dict[int, list[int]] = {}  # row -> detectors whose corrector is on from the first token
         self.regen: list[tuple[int, int]] = []  # (row, detector) finished flagged: generate again corrected
         self.hooks: list[HookHandle] = []  # the scoring hooks, while a step runs

@@ -26,7 +26,7 @@ class Action:
 
     ``kind``: ``monitor`` (score rose above the monitor tier), ``correct``, ``escalate``,
     ``block``, ``move_up`` (a correction did not clear the flag within ``patience`` tokens, or a
-    regenerated response is still flagged), ``regenerate`` (policy ``regenerate``: the finished
+    regenerated response is still flagged), ``regenerate`` (``timing = "regenerate"``: the finished
     response was flagged and generated again, corrected; ``detail`` keeps the discarded attempt) or
     ``detector_error``.
     """
@@ -149,8 +149,8 @@ class TokenEvent:
     text piece, this step's scores and actions. The last event has ``done=True`` and ``output``.
 
     ``retract``: characters of the text streamed so far to delete before appending ``text``; non-zero
-    when the policy's ``rewind`` took back the previous token and re-chose it, or when its
-    ``regenerate`` discarded the response shown so far and this event starts the new attempt (a
+    when ``timing = "rewind"`` took back the previous token and re-chose it, or when its
+    ``timing = "regenerate"`` discarded the response shown so far and this event starts the new attempt (a
     terminal can print that many backspaces)."""
 
     index: int

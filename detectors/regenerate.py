@@ -1,4 +1,4 @@
-"""The policy's ``regenerate``: judge a finished response as a whole, and generate it again under
+"""``timing = "regenerate"``: judge a finished response as a whole, and generate it again under
 correction when it is still flagged.
 
 A response-mean detector's item threshold is calibrated on the mean over a whole response, which a

@@ -9,7 +9,7 @@ Corrector specs (the policy's ``corrector`` key):
                   dose above 1 is clipped to 1)
 ``vector:PATH``   add ``-dose * v`` of a saved CAA steering vector (``coalign steer``), at its hook
 ``sae``           clamp the flagged SAE features to 0 with the SAE registered for the detector's hook
-``avoid_token``   with the policy's ``rewind``: at the re-chosen position only, steer the last block's
+``avoid_token``   with ``timing = "rewind"``: at the re-chosen position only, steer the last block's
                   residual stream away from the token taken back, toward the runner-up under that
                   step's logits (:class:`~circuits.token_avoidance.TokenAvoidance`; ``dose`` in
                   residual units): for a detector that judges a token after it is said, e.g. an A/B
