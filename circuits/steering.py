@@ -466,5 +466,5 @@ class SAEClamp(Corrector):
         return {**super().describe(), "features": self.features.tolist(), "values": self.values.tolist(), "mode": self.mode}
 
 
-# re-exported at the end (steered_forward imports Corrector from here): they lived here before the split
+# re-exported: they lived here before the split (steered_forward does not import this module)
 from circuits.steered_forward import apply_all, logits_with, response_logprobs  # noqa: E402
