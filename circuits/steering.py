@@ -52,7 +52,7 @@ import torch
 from torch import Tensor
 
 from circuits.errors import InputError
-from circuits.generation_state import GenerationState, Positions, _check_positions
+from circuits.generation_state import GenerationState, Positions, check_positions
 from circuits.hooked_model import HookedModel, HookHandle
 
 __all__ = [
@@ -126,7 +126,7 @@ class Corrector(ABC):
 
     def __init__(self, hook: str, alpha: float = 1.0, positions: Positions = "all", state: GenerationState | None = None) -> None:
         self.hook = hook
-        self.positions = _check_positions(positions)
+        self.positions = check_positions(positions)
         self.state = state
         self._alpha = _check_alpha(alpha, hook)
         self._enabled = True

@@ -101,13 +101,15 @@ from circuits.inputs import Item, as_chat, check_chat_mode, encode, pad_id, rend
 from detectors.audit import AuditLog
 from detectors.guard_actions import PolicyActions
 from detectors.guard_results import GuardResults
-from detectors.guard_run import _as_items, _Gen, _Prompt, _Run, _Scorer
+from detectors.guard_run import BatchRun, Scorer, as_items
 from detectors.guard_types import (
     Action,
     DetectorFailure,
     EscalationContext,
+    GenerationSettings,
     GuardOutput,
     HumanDecision,
+    Prompt,
     TokenEvent,
 )
 from detectors.policy import (
@@ -120,13 +122,26 @@ from detectors.policy import (
 from detectors.regenerate import end_policy, merge
 from detectors.router import Router
 
-__all__ = ["Action", "DetectorFailure", "EscalationContext", "Guard", "GuardOutput", "HumanDecision", "TokenEvent"]
+__all__ = ["Action", "DetectorFailure", "EscalationContext", "GenerationSettings", "Guard", "GuardOutput", "HumanDecision",
+           "TokenEvent"]
 
 
 def _check_processor(fn: Any) -> Any:
     if fn is not None and not callable(fn):
         raise InputError(f"logits_processor must be callable (input_ids, scores) -> scores, got {type(fn).__name__}")
     return fn
+
+
+def _settings(settings: GenerationSettings | None, *args: Any) -> GenerationSettings:
+    """The one settings object of a call: ``settings=`` or the keywords, not both."""
+    made = GenerationSettings.make(*args)
+    if settings is None:
+        return made
+    if not isinstance(settings, GenerationSettings):
+        raise InputError(f"settings must be a GenerationSettings, got {type(settings).__name__}")
+    if made != GenerationSettings():
+        raise InputError("give settings= or the decoding keyword arguments, not both")
+    return settings
 
 
 def _runner_up(logits: Tensor, taken: int) -> int | None:
@@ -216,7 +231,7 @@ class Guard(PolicyActions, GuardResults):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         self.batch_size = int(batch_size)
-        self._scorer = _Scorer(self.detectors, model.d_model)
+        self._scorer = Scorer(self.detectors, model.d_model)
         hf = model.hf_model
         self._dtype = next(hf.parameters()).dtype
         self._keep = {"logits_to_keep": 1} if "logits_to_keep" in signature(hf.forward).parameters else {}
@@ -329,6 +344,7 @@ class Guard(PolicyActions, GuardResults):
         batch_size: int | None = None,
         correct: bool | None = None,
         logits_processor: Callable[[Tensor, Tensor], Tensor] | None = None,
+        settings: GenerationSettings | None = None,
     ) -> list[GuardOutput]:
         """Generate for each prompt with the detectors and the policy on.
 
@@ -346,23 +362,25 @@ class Guard(PolicyActions, GuardResults):
                 ``LogitsProcessorList`` works), e.g. to allow only the answer letters of a
                 multiple-choice question. ``input_ids`` are the left-padded prompts and the
                 tokens chosen so far.
+            settings: a :class:`GenerationSettings` instead of the decoding keywords above (the
+                same object works for :meth:`stream`).
 
         Returns:
             One :class:`GuardOutput` per prompt, in order.
         """
-        gen = self._gen(max_new_tokens, min_new_tokens, do_sample, temperature, top_k, top_p, seed, correct)
+        gen = _settings(settings, max_new_tokens, min_new_tokens, do_sample, temperature, top_k, top_p, seed, correct)
         _check_processor(logits_processor)
         bs = self.batch_size if batch_size is None else batch_size
         if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
             raise InputError(f"batch_size must be an integer >= 1, got {bs!r}")
-        prompts = self._prepare(_as_items(items), gen)
+        prompts = self._prepare(as_items(items), gen)
         generator = self._generator(gen)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].enc.ids))
         outs: list[GuardOutput | None] = [None] * len(prompts)
         regen: dict[int, list[int]] = {}  # prompt index -> detectors whose finished response was flagged
         for s in range(0, len(order), bs):
             chunk = order[s : s + bs]
-            run = _Run(self, [prompts[i] for i in chunk], gen, generator)
+            run = self._new_run([prompts[i] for i in chunk], gen, generator)
             run.processor = logits_processor
             for _ in self._steps(run):
                 pass
@@ -374,14 +392,14 @@ class Guard(PolicyActions, GuardResults):
             self._regenerate(outs, prompts, regen, gen, logits_processor, bs, generator)
         return outs  # type: ignore[return-value]
 
-    def _regenerate(self, outs: list[GuardOutput | None], prompts: list[_Prompt], regen: dict[int, list[int]], gen: _Gen,
+    def _regenerate(self, outs: list[GuardOutput | None], prompts: list[Prompt], regen: dict[int, list[int]], gen: GenerationSettings,
                     processor: Any, bs: int, generator: torch.Generator | None) -> None:
         """Generate the rows ``timing = "regenerate"`` flagged again, each with its detectors'
         correctors on from the first token (see :mod:`detectors.regenerate`)."""
         order = sorted(regen, key=lambda i: len(prompts[i].enc.ids))
         for s in range(0, len(order), bs):
             chunk = order[s : s + bs]
-            run = _Run(self, [prompts[i] for i in chunk], gen, generator)
+            run = self._new_run([prompts[i] for i in chunk], gen, generator)
             run.processor = processor
             run.attempt = 2
             run.force = {b: regen[i] for b, i in enumerate(chunk)}
@@ -405,6 +423,7 @@ class Guard(PolicyActions, GuardResults):
         seed: int | None = None,
         correct: bool | None = None,
         logits_processor: Callable[[Tensor, Tensor], Tensor] | None = None,
+        settings: GenerationSettings | None = None,
     ) -> Iterator[TokenEvent]:
         """Generate for one prompt, yielding a :class:`TokenEvent` per token with its scores and
         actions, then a final event with ``done=True`` and the :class:`GuardOutput`.
@@ -412,27 +431,27 @@ class Guard(PolicyActions, GuardResults):
         Closing the iterator early (``break``) removes the hooks and writes the audit record.
         Arguments as for :meth:`generate`.
         """
-        items = _as_items(item)
+        items = as_items(item)
         if len(items) != 1:
             raise InputError("Guard.stream takes one prompt")
-        gen = self._gen(max_new_tokens, min_new_tokens, do_sample, temperature, top_k, top_p, seed, correct)
+        gen = _settings(settings, max_new_tokens, min_new_tokens, do_sample, temperature, top_k, top_p, seed, correct)
         prompts = self._prepare(items, gen)
-        run = _Run(self, prompts, gen, self._generator(gen))
+        run = self._new_run(prompts, gen, self._generator(gen))
         run.processor = _check_processor(logits_processor)
         return self._stream(run)
 
-    def _stream(self, run: _Run) -> Iterator[TokenEvent]:
+    def _stream(self, run: BatchRun) -> Iterator[TokenEvent]:
         shown = yield from self._stream_run(run, 0)
         out = run.outputs[0]
         if run.regen:  # ``timing = "regenerate"``: the next event retracts what the first attempt showed
-            again = _Run(self, run.prompts, run.gen, run.generator)
+            again = self._new_run(run.prompts, run.gen, run.generator)
             again.processor, again.attempt = run.processor, 2
             again.force = {0: [j for _, j in run.regen]}
             yield from self._stream_run(again, len(shown))
             out = merge(out, again.outputs[0])
         yield TokenEvent(len(out.token_ids), None, "", {}, [a for a in out.actions if a.kind == "monitor"], done=True, output=out)
 
-    def _stream_run(self, run: _Run, shown: int) -> Iterator[TokenEvent]:
+    def _stream_run(self, run: BatchRun, shown: int) -> Iterator[TokenEvent]:
         """One attempt's events; ``shown``: characters of an earlier attempt still on screen, which
         the first event retracts. Returns the text this attempt showed."""
         steps = self._steps(run)
@@ -475,7 +494,7 @@ class Guard(PolicyActions, GuardResults):
         self.close()
 
     # -- preparation ----------------------------------------------------------------------------
-    def _prepare(self, items: list[Item], gen: _Gen | None = None) -> list[_Prompt]:
+    def _prepare(self, items: list[Item], gen: GenerationSettings | None = None) -> list[Prompt]:
         wrapped = [as_chat(self.model.tokenizer, it, self.chat) for it in items]
         try:
             enc = encode(self.model.tokenizer, wrapped, self.model.n_ctx)
@@ -486,22 +505,14 @@ class Guard(PolicyActions, GuardResults):
         out = []
         for i, (it, w, e) in enumerate(zip(items, wrapped, enc)):
             prefix, response, _ = render(self.model.tokenizer, w, where=f"item {i}")
-            out.append(_Prompt(it, e, prefix + response))
+            out.append(Prompt(it, e, prefix + response))
         return out
 
-    def _gen(self, max_new_tokens: int, min_new_tokens: int, do_sample: bool, temperature: float, top_k: int, top_p: float, seed: int | None, correct: bool | None) -> _Gen:
-        if int(max_new_tokens) < 1:
-            raise InputError("max_new_tokens must be >= 1")
-        if int(min_new_tokens) < 0:
-            raise InputError("min_new_tokens must be >= 0")
-        if do_sample and temperature <= 0:
-            raise InputError("temperature must be > 0 when sampling")
-        if not 0 < top_p <= 1:
-            raise InputError("top_p must be in (0, 1]")
-        mode = "policy" if correct is None else ("always" if correct else "never")
-        return _Gen(int(max_new_tokens), int(min_new_tokens), bool(do_sample), float(temperature), int(top_k), float(top_p), seed, mode)
+    def _new_run(self, prompts: list[Prompt], gen: GenerationSettings, generator: torch.Generator | None) -> BatchRun:
+        return BatchRun(prompts, gen, generator, res=self._res, thr_act=self._thr_act, policy_meta=self._policy_meta,
+                        error_mode=self._policy.error_mode, score_bias=self._scorer.bias, device=self.model.device)
 
-    def _generator(self, gen: _Gen) -> torch.Generator | None:
+    def _generator(self, gen: GenerationSettings) -> torch.Generator | None:
         if not gen.do_sample or gen.seed is None:
             return None
         g = torch.Generator(device=self.model.device)
@@ -509,7 +520,7 @@ class Guard(PolicyActions, GuardResults):
         return g
 
     # -- the decode loop ------------------------------------------------------------------------
-    def _steps(self, run: _Run) -> Iterator[int]:
+    def _steps(self, run: BatchRun) -> Iterator[int]:
         """Run one batch; yields the step index after each step; fills ``run.outputs``."""
         model = self.model
         device = model.device
@@ -587,7 +598,7 @@ class Guard(PolicyActions, GuardResults):
                 warnings.warn(f"could not assemble the guard outputs after an error: {e}", RuntimeWarning, stacklevel=2)
 
     @contextlib.contextmanager
-    def _hooked(self, run: _Run, score_fns: list[tuple[str, Any]]) -> Iterator[None]:
+    def _hooked(self, run: BatchRun, score_fns: list[tuple[str, Any]]) -> Iterator[None]:
         """The run's scoring hooks, then its correctors (in the order they were made: detectors read
         an activation before a corrector at the same hook edits it), attached for one step.
         Correctors made during the step attach themselves; everything is removed on exit."""
@@ -613,7 +624,7 @@ class Guard(PolicyActions, GuardResults):
             if errs and sys.exc_info()[1] is None:
                 raise errs[0]
 
-    def _redo_step(self, run: _Run, t: int, inp: Tensor, attn: Tensor | None, pos: Tensor, cache: Any) -> tuple[Tensor, Any]:
+    def _redo_step(self, run: BatchRun, t: int, inp: Tensor, attn: Tensor | None, pos: Tensor, cache: Any) -> tuple[Tensor, Any]:
         """Re-run step ``t`` with the corrections that just started (``timing = "immediate"``), so the
         token it chooses is chosen under correction. Rows without a new correction compute what
         they computed the first time. The scores of step ``t`` stay the ones the policy acted on."""
@@ -627,7 +638,7 @@ class Guard(PolicyActions, GuardResults):
         run.redos += 1
         return logits, cache
 
-    def _forward(self, run: _Run, inp: Tensor, attn: Tensor | None, pos: Tensor, cache: Any, scored: bool) -> tuple[Tensor, Any]:
+    def _forward(self, run: BatchRun, inp: Tensor, attn: Tensor | None, pos: Tensor, cache: Any, scored: bool) -> tuple[Tensor, Any]:
         """One forward over ``inp`` with the KV cache; the scoring hooks write this step's scores
         only when ``scored`` (re-runs of a step keep the scores the policy acted on)."""
         run.in_fwd = scored
@@ -637,7 +648,7 @@ class Guard(PolicyActions, GuardResults):
             run.in_fwd = False
         return out.logits[:, -1, :].float(), out.past_key_values
 
-    def _rewind(self, run: _Run, t: int, prev: tuple[Tensor, Tensor | None, Tensor, Tensor], inp: Tensor,
+    def _rewind(self, run: BatchRun, t: int, prev: tuple[Tensor, Tensor | None, Tensor, Tensor], inp: Tensor,
                 attn: Tensor | None, pos: Tensor, cache: Any, width: int, mask: Tensor) -> tuple[Tensor, Any, Tensor]:
         """Take back token ``t - 1`` of the rows whose correction (``timing = "rewind"``) started at step
         ``t``: re-run step ``t - 1`` with the correctors on, re-choose that token for those rows (the
@@ -693,7 +704,7 @@ class Guard(PolicyActions, GuardResults):
         run.rewound += len(rows)
         return logits, cache, inp
 
-    def _processed(self, logits: Tensor, run: _Run, t: int) -> Tensor:
+    def _processed(self, logits: Tensor, run: BatchRun, t: int) -> Tensor:
         """Step ``t``'s logits as the token is chosen from them: EOS held back before
         ``min_new_tokens``, then the caller's ``logits_processor``."""
         if t < run.gen.min_new_tokens:
@@ -705,7 +716,7 @@ class Guard(PolicyActions, GuardResults):
                 raise InputError(f"logits_processor must return the scores tensor [batch, vocab], got {type(logits).__name__}")
         return logits
 
-    def _select(self, logits: Tensor, run: _Run) -> Tensor:
+    def _select(self, logits: Tensor, run: BatchRun) -> Tensor:
         g = run.gen
         if not g.do_sample:
             return logits.argmax(-1)
@@ -725,7 +736,7 @@ class Guard(PolicyActions, GuardResults):
         return torch.multinomial(probs, 1, generator=run.generator).squeeze(-1)
 
     # -- the policy, per step -------------------------------------------------------------------
-    def _decide(self, run: _Run, t: int) -> None:
+    def _decide(self, run: BatchRun, t: int) -> None:
         raw = run.buf[t]
         if self._scorer.custom:
             self._score_custom(run, t, raw)
@@ -754,7 +765,7 @@ class Guard(PolicyActions, GuardResults):
                 continue
             self._act(run, b, j, x, t)
 
-    def _judge_short(self, run: _Run, t: int, nxt: Tensor) -> None:
+    def _judge_short(self, run: BatchRun, t: int, nxt: Tensor) -> None:
         """A response ending inside the warm-up is judged once, on its whole mean, before its
         end-of-turn token is emitted (stream calibration counts such responses the same way)."""
         ending = torch.isin(nxt, self._eos) & run.active
@@ -768,7 +779,7 @@ class Guard(PolicyActions, GuardResults):
             if run.active_py[b]:
                 self._act(run, b, j, float(s[b, j]), t)
 
-    def _score_custom(self, run: _Run, t: int, s: Tensor) -> None:
+    def _score_custom(self, run: BatchRun, t: int, s: Tensor) -> None:
         for j in self._scorer.custom:
             if not bool(run.det_live[j]):
                 continue

@@ -10,7 +10,7 @@ import torch
 
 from circuits.hooked_model import HookedModel
 from circuits.steering import Corrector
-from detectors.guard_run import _Run
+from detectors.guard_run import BatchRun
 from detectors.guard_types import (
     Action,
     DetectorFailure,
@@ -33,7 +33,7 @@ class PolicyActions:
     on_escalate: Callable[[EscalationContext], Any] | None
     _policy: Policy
 
-    def _handle_errors(self, run: _Run, t: int) -> None:
+    def _handle_errors(self, run: BatchRun, t: int) -> None:
         pending, run.pending = run.pending, []
         for cols, err in pending:
             for j in cols:
@@ -59,7 +59,7 @@ class PolicyActions:
                         run.actions[b].append(Action(t, "detector_error", name, None, {"error": msg, "handling": "fail_closed"}))
                         self._block(run, b, j, float("nan"), t, "detector_error", by=None)
 
-    def _act(self, run: _Run, b: int, j: int, x: float, t: int) -> None:
+    def _act(self, run: BatchRun, b: int, j: int, x: float, t: int) -> None:
         res = run.res[j]
         tier = res.tier_of(x, lowest="correct")
         if tier is None:
@@ -77,7 +77,7 @@ class PolicyActions:
                 return
         self._correct(run, b, j, x, t)
 
-    def _block(self, run: _Run, b: int, j: int, x: float, t: int, reason: str, by: str | None | bool = True) -> None:
+    def _block(self, run: BatchRun, b: int, j: int, x: float, t: int, reason: str, by: str | None | bool = True) -> None:
         if not run.active_py[b]:
             return
         name = self.names[j] if by is True else by
@@ -87,7 +87,7 @@ class PolicyActions:
         run.blocked_by[b] = name  # type: ignore[assignment]
         run.actions[b].append(Action(t, "block", self.names[j], None if x != x else x, {"reason": reason, "red_line": run.res[j].red_line}))
 
-    def _corrector(self, run: _Run, route: Route, det: Any, j: int) -> Corrector:
+    def _corrector(self, run: BatchRun, route: Route, det: Any, j: int) -> Corrector:
         entry = run.correctors.get(route.key)
         if entry is None:
             bound = run.bound.get(j)  # a prompt-conditioned detector's per-row read-out, once bound
@@ -98,7 +98,7 @@ class PolicyActions:
             entry = run.correctors[route.key] = (c, h, route)
         return entry[0]
 
-    def _correct_all(self, run: _Run) -> None:
+    def _correct_all(self, run: BatchRun) -> None:
         for j, det in enumerate(self.detectors):
             res = run.res[j]
             self.router.validate(res.corrector, det, where=self._policy.source)
@@ -110,7 +110,7 @@ class PolicyActions:
                 run.actions[b].append(Action(0, "correct", self.names[j], None, {**route.to_dict(), "forced": True}))
                 run.row_correctors[b].append({**route.to_dict(), "from_token": 0})
 
-    def _force(self, run: _Run) -> None:
+    def _force(self, run: BatchRun) -> None:
         """A regeneration: the flagged detectors' correctors on from the first token of their rows."""
         for b, js in run.force.items():
             for j in js:
@@ -122,7 +122,7 @@ class PolicyActions:
                 run.actions[b].append(Action(0, "correct", self.names[j], None, {**route.to_dict(), "regenerated": True}))
                 run.row_correctors[b].append({**route.to_dict(), "from_token": 0})
 
-    def _stop_for_regeneration(self, run: _Run, b: int, j: int, x: float, t: int) -> None:
+    def _stop_for_regeneration(self, run: BatchRun, b: int, j: int, x: float, t: int) -> None:
         """Policy ``regenerate``: a response flagged mid-way is stopped here and, once the batch is
         done, generated again from its first token with the corrector on (see :meth:`generate`)."""
         run.active_py[b] = False
@@ -131,7 +131,7 @@ class PolicyActions:
         run.regen.append((b, j))
         run.actions[b].append(Action(t, "regenerate", self.names[j], x, {"threshold": run.res[j].correct, "during": "response"}))
 
-    def _correct(self, run: _Run, b: int, j: int, x: float, t: int) -> None:
+    def _correct(self, run: BatchRun, b: int, j: int, x: float, t: int) -> None:
         key = (b, j)
         res = run.res[j]
         if run.gen.correct == "never":
@@ -177,7 +177,7 @@ class PolicyActions:
             elif nxt == "escalate" and key not in run.allowed:
                 self._escalate(run, b, j, x, t, "correction_persisted")
 
-    def _escalate(self, run: _Run, b: int, j: int, x: float, t: int, reason: str) -> None:
+    def _escalate(self, run: BatchRun, b: int, j: int, x: float, t: int, reason: str) -> None:
         res = run.res[j]
         name = self.names[j]
         det = self.detectors[j]
@@ -214,7 +214,7 @@ class PolicyActions:
         else:
             self._block(run, b, j, x, t, "human" if by == "callback" else "escalation_without_callback")
 
-    def _text_so_far(self, run: _Run, b: int, t: int) -> str:
+    def _text_so_far(self, run: BatchRun, b: int, t: int) -> str:
         if t == 0 or not run.tokens:
             return ""
         ids = torch.stack(run.tokens[:t])[:, b].tolist()

@@ -15,7 +15,7 @@ import torch
 from circuits.hooked_model import HookedModel
 from circuits.inputs import encode, render
 from detectors.audit import AuditLog, build_record
-from detectors.guard_run import _Run
+from detectors.guard_run import BatchRun
 from detectors.guard_types import Action, GuardOutput
 from detectors.regenerate import judge_end
 
@@ -33,7 +33,7 @@ class GuardResults:
     _res_end: Any
     _policy_meta: dict[str, Any]
 
-    def _finish(self, run: _Run) -> None:
+    def _finish(self, run: BatchRun) -> None:
         n = run.n_steps
         toks = torch.stack(run.tokens).cpu().numpy() if run.tokens else np.zeros((0, run.B), dtype=np.int64)
         buf = run.buf[:n].detach().cpu().numpy() if n else np.zeros((0, run.B, len(self.names)), dtype=np.float32)
@@ -111,7 +111,7 @@ class GuardResults:
             )
             self.audit.write(rec)
 
-    def _monitor_actions(self, run: _Run, scores: dict[str, np.ndarray]) -> list[Action]:
+    def _monitor_actions(self, run: BatchRun, scores: dict[str, np.ndarray]) -> list[Action]:
         out = []
         for j, name in enumerate(self.names):
             thr = run.res[j].monitor
@@ -123,7 +123,7 @@ class GuardResults:
             out.extend(Action(int(i), "monitor", name, float(s[i])) for i in rises)
         return out
 
-    def _write_audit(self, run: _Run) -> None:
+    def _write_audit(self, run: BatchRun) -> None:
         assert self.audit is not None
         monitor = {r.name: r.monitor for r in run.res}
         for b, (p, o) in enumerate(zip(run.prompts, run.outputs)):

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from circuits.errors import InputError
 from circuits.hooked_model import HookedModel, HookHandle
-from circuits.inputs import Encoded, Item
+from circuits.inputs import Item
 from circuits.steering import Corrector, CorrectorHandle, GenerationState
 from detectors.detector import Detector
-from detectors.guard_types import Action, GuardOutput, HumanDecision
+from detectors.guard_types import Action, GenerationSettings, GuardOutput, HumanDecision, Prompt
 from detectors.router import Route
 
-if TYPE_CHECKING:
-    from detectors.guard import Guard
 
 
 def _is_bound(det: Any) -> bool:
@@ -31,47 +29,25 @@ def _is_linear(det: Any) -> bool:
     return isinstance(det, Detector) and type(det).score_tensor is Detector.score_tensor and not _is_bound(det)
 
 
-@dataclass
-class _Gen:
-    max_new_tokens: int
-    min_new_tokens: int
-    do_sample: bool
-    temperature: float
-    top_k: int
-    top_p: float
-    seed: int | None
-    correct: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-@dataclass
-class _Prompt:
-    item: Item
-    enc: Encoded
-    text: str
-
-
-class _Run:
+class BatchRun:
     """State of one batch in flight."""
 
-    def __init__(self, guard: "Guard", prompts: list[_Prompt], gen: _Gen, generator: torch.Generator | None) -> None:
-        self.guard = guard
+    def __init__(self, prompts: list[Prompt], gen: GenerationSettings, generator: torch.Generator | None, *,
+                 res: list[Any], thr_act: Tensor, policy_meta: dict[str, Any], error_mode: str, score_bias: Tensor,
+                 device: torch.device) -> None:
         self.prompts = prompts
         self.gen = gen
         self.generator = generator
         self.started = time.time()
         self.B = len(prompts)
-        self.res = list(guard._res)  # the policy in force for this run (a change applies to the next one)
-        self.thr_act = guard._thr_act
-        self.policy_meta = guard._policy_meta
-        self.error_mode = guard._policy.error_mode
-        device = guard.model.device
+        self.res = list(res)  # the policy in force for this run (a change applies to the next one)
+        self.thr_act = thr_act
+        self.policy_meta = policy_meta
+        self.error_mode = error_mode
         self.steps = gen.max_new_tokens
-        self.buf = guard._scorer.bias.to(device).expand(self.steps, self.B, -1).clone()
+        self.buf = score_bias.to(device).expand(self.steps, self.B, -1).clone()
         self.stat = torch.full_like(self.buf, float("nan"))  # what the policy compared, per step
-        n_det = len(guard.detectors)
+        n_det = len(self.res)
         self.cum = torch.zeros(self.B, n_det, device=device)
         self.cnt = torch.zeros(self.B, n_det, device=device)
         self.t = 0
@@ -89,7 +65,7 @@ class _Run:
         self.decisions: list[list[HumanDecision]] = [[] for _ in prompts]
         self.row_correctors: list[list[dict[str, Any]]] = [[] for _ in prompts]
         self.errors: list[dict[str, Any]] = []
-        self.det_live = torch.ones(len(guard.detectors), dtype=torch.bool, device=device)
+        self.det_live = torch.ones(n_det, dtype=torch.bool, device=device)
         self.failed_open: set[int] = set()
         self.correctors: dict[tuple, tuple[Corrector, CorrectorHandle, Route]] = {}
         self.corrected: dict[tuple[int, int], Route] = {}
@@ -118,7 +94,7 @@ class _Run:
         self.pending.append((cols, err))
 
 
-class _Scorer:
+class Scorer:
     """Stacked read-out weights: one matrix per hook name over all detectors reading it."""
 
     def __init__(self, detectors: list[Any], d_model: int) -> None:
@@ -150,10 +126,10 @@ class _Scorer:
         self.hooks = list(dict.fromkeys([*self.weights, *self.bound_cols, *self.custom_hooks]))
         self._cast: dict[tuple[str, torch.device, torch.dtype], Tensor] = {}
 
-    def attach(self, model: HookedModel, run: _Run, dtype: torch.dtype) -> HookHandle:
+    def attach(self, model: HookedModel, run: BatchRun, dtype: torch.dtype) -> HookHandle:
         return model.add_hooks(self.hook_fns(model, run, dtype))
 
-    def hook_fns(self, model: HookedModel, run: _Run, dtype: torch.dtype) -> list[tuple[str, Callable[[Tensor, Any], None]]]:
+    def hook_fns(self, model: HookedModel, run: BatchRun, dtype: torch.dtype) -> list[tuple[str, Callable[[Tensor, Any], None]]]:
         """``(hook name, fn)`` pairs writing into ``run``'s buffers (built once per run, attached per step)."""
         device = model.device
         fns = []
@@ -167,7 +143,7 @@ class _Scorer:
             fns.append((h, self._make(h, W, h in self.custom_hooks, run)))
         return fns
 
-    def _make(self, h: str, W: Tensor | None, keep: bool, run: _Run) -> Callable[[Tensor, Any], None]:
+    def _make(self, h: str, W: Tensor | None, keep: bool, run: BatchRun) -> Callable[[Tensor, Any], None]:
         cols = self.cols.get(h, [])
         bound = [(j, self.detectors[j]) for j in self.bound_cols.get(h, [])]
 
@@ -196,7 +172,7 @@ class _Scorer:
         return score_hook
 
 
-def _as_items(items: Item | Sequence[Item]) -> list[Item]:
+def as_items(items: Item | Sequence[Item]) -> list[Item]:
     if isinstance(items, str):
         return [items]
     if isinstance(items, list) and items and isinstance(items[0], dict):

@@ -84,7 +84,7 @@ from detectors.policy_knobs import (  # re-exported: the knob table and its type
     PolicyError,
     Resolved,
     Threshold,
-    _Off,
+    Off,
 )
 
 __all__ = ["BUILTIN", "DEFAULT_DOSE", "DEFAULT_PATIENCE", "DEFAULT_POLICY_FILE", "KNOBS", "MAX_DOSE", "OFF",
@@ -114,7 +114,7 @@ class Decision(str, enum.Enum):
         raise PolicyError(f"escalation callback returned {value!r}; expected 'allow', 'correct' or 'block'")
 
 
-def _num(t: Threshold | _Off | None, thr: float) -> float:
+def _num(t: Threshold | Off | None, thr: float) -> float:
     return math.inf if t is None or t is OFF else t.resolve(thr)  # type: ignore[union-attr]
 
 

@@ -32,12 +32,12 @@ class PolicyError(CoalignError, ValueError):
 # --------------------------------------------------------------------------------------------
 # thresholds
 # --------------------------------------------------------------------------------------------
-class _Off:
+class Off:
     """A tier switched off explicitly (as opposed to not set, which inherits)."""
 
-    _inst: "_Off | None" = None
+    _inst: "Off | None" = None
 
-    def __new__(cls) -> "_Off":
+    def __new__(cls) -> "Off":
         if cls._inst is None:
             cls._inst = super().__new__(cls)
         return cls._inst
@@ -52,7 +52,8 @@ class _Off:
         return "OFF"
 
 
-OFF = _Off()
+OFF = Off()
+_Off = Off  # the old private name
 _REL = re.compile(r"^threshold\s*(?:([+\-*])\s*([0-9]*\.?[0-9]+(?:[eE][+\-]?[0-9]+)?))?$")
 
 
@@ -91,7 +92,7 @@ class Threshold:
         return self.value if self.kind == "abs" else str(self)
 
     @classmethod
-    def parse(cls, value: Any, where: str) -> "Threshold | _Off":
+    def parse(cls, value: Any, where: str) -> "Threshold | Off":
         if value is OFF or value is False:
             return OFF
         if isinstance(value, Threshold):

@@ -19,17 +19,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from detectors.detector import MEAN_SELECTIONS
+from detectors.guard_run import BatchRun
 from detectors.guard_types import Action, EscalationContext, GuardOutput, HumanDecision
 from detectors.policy import Decision, Policy, PolicyError, Resolved
 
-if TYPE_CHECKING:
-    from detectors.guard import Guard
-    from detectors.guard_run import _Run
 
 
 def end_policy(policy: Policy, names: list[str], detectors: list[Any], res: list[Resolved]) -> dict[int, Resolved]:
@@ -56,7 +54,7 @@ def response_mean(out: GuardOutput, name: str) -> float | None:
     return float(s.mean()) if s.size else None
 
 
-def judge_end(guard: "Guard", run: "_Run", b: int, out: GuardOutput) -> GuardOutput:
+def judge_end(guard: Any, run: BatchRun, b: int, out: GuardOutput) -> GuardOutput:
     """Judge row ``b``'s finished response for every detector under ``regenerate``; record the
     rows to generate again in ``run.regen``. Returns the output (blocked if a second attempt is
     still flagged and the next tier says so)."""
@@ -91,7 +89,7 @@ def judge_end(guard: "Guard", run: "_Run", b: int, out: GuardOutput) -> GuardOut
     return out
 
 
-def _move_up(guard: "Guard", run: "_Run", b: int, j: int, x: float, out: GuardOutput, end: Resolved) -> GuardOutput:
+def _move_up(guard: Any, run: BatchRun, b: int, j: int, x: float, out: GuardOutput, end: Resolved) -> GuardOutput:
     name = guard.names[j]
     nxt = end.next_tier("correct")
     n = len(out.token_ids)
