@@ -33,7 +33,7 @@ class ModelLock:
         self._lock = threading.Lock()
         self._owner: int | None = None
 
-    def __enter__(self) -> "ModelLock":
+    def __enter__(self) -> ModelLock:
         me = threading.get_ident()
         if self._owner == me:
             raise InputError(
@@ -53,7 +53,7 @@ class ModelLock:
         return self._lock.locked()
 
 
-_LOCKS: "weakref.WeakKeyDictionary[Any, ModelLock]" = weakref.WeakKeyDictionary()
+_LOCKS: weakref.WeakKeyDictionary[Any, ModelLock] = weakref.WeakKeyDictionary()
 _MAKING = threading.Lock()
 
 

@@ -4,7 +4,8 @@ probabilities, perplexity, KL under steering)."""
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Protocol, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch

@@ -1,5 +1,7 @@
 """Correctors: interventions on the activations at one hook name, attached only for as long as asked.
 
+(Over 400 lines: the base class and its three kinds are one concept, read together.)
+
 Three kinds, all edits of the activation ``x`` at a TransformerLens hook name:
 
 =========================  =========================================================================

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from circuits.errors import CoalignError, InputError
 from circuits.inputs import Encoded, Item
@@ -57,13 +58,39 @@ class GenerationSettings:
 
     @classmethod
     def make(cls, max_new_tokens: int = 64, min_new_tokens: int = 0, do_sample: bool = False, temperature: float = 1.0,
-             top_k: int = 0, top_p: float = 1.0, seed: int | None = None, correct: bool | None = None) -> "GenerationSettings":
+             top_k: int = 0, top_p: float = 1.0, seed: int | None = None, correct: bool | None = None) -> GenerationSettings:
         """From the keyword arguments of ``generate``/``stream`` (``correct``: None, True or False)."""
         return cls(int(max_new_tokens), int(min_new_tokens), bool(do_sample), float(temperature), int(top_k),
                    float(top_p), seed, CORRECT_MODES[correct if correct is None else bool(correct)])
 
+    @classmethod
+    def resolve(cls, settings: GenerationSettings | None, *args: Any) -> GenerationSettings:
+        """The one settings object of a call: ``settings=`` or the keywords (``make``'s), not both."""
+        made = cls.make(*args)
+        if settings is None:
+            return made
+        if not isinstance(settings, GenerationSettings):
+            raise InputError(f"settings must be a GenerationSettings, got {type(settings).__name__}")
+        if made != cls():
+            raise InputError("give settings= or the decoding keyword arguments, not both")
+        return settings
+
+    def rng(self, device: Any) -> torch.Generator | None:
+        """The sampling generator (seeded), or None (greedy, or sampling unseeded)."""
+        if not self.do_sample or self.seed is None:
+            return None
+        g = torch.Generator(device=device)
+        g.manual_seed(int(self.seed))
+        return g
+
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+def check_processor(fn: Any) -> Any:
+    if fn is not None and not callable(fn):
+        raise InputError(f"logits_processor must be callable (input_ids, scores) -> scores, got {type(fn).__name__}")
+    return fn
 
 
 @dataclass

@@ -66,9 +66,10 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from detectors.policy_knobs import (  # re-exported: the knob table and its types live there
     BUILTIN,
@@ -81,10 +82,10 @@ from detectors.policy_knobs import (  # re-exported: the knob table and its type
     TIERS,
     TIMINGS,
     DetectorPolicy,
+    Off,
     PolicyError,
     Resolved,
     Threshold,
-    Off,
 )
 
 __all__ = ["BUILTIN", "DEFAULT_DOSE", "DEFAULT_PATIENCE", "DEFAULT_POLICY_FILE", "KNOBS", "MAX_DOSE", "OFF",
@@ -103,7 +104,7 @@ class Decision(str, enum.Enum):
     BLOCK = "block"
 
     @classmethod
-    def parse(cls, value: Any) -> "Decision":
+    def parse(cls, value: Any) -> Decision:
         if isinstance(value, Decision):
             return value
         v = getattr(value, "decision", value)
@@ -162,7 +163,7 @@ class Policy:
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], source: str = "code") -> "Policy":
+    def from_dict(cls, d: Mapping[str, Any], source: str = "code") -> Policy:
         """Build from a parsed TOML/YAML mapping; errors name ``source`` and the key."""
         if not isinstance(d, Mapping):
             raise PolicyError(f"{source}: expected a table/mapping at the top level")
@@ -190,7 +191,7 @@ class Policy:
         return cls(detectors=dets, defaults=defaults, red_lines=frozenset(red), on_detector_error=err, refusal_text=refusal, source=source)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Policy":
+    def load(cls, path: str | os.PathLike) -> Policy:
         """Load a ``.toml`` or ``.yaml``/``.yml`` policy file (``"default"`` = the packaged default)."""
         if str(path) == "default":
             path = DEFAULT_POLICY_FILE
@@ -217,7 +218,7 @@ class Policy:
         return cls.from_dict(data, source=str(path))
 
     @classmethod
-    def default(cls) -> "Policy":
+    def default(cls) -> Policy:
         """The packaged default policy (monitor every detector at its calibrated threshold)."""
         return cls.load(DEFAULT_POLICY_FILE)
 
@@ -267,7 +268,7 @@ class Policy:
         return any(dp.escalate_above not in (None, OFF) for dp in [self.defaults, *self.detectors.values()])
 
     # -- changes (red lines enforced) ----------------------------------------------------------
-    def update(self, detector: str | None = None, **settings: Any) -> "Policy":
+    def update(self, detector: str | None = None, **settings: Any) -> Policy:
         """A new policy with ``settings`` changed for ``detector`` (or, with no detector, the
         top-level keys ``on_detector_error``, ``refusal_text``, ``red_lines`` (added) or
         ``defaults`` settings given as ``defaults={...}``). Raises PolicyError if a red line would be relaxed."""
@@ -277,7 +278,7 @@ class Policy:
             other = Policy.from_dict(settings, source="update()")
         return self.merge(other)
 
-    def merge(self, other: "Policy") -> "Policy":
+    def merge(self, other: Policy) -> Policy:
         """``other`` on top of this policy: its set fields win, red lines are the union.
 
         Raises PolicyError (naming the detector) if the result relaxes one of this policy's red lines.
@@ -296,7 +297,7 @@ class Policy:
         check_not_relaxed(self, merged)
         return merged
 
-    def with_red_lines(self, *names: str) -> "Policy":
+    def with_red_lines(self, *names: str) -> Policy:
         """A new policy with more red lines."""
         return replace(self, red_lines=self.red_lines | frozenset(names))
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 import math
 import re
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, make_dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from circuits.errors import CoalignError
 
@@ -35,9 +36,9 @@ class PolicyError(CoalignError, ValueError):
 class Off:
     """A tier switched off explicitly (as opposed to not set, which inherits)."""
 
-    _inst: "Off | None" = None
+    _inst: Off | None = None
 
-    def __new__(cls) -> "Off":
+    def __new__(cls) -> Off:
         if cls._inst is None:
             cls._inst = super().__new__(cls)
         return cls._inst
@@ -92,7 +93,7 @@ class Threshold:
         return self.value if self.kind == "abs" else str(self)
 
     @classmethod
-    def parse(cls, value: Any, where: str) -> "Threshold | Off":
+    def parse(cls, value: Any, where: str) -> Threshold | Off:
         if value is OFF or value is False:
             return OFF
         if isinstance(value, Threshold):
@@ -249,7 +250,7 @@ class _DetectorPolicyBase:
     here (inherited)."""
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str) -> "DetectorPolicy":
+    def from_dict(cls, d: Mapping[str, Any], where: str) -> DetectorPolicy:
         if not isinstance(d, Mapping):
             raise PolicyError(f"{where}: expected a table of settings, got {type(d).__name__}")
         kw: dict[str, Any] = {}
@@ -264,7 +265,7 @@ class _DetectorPolicyBase:
             kw["timing"] = _legacy_timing(legacy, "timing" in d, where)
         return cls(**kw)  # type: ignore[return-value]
 
-    def over(self, base: "DetectorPolicy") -> "DetectorPolicy":
+    def over(self, base: DetectorPolicy) -> DetectorPolicy:
         """These settings on top of ``base`` (fields set here win)."""
         return type(self)(**{f.name: (getattr(self, f.name) if getattr(self, f.name) is not None else getattr(base, f.name))
                              for f in fields(self)})  # type: ignore[arg-type, return-value]

@@ -29,7 +29,6 @@ from detectors.guard_types import Action, EscalationContext, GuardOutput, HumanD
 from detectors.policy import Decision, Policy, PolicyError, Resolved
 
 
-
 def end_policy(policy: Policy, names: list[str], detectors: list[Any], res: list[Resolved]) -> dict[int, Resolved]:
     """For each detector under ``regenerate``: its tiers resolved at its *item* threshold."""
     out = {}
@@ -122,3 +121,19 @@ def merge(first: GuardOutput, second: GuardOutput) -> GuardOutput:
             lead.append(Action(0, "regenerate", a.detector, a.score, detail))
     return replace(second, actions=lead + second.actions, decisions=first.decisions + second.decisions,
                    errors=first.errors + second.errors)
+
+
+def regenerate_rows(guard: Any, outs: list[GuardOutput | None], prompts: list[Any], regen: dict[int, list[int]], gen: Any,
+                    processor: Any, bs: int, generator: Any) -> None:
+    """Generate the rows ``timing = "regenerate"`` flagged again, each with its detectors'
+    correctors on from the first token, and merge each with its discarded attempt."""
+    order = sorted(regen, key=lambda i: len(prompts[i].enc.ids))
+    for s in range(0, len(order), bs):
+        chunk = order[s : s + bs]
+        run = guard._new_run([prompts[i] for i in chunk], gen, generator, attempt=2)
+        run.processor = processor
+        run.force = {b: regen[i] for b, i in enumerate(chunk)}
+        for _ in guard._loop.steps(run):
+            pass
+        for i, o in zip(chunk, run.outputs):
+            outs[i] = merge(outs[i], o)  # type: ignore[arg-type]

@@ -46,9 +46,10 @@ first hook, ``check=fn(detector, arg, router)`` raising :class:`PolicyError` whe
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from torch import Tensor
 
@@ -96,7 +97,7 @@ class CorrectorContext:
     features: tuple[int, ...] = ()
     readout: Tensor | None = None
     batch: int | None = None
-    router: "Router | None" = None
+    router: Router | None = None
 
 
 CorrectorFactory = Callable[[CorrectorContext], Corrector]
@@ -109,8 +110,8 @@ class CorrectorKind:
 
     name: str
     factory: CorrectorFactory
-    hook: Callable[[Any, HookedModel | None, str | None, "Router"], str] | None = None
-    check: Callable[[Any, str | None, "Router"], None] | None = None
+    hook: Callable[[Any, HookedModel | None, str | None, Router], str] | None = None
+    check: Callable[[Any, str | None, Router], None] | None = None
     takes_arg: bool = False
 
 
@@ -176,7 +177,7 @@ def _avoid_token(ctx: CorrectorContext) -> Corrector:
     return TokenAvoidance(ctx.model, ctx.batch, alpha=ctx.dose, hook=ctx.hook, positions=ctx.positions, state=ctx.state)
 
 
-def _avoid_token_hook(detector: Any, model: HookedModel | None, arg: str | None, router: "Router") -> str:
+def _avoid_token_hook(detector: Any, model: HookedModel | None, arg: str | None, router: Router) -> str:
     if model is None:
         raise PolicyError("the 'avoid_token' route needs the model (Router.route(..., model=model))")
     return last_block_hook(model)
@@ -190,7 +191,7 @@ def _sae(ctx: CorrectorContext) -> Corrector:
     return SAEClamp(ctx.hook, sae, ctx.features or (0,), values=0.0, alpha=ctx.dose, positions=ctx.positions, state=ctx.state)
 
 
-def _sae_check(detector: Any, arg: str | None, router: "Router") -> None:
+def _sae_check(detector: Any, arg: str | None, router: Router) -> None:
     if router.sae_for(detector.hooks[0]) is None:
         raise PolicyError(f"detector {detector.name!r} routes to 'sae' but no SAE is registered for {detector.hooks[0]}")
 
@@ -201,7 +202,7 @@ def _vector(ctx: CorrectorContext) -> Corrector:
     return ActivationAddition(sv.hook, sv.vector, alpha=-ctx.dose, positions=ctx.positions, state=ctx.state)
 
 
-def _vector_check(detector: Any, arg: str | None, router: "Router") -> None:
+def _vector_check(detector: Any, arg: str | None, router: Router) -> None:
     if not arg or not Path(arg).is_dir():
         raise PolicyError(f"detector {detector.name!r}: steering vector directory {arg!r} not found")
 

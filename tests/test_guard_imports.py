@@ -9,8 +9,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OURS = {
-    "detectors.guard", "detectors.guard_actions", "detectors.guard_results", "detectors.guard_run",
-    "detectors.guard_types", "detectors.policy", "detectors.policy_knobs", "detectors.regenerate",
+    "detectors.guard", "detectors.guard_commands", "detectors.guard_decoder", "detectors.guard_loop",
+    "detectors.guard_output", "detectors.guard_run", "detectors.guard_scoring", "detectors.guard_stream",
+    "detectors.guard_types", "detectors.policy", "detectors.policy_engine", "detectors.policy_knobs", "detectors.regenerate",
     "detectors.router", "detectors.audit", "detectors.cli_guard", "circuits.steering",
     "circuits.steered_forward", "circuits.steering_vectors", "circuits.token_avoidance",
     "circuits.generation", "circuits.generation_state", "circuits.generation_lock", "circuits.tl_decoder",
@@ -72,3 +73,13 @@ def test_no_private_names_imported_across_the_guard_modules():
         for src, names in _imports(mods[m], m, set(mods)):
             bad += [f"{m}: from {src} import {n}" for n in names if n.startswith("_") and src != m]
     assert not bad, bad
+
+
+def test_guard_modules_are_small_and_the_guard_is_composed():
+    mods = _modules()
+    for m in sorted(OURS & set(mods)):
+        n = len(mods[m].read_text().splitlines())
+        assert n < 400 or "(Over 400 lines:" in mods[m].read_text()[:800], f"{m}: {n} lines and no reason given"
+    from detectors.guard import Guard
+
+    assert Guard.__bases__ == (object,)  # no mixins

@@ -9,7 +9,13 @@ import pytest
 import test_guard as tg
 
 from detectors.guard import Guard
-from detectors.policy import DetectorPolicy, Policy, PolicyError, Threshold, check_not_relaxed
+from detectors.policy import (
+    DetectorPolicy,
+    Policy,
+    PolicyError,
+    Threshold,
+    check_not_relaxed,
+)
 
 NON_FINITE_STRINGS = ["nan", "NaN", " nan ", "inf", "-inf", "+inf", "Infinity", "-infinity", "1e400", "-1e999",
                       "threshold + nan", "threshold * inf", "threshold + 1e400", "threshold * 1e999", "threshold - inf"]
