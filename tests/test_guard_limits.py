@@ -84,3 +84,20 @@ def test_over_long_prompt_rejection_is_audited(tiny, tmp_path):
     with pytest.raises(InputError):
         guard.stream(long, max_new_tokens=3)
     assert len(list(log.records())) == 4
+
+
+def test_one_settings_object_for_generate_and_stream(tiny):
+    from detectors.guard import GenerationSettings
+
+    guard = Guard(tiny, [tg.lin(tiny, "a")])
+    s = GenerationSettings.make(max_new_tokens=5, min_new_tokens=5, do_sample=True, seed=3, top_k=4)
+    by_kw = guard.generate("hello world", max_new_tokens=5, min_new_tokens=5, do_sample=True, seed=3, top_k=4)[0]
+    by_obj = guard.generate("hello world", settings=s)[0]
+    streamed = [ev.output for ev in guard.stream("hello world", settings=s) if ev.done][0]
+    assert by_kw.token_ids == by_obj.token_ids == streamed.token_ids and len(by_obj.token_ids) == 5
+    with pytest.raises(InputError, match="not both"):
+        guard.generate("hello world", max_new_tokens=3, settings=s)
+    with pytest.raises(InputError, match="top_p"):
+        GenerationSettings(top_p=0.0)
+    with pytest.raises(InputError, match="correct must be"):
+        GenerationSettings(correct="sometimes")
