@@ -166,9 +166,12 @@ def _past_length(kwargs: dict) -> int:
     return 0
 
 
-def _check_positions(positions: Positions) -> Positions:
+def check_positions(positions: Positions) -> Positions:
     if positions in ("all", "generated", "response"):
         return positions
     if isinstance(positions, (int, np.integer)) and not isinstance(positions, bool) and positions >= 0:
         return int(positions)
     raise InputError(f"positions must be 'all', 'generated', 'response' or a non-negative int start position, got {positions!r}")
+
+
+_check_positions = check_positions  # the old private name

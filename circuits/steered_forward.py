@@ -4,7 +4,8 @@ probabilities, perplexity, KL under steering)."""
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -13,7 +14,13 @@ from torch import Tensor
 from circuits.generation_state import GenerationState
 from circuits.hooked_model import HookedModel
 from circuits.inputs import Item, batches, encode, pad_id
-from circuits.steering import Corrector
+
+
+class Corrector(Protocol):
+    """What this module needs of a :class:`circuits.steering.Corrector` (named here, not imported:
+    :mod:`circuits.steering` re-exports this module's functions, so importing it back would be a cycle)."""
+
+    def apply(self, model: HookedModel, state: GenerationState | None = None) -> Any: ...
 
 
 @contextlib.contextmanager

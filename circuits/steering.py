@@ -1,5 +1,7 @@
 """Correctors: interventions on the activations at one hook name, attached only for as long as asked.
 
+(Over 400 lines: the base class and its three kinds are one concept, read together.)
+
 Three kinds, all edits of the activation ``x`` at a TransformerLens hook name:
 
 =========================  =========================================================================
@@ -52,7 +54,7 @@ import torch
 from torch import Tensor
 
 from circuits.errors import InputError
-from circuits.generation_state import GenerationState, Positions, _check_positions
+from circuits.generation_state import GenerationState, Positions, check_positions
 from circuits.hooked_model import HookedModel, HookHandle
 
 __all__ = [
@@ -74,6 +76,17 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 # correctors
 # --------------------------------------------------------------------------------------------
+def _check_alpha(alpha: float, hook: str) -> float:
+    """A non-finite dose turns every edited activation into NaN (and every later token into id 0)."""
+    try:
+        a = float(alpha)
+    except (TypeError, ValueError):
+        raise InputError(f"corrector at {hook}: dose must be a number, got {alpha!r}") from None
+    if not np.isfinite(a):
+        raise InputError(f"corrector at {hook}: dose must be finite, got {alpha!r}")
+    return a
+
+
 class CorrectorHandle:
     """Detaches a corrector (its hook and, if it made one, its position tracker). Idempotent."""
 
@@ -115,9 +128,9 @@ class Corrector(ABC):
 
     def __init__(self, hook: str, alpha: float = 1.0, positions: Positions = "all", state: GenerationState | None = None) -> None:
         self.hook = hook
-        self.positions = _check_positions(positions)
+        self.positions = check_positions(positions)
         self.state = state
-        self._alpha = float(alpha)
+        self._alpha = _check_alpha(alpha, hook)
         self._enabled = True
         self._rows: Tensor | None = None
         self._rows_cast: dict[tuple[torch.device, torch.dtype], Tensor] = {}
@@ -132,7 +145,7 @@ class Corrector(ABC):
 
     def set_dose(self, alpha: float) -> None:
         """Change the dose; takes effect on the next forward."""
-        self._alpha = float(alpha)
+        self._alpha = _check_alpha(alpha, self.hook)
         self._refresh()
 
     @property
@@ -455,5 +468,5 @@ class SAEClamp(Corrector):
         return {**super().describe(), "features": self.features.tolist(), "values": self.values.tolist(), "mode": self.mode}
 
 
-# re-exported at the end (steered_forward imports Corrector from here): they lived here before the split
+# re-exported: they lived here before the split (steered_forward does not import this module)
 from circuits.steered_forward import apply_all, logits_with, response_logprobs  # noqa: E402

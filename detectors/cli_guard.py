@@ -28,10 +28,21 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 # --------------------------------------------------------------------------------------------
 # registration
 # --------------------------------------------------------------------------------------------
+def _positive_int(text: str) -> int:
+    """argparse type: refused at parse time, before the model loads (0 used to mean "the default")."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--detector", action="append", required=True, metavar="DIR", help="detector artifact directory (repeatable)")
     p.add_argument("--policy", metavar="FILE", help="policy file (.toml/.yaml); default: monitor every detector")
-    p.add_argument("--max-new-tokens", type=int, default=64, metavar="N", help="tokens to generate per prompt (default 64)")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=64, metavar="N", help="tokens to generate per prompt (default 64)")
     p.add_argument("--audit", metavar="FILE", help="append one JSON line per generation to this audit log")
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (with --sample)")
@@ -54,7 +65,7 @@ def register(subparsers: Any) -> None:
     src = g.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", action="append", metavar="TEXT", help="a prompt (repeatable); sent as a user message")
     src.add_argument("--data", metavar="FILE", help="prompts: .txt (one per line), .jsonl or .json (texts, {'prompt': ...} or {'messages': [...]})")
-    g.add_argument("--batch-size", type=int, default=8, metavar="N", help="prompts per batch (default 8)")
+    g.add_argument("--batch-size", type=_positive_int, default=8, metavar="N", help="prompts per batch (default 8)")
     g.add_argument("--json", metavar="OUT", help="write outputs, per-token scores and actions as JSON")
     corr = g.add_mutually_exclusive_group()
     corr.add_argument("--correct", dest="correct", action="store_const", const=True, default=None, help="correctors on from the first token (unconditional)")
@@ -84,7 +95,7 @@ def register(subparsers: Any) -> None:
     s.add_argument("--select", default="last", help="token selection (default: last, e.g. the A/B answer letter)")
     s.add_argument("--behaviour", default="", help="behaviour the positive side shows (stored)")
     s.add_argument("--name", default="", help="name stored in the artifact")
-    s.add_argument("--batch-size", type=int, default=16, metavar="N")
+    s.add_argument("--batch-size", type=_positive_int, default=16, metavar="N")
     s.add_argument("--json", metavar="OUT", help="write the vector's config and metrics as JSON")
     s.add_argument("--model", default=DEFAULT_MODEL, help=argparse.SUPPRESS)
     s.set_defaults(func=_safe(cmd_steer))

@@ -8,13 +8,98 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
-from circuits.errors import CoalignError
-from circuits.inputs import Item
+from circuits.errors import CoalignError, InputError
+from circuits.inputs import Encoded, Item
 
 
 class DetectorFailure(CoalignError):
     """A detector raised (or returned a non-finite score) and the policy says ``on_detector_error = "raise"``."""
+
+
+# --------------------------------------------------------------------------------------------
+# inputs
+# --------------------------------------------------------------------------------------------
+CORRECT_MODES = {None: "policy", True: "always", False: "never"}
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How :meth:`Guard.generate <detectors.guard.Guard.generate>` and
+    :meth:`Guard.stream <detectors.guard.Guard.stream>` decode (both build one from their keyword
+    arguments, or take one as ``settings=``). Validated on construction.
+
+    ``correct``: ``"policy"`` (as the policy says), ``"always"`` (every detector's corrector on from
+    the first token) or ``"never"`` (the correct tier is only recorded); :meth:`make` maps the
+    public ``correct=None | True | False`` onto these.
+    """
+
+    max_new_tokens: int = 64
+    min_new_tokens: int = 0
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    correct: str = "policy"
+
+    def __post_init__(self) -> None:
+        if int(self.max_new_tokens) < 1:
+            raise InputError("max_new_tokens must be >= 1")
+        if int(self.min_new_tokens) < 0:
+            raise InputError("min_new_tokens must be >= 0")
+        if self.do_sample and not self.temperature > 0:
+            raise InputError("temperature must be > 0 when sampling")
+        if not 0 < self.top_p <= 1:
+            raise InputError("top_p must be in (0, 1]")
+        if self.correct not in CORRECT_MODES.values():
+            raise InputError(f"correct must be one of {', '.join(CORRECT_MODES.values())}, got {self.correct!r}")
+
+    @classmethod
+    def make(cls, max_new_tokens: int = 64, min_new_tokens: int = 0, do_sample: bool = False, temperature: float = 1.0,
+             top_k: int = 0, top_p: float = 1.0, seed: int | None = None, correct: bool | None = None) -> GenerationSettings:
+        """From the keyword arguments of ``generate``/``stream`` (``correct``: None, True or False)."""
+        return cls(int(max_new_tokens), int(min_new_tokens), bool(do_sample), float(temperature), int(top_k),
+                   float(top_p), seed, CORRECT_MODES[correct if correct is None else bool(correct)])
+
+    @classmethod
+    def resolve(cls, settings: GenerationSettings | None, *args: Any) -> GenerationSettings:
+        """The one settings object of a call: ``settings=`` or the keywords (``make``'s), not both."""
+        made = cls.make(*args)
+        if settings is None:
+            return made
+        if not isinstance(settings, GenerationSettings):
+            raise InputError(f"settings must be a GenerationSettings, got {type(settings).__name__}")
+        if made != cls():
+            raise InputError("give settings= or the decoding keyword arguments, not both")
+        return settings
+
+    def rng(self, device: Any) -> torch.Generator | None:
+        """The sampling generator (seeded), or None (greedy, or sampling unseeded)."""
+        if not self.do_sample or self.seed is None:
+            return None
+        g = torch.Generator(device=device)
+        g.manual_seed(int(self.seed))
+        return g
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def check_processor(fn: Any) -> Any:
+    if fn is not None and not callable(fn):
+        raise InputError(f"logits_processor must be callable (input_ids, scores) -> scores, got {type(fn).__name__}")
+    return fn
+
+
+@dataclass
+class Prompt:
+    """One prompt as the Guard runs it: the item given, its tokens, and the rendered text (hashed in the audit)."""
+
+    item: Item
+    enc: Encoded
+    text: str
 
 
 # --------------------------------------------------------------------------------------------
@@ -26,7 +111,7 @@ class Action:
 
     ``kind``: ``monitor`` (score rose above the monitor tier), ``correct``, ``escalate``,
     ``block``, ``move_up`` (a correction did not clear the flag within ``patience`` tokens, or a
-    regenerated response is still flagged), ``regenerate`` (policy ``regenerate``: the finished
+    regenerated response is still flagged), ``regenerate`` (``timing = "regenerate"``: the finished
     response was flagged and generated again, corrected; ``detail`` keeps the discarded attempt) or
     ``detector_error``.
     """
@@ -149,8 +234,8 @@ class TokenEvent:
     text piece, this step's scores and actions. The last event has ``done=True`` and ``output``.
 
     ``retract``: characters of the text streamed so far to delete before appending ``text``; non-zero
-    when the policy's ``rewind`` took back the previous token and re-chose it, or when its
-    ``regenerate`` discarded the response shown so far and this event starts the new attempt (a
+    when ``timing = "rewind"`` took back the previous token and re-chose it, or when its
+    ``timing = "regenerate"`` discarded the response shown so far and this event starts the new attempt (a
     terminal can print that many backspaces)."""
 
     index: int

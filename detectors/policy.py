@@ -26,38 +26,12 @@ or drop it from the red lines. A red line without an explicit ``block_above`` bl
 calibrated ``"threshold"``. A human's "allow" at the escalate tier does not lift a red line's
 block tier either, and a red-line detector that fails always fails closed.
 
-``positions``: where a corrector edits. ``"response"`` (default): every position whose output is
-a generated token (the last prompt token and each new one). ``"all"``: the prompt's tokens too,
-as CAA adds its vectors; this only differs when the correction is on before the prompt is read
-(``generate(..., correct=True)``), because a correction switched on by a flag cannot reach prompt
-positions already in the KV cache.
-
-``immediate``: when true, a correction also reaches the token whose step tripped it. The Guard
-re-runs that step's forward pass with the corrector on (one extra pass, only at the step a
-correction starts) and chooses the token from the corrected logits. Without it (the default) a
-correction switched on at step ``t`` steers from token ``t + 1`` on, which is too late when one
-token is the whole answer (an A/B letter).
-
-``rewind``: when true, a correction takes back the token that tripped it. A token's score is read
-at its own position, one step after the token was chosen, so a detector that judges what was just
-said (an A/B letter read with its question) can only flag it once it is out. With ``rewind`` the
-Guard drops that token from the KV cache, re-runs the step that chose it with the corrector on,
-re-chooses it, and goes on from there (two extra forward passes, only at the step a correction
-starts; a flag at step 0, the prompt's last token, starts no correction: nothing has been said).
-It implies ``immediate``. The corrector ``avoid_token`` (see :mod:`detectors.router`) needs it.
-
-``regenerate``: when true, :meth:`Guard.generate <detectors.guard.Guard.generate>` also judges each
-*finished* response as a whole: the mean of the detector's token scores over the response (the
-statistic a response-mean detector's item threshold is calibrated on) against ``correct_above``,
-where ``"threshold"`` now means the detector's item threshold. A response above it, on which no
-correction ran, is generated again from its first token with the corrector on (once; the discarded
-attempt is kept in the ``regenerate`` action and in its own audit record). A flag in the correct
-tier *during* the response (the running mean against the stream threshold) stops the row there and
-regenerates it the same way, instead of steering the rest of it. If the new response is still above
-the correct tier at its end, the row moves up a tier (``block``, or ``escalate`` to the callback);
-during it, the patience rule applies as for any correction. Only for response-mean detectors. In
-:meth:`Guard.stream` the first event of the new attempt carries ``retract``: the characters the
-discarded attempt showed.
+The per-detector **knobs** (tiers, ``corrector``, ``dose``, ``patience``, ``positions``,
+``timing``, ``refusal_text``) are declared once, in :data:`detectors.policy_knobs.KNOBS`, which also
+holds the one description of the Guard's **timing** modes (``timing = "next" | "immediate" |
+"rewind" | "regenerate"``: when a correction takes effect); both tables are rendered in
+``docs/policy-knobs.md``. The booleans ``immediate``, ``rewind`` and ``regenerate`` of older files
+still load (as the corresponding timing, with a ``DeprecationWarning``).
 
 ``on_detector_error``: ``"fail_closed"`` (block every row in flight), ``"fail_open"`` (record the
 error and carry on without that detector) or ``"raise"`` (re-raise after cleaning up).
@@ -74,10 +48,8 @@ File format (TOML; YAML with the same keys works too)::
     corrector = "addition"          # addition | ablation | vector:PATH | sae | a registered name
     dose = 16.0
     patience = 8
-    positions = "response"          # response | all (see below)
-    immediate = false               # true: re-run the flagged step under correction (see below)
-    rewind = false                  # true: take back the flagged token and re-choose it corrected
-    regenerate = false              # true: a finished response still flagged is generated again, corrected
+    positions = "response"          # response | all
+    timing = "next"                 # next | immediate | rewind | regenerate
 
     [detectors.deception]
     correct_above = "threshold"
@@ -94,26 +66,35 @@ import hashlib
 import json
 import math
 import os
-import re
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-from circuits.errors import CoalignError
+from detectors.policy_knobs import (  # re-exported: the knob table and its types live there
+    BUILTIN,
+    DEFAULT_DOSE,
+    DEFAULT_PATIENCE,
+    KNOBS,
+    MAX_DOSE,
+    OFF,
+    POSITIONS,
+    TIERS,
+    TIMINGS,
+    DetectorPolicy,
+    Off,
+    PolicyError,
+    Resolved,
+    Threshold,
+)
 
-TIERS = ("monitor", "correct", "escalate", "block")
-POSITIONS = ("response", "all")
+__all__ = ["BUILTIN", "DEFAULT_DOSE", "DEFAULT_PATIENCE", "DEFAULT_POLICY_FILE", "KNOBS", "MAX_DOSE", "OFF",
+           "POSITIONS", "TIERS", "TIMINGS", "Decision", "DetectorPolicy", "Policy", "PolicyError", "Resolved",
+           "Threshold", "check_not_relaxed"]
 ERROR_MODES = ("fail_closed", "fail_open", "raise")
 DEFAULT_REFUSAL = "I'm sorry, but I can't continue with this response."
-DEFAULT_DOSE = 16.0
-DEFAULT_PATIENCE = 8
 DEFAULT_POLICY_FILE = Path(__file__).parent / "data" / "default_policy.toml"
 _TOP_KEYS = {"version", "refusal_text", "on_detector_error", "red_lines", "defaults", "detectors"}
-
-
-class PolicyError(CoalignError, ValueError):
-    """An invalid policy, or an attempt to relax a red line."""
-
 
 class Decision(str, enum.Enum):
     """A person's decision on an escalation."""
@@ -123,7 +104,7 @@ class Decision(str, enum.Enum):
     BLOCK = "block"
 
     @classmethod
-    def parse(cls, value: Any) -> "Decision":
+    def parse(cls, value: Any) -> Decision:
         if isinstance(value, Decision):
             return value
         v = getattr(value, "decision", value)
@@ -134,223 +115,7 @@ class Decision(str, enum.Enum):
         raise PolicyError(f"escalation callback returned {value!r}; expected 'allow', 'correct' or 'block'")
 
 
-# --------------------------------------------------------------------------------------------
-# thresholds
-# --------------------------------------------------------------------------------------------
-class _Off:
-    """A tier switched off explicitly (as opposed to not set, which inherits)."""
-
-    _inst: "_Off | None" = None
-
-    def __new__(cls) -> "_Off":
-        if cls._inst is None:
-            cls._inst = super().__new__(cls)
-        return cls._inst
-
-    def __repr__(self) -> str:
-        return "OFF"
-
-    def __str__(self) -> str:
-        return "off"
-
-    def __reduce__(self) -> str:
-        return "OFF"
-
-
-OFF = _Off()
-_REL = re.compile(r"^threshold\s*(?:([+\-*])\s*([0-9]*\.?[0-9]+(?:[eE][+\-]?[0-9]+)?))?$")
-
-
-@dataclass(frozen=True)
-class Threshold:
-    """A tier threshold: absolute (``kind="abs"``) or relative to the detector's threshold
-    (``"offset"``: threshold + value, ``"scale"``: threshold * value)."""
-
-    kind: str
-    value: float
-
-    def resolve(self, detector_threshold: float) -> float:
-        if self.kind == "abs":
-            return self.value
-        if self.kind == "offset":
-            return detector_threshold + self.value
-        return detector_threshold * self.value
-
-    def __str__(self) -> str:
-        if self.kind == "abs":
-            return repr(self.value)
-        if self.kind == "offset":
-            if self.value == 0:
-                return "threshold"
-            return f"threshold {'+' if self.value > 0 else '-'} {abs(self.value)!r}"
-        return f"threshold * {self.value!r}"
-
-    def to_json(self) -> Any:
-        return self.value if self.kind == "abs" else str(self)
-
-    @classmethod
-    def parse(cls, value: Any, where: str) -> "Threshold | _Off":
-        if value is OFF or value is False:
-            return OFF
-        if isinstance(value, Threshold):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not math.isfinite(value):
-                raise PolicyError(f"{where}: threshold must be finite, got {value!r}")
-            return cls("abs", float(value))
-        if isinstance(value, str):
-            s = value.strip().lower()
-            if s in ("off", "none", "never", ""):
-                return OFF
-            try:
-                return cls("abs", float(s))
-            except ValueError:
-                pass
-            m = _REL.match(s)
-            if m:
-                op, num = m.group(1), m.group(2)
-                if op is None:
-                    return cls("offset", 0.0)
-                x = float(num)
-                return cls("offset", x) if op == "+" else cls("offset", -x) if op == "-" else cls("scale", x)
-        raise PolicyError(
-            f"{where}: bad threshold {value!r}; use a number, 'threshold', 'threshold + X', "
-            "'threshold - X', 'threshold * X' or 'off'"
-        )
-
-
-# --------------------------------------------------------------------------------------------
-# per-detector settings
-# --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class DetectorPolicy:
-    """Tiers and correction settings for one detector. ``None`` = not set here (inherited)."""
-
-    monitor_above: Threshold | _Off | None = None
-    correct_above: Threshold | _Off | None = None
-    escalate_above: Threshold | _Off | None = None
-    block_above: Threshold | _Off | None = None
-    corrector: str | None = None
-    dose: float | None = None
-    patience: int | None = None
-    positions: str | None = None
-    immediate: bool | None = None
-    rewind: bool | None = None
-    regenerate: bool | None = None
-    refusal_text: str | None = None
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str) -> "DetectorPolicy":
-        if not isinstance(d, Mapping):
-            raise PolicyError(f"{where}: expected a table of settings, got {type(d).__name__}")
-        known = {f.name for f in fields(cls)}
-        kw: dict[str, Any] = {}
-        for k, v in d.items():
-            if k not in known:
-                raise PolicyError(f"{where}: unknown key {k!r} (expected one of {', '.join(sorted(known))})")
-            kw[k] = _field_value(k, v, f"{where}.{k}")
-        return cls(**kw)
-
-    def over(self, base: "DetectorPolicy") -> "DetectorPolicy":
-        """These settings on top of ``base`` (fields set here win)."""
-        return DetectorPolicy(**{f.name: (getattr(self, f.name) if getattr(self, f.name) is not None else getattr(base, f.name)) for f in fields(self)})
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if v is None:
-                continue
-            out[f.name] = "off" if v is OFF else v.to_json() if isinstance(v, Threshold) else v
-        return out
-
-
-def _field_value(key: str, v: Any, where: str) -> Any:
-    if key.endswith("_above"):
-        return None if v is None else Threshold.parse(v, where)
-    if v is None:
-        return None
-    if key in ("corrector", "refusal_text"):
-        if not isinstance(v, str) or (key == "corrector" and not v.strip()):
-            raise PolicyError(f"{where}: expected a string, got {v!r}")
-        return v.strip() if key == "corrector" else v
-    if key == "dose":
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise PolicyError(f"{where}: expected a number, got {v!r}")
-        return float(v)
-    if key == "positions":
-        if v not in POSITIONS:
-            raise PolicyError(f"{where}: expected one of {', '.join(POSITIONS)}, got {v!r}")
-        return str(v)
-    if key in ("immediate", "rewind", "regenerate"):
-        if not isinstance(v, bool):
-            raise PolicyError(f"{where}: expected true or false, got {v!r}")
-        return v
-    if key == "patience":
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise PolicyError(f"{where}: expected a positive integer, got {v!r}")
-        return int(v)
-    raise PolicyError(f"{where}: unknown key")
-
-
-BUILTIN = DetectorPolicy(
-    monitor_above=Threshold("offset", 0.0),
-    correct_above=OFF,
-    escalate_above=OFF,
-    block_above=OFF,
-    corrector="addition",
-    dose=DEFAULT_DOSE,
-    patience=DEFAULT_PATIENCE,
-    positions="response",
-    immediate=False,
-    rewind=False,
-    regenerate=False,
-)
-
-
-@dataclass(frozen=True)
-class Resolved:
-    """A detector's policy in numbers (``inf`` = tier off)."""
-
-    name: str
-    monitor: float
-    correct: float
-    escalate: float
-    block: float
-    corrector: str
-    dose: float
-    patience: int
-    refusal_text: str
-    red_line: bool
-    positions: str = "response"
-    immediate: bool = False
-    rewind: bool = False
-    regenerate: bool = False
-
-    def threshold_of(self, tier: str) -> float:
-        return float(getattr(self, tier))
-
-    def tier_of(self, score: float, lowest: str = "monitor") -> str | None:
-        """Highest tier whose threshold ``score`` is above (tiers below ``lowest`` ignored)."""
-        for tier in reversed(TIERS[TIERS.index(lowest):]):
-            if score > getattr(self, tier):
-                return tier
-        return None
-
-    def next_tier(self, tier: str) -> str:
-        """The next configured tier above ``tier`` (``block`` if none is configured)."""
-        for t in TIERS[TIERS.index(tier) + 1:]:
-            if math.isfinite(getattr(self, t)):
-                return t
-        return "block"
-
-    @property
-    def action_threshold(self) -> float:
-        """Lowest threshold that needs an action (correct, escalate or block)."""
-        return min(self.correct, self.escalate, self.block)
-
-
-def _num(t: Threshold | _Off | None, thr: float) -> float:
+def _num(t: Threshold | Off | None, thr: float) -> float:
     return math.inf if t is None or t is OFF else t.resolve(thr)  # type: ignore[union-attr]
 
 
@@ -398,7 +163,7 @@ class Policy:
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], source: str = "code") -> "Policy":
+    def from_dict(cls, d: Mapping[str, Any], source: str = "code") -> Policy:
         """Build from a parsed TOML/YAML mapping; errors name ``source`` and the key."""
         if not isinstance(d, Mapping):
             raise PolicyError(f"{source}: expected a table/mapping at the top level")
@@ -426,7 +191,7 @@ class Policy:
         return cls(detectors=dets, defaults=defaults, red_lines=frozenset(red), on_detector_error=err, refusal_text=refusal, source=source)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Policy":
+    def load(cls, path: str | os.PathLike) -> Policy:
         """Load a ``.toml`` or ``.yaml``/``.yml`` policy file (``"default"`` = the packaged default)."""
         if str(path) == "default":
             path = DEFAULT_POLICY_FILE
@@ -453,7 +218,7 @@ class Policy:
         return cls.from_dict(data, source=str(path))
 
     @classmethod
-    def default(cls) -> "Policy":
+    def default(cls) -> Policy:
         """The packaged default policy (monitor every detector at its calibrated threshold)."""
         return cls.load(DEFAULT_POLICY_FILE)
 
@@ -477,33 +242,33 @@ class Policy:
     def resolve(self, name: str, detector_threshold: float) -> Resolved:
         """Numbers for one detector with calibrated threshold ``detector_threshold``."""
         dp = self.for_detector(name)
-        if dp.corrector == "avoid_token" and not dp.rewind:
-            raise PolicyError(f"{self.source}: detector {name!r}: corrector 'avoid_token' needs rewind = true "
+        if dp.corrector == "avoid_token" and dp.timing != "rewind":
+            raise PolicyError(f"{self.source}: detector {name!r}: corrector 'avoid_token' needs timing = \"rewind\" "
                               "(it steers away from the token the correction takes back)")
         thr = float(detector_threshold)
-        return Resolved(
-            name=name,
-            monitor=_num(dp.monitor_above, thr),
-            correct=_num(dp.correct_above, thr),
-            escalate=_num(dp.escalate_above, thr),
-            block=_num(dp.block_above, thr),
-            corrector=str(dp.corrector),
-            dose=float(dp.dose),  # type: ignore[arg-type]
-            patience=int(dp.patience),  # type: ignore[arg-type]
-            refusal_text=dp.refusal_text if dp.refusal_text is not None else self.refusal,
-            red_line=name in self.red_lines,
-            positions=str(dp.positions),
-            immediate=bool(dp.immediate) or bool(dp.rewind),
-            rewind=bool(dp.rewind),
-            regenerate=bool(dp.regenerate),
-        )
+        values: dict[str, Any] = {}
+        for knob in KNOBS:
+            v = getattr(dp, knob.name)
+            if knob.threshold:
+                tier = knob.name[: -len("_above")]
+                x = _num(v, thr)
+                if v not in (None, OFF) and not math.isfinite(x):
+                    # inf means "tier off", NaN compares False: either would silently disable a tier
+                    raise PolicyError(f"{self.source}: detector {name!r}: {knob.name} = {v} resolves to {x} "
+                                      f"(detector threshold {thr}); tier thresholds must be finite")
+                values[tier] = x
+            else:
+                values[knob.name] = v
+        if values["refusal_text"] is None:
+            values["refusal_text"] = self.refusal
+        return Resolved(name=name, red_line=name in self.red_lines, **values)
 
     @property
     def has_escalation(self) -> bool:
         return any(dp.escalate_above not in (None, OFF) for dp in [self.defaults, *self.detectors.values()])
 
     # -- changes (red lines enforced) ----------------------------------------------------------
-    def update(self, detector: str | None = None, **settings: Any) -> "Policy":
+    def update(self, detector: str | None = None, **settings: Any) -> Policy:
         """A new policy with ``settings`` changed for ``detector`` (or, with no detector, the
         top-level keys ``on_detector_error``, ``refusal_text``, ``red_lines`` (added) or
         ``defaults`` settings given as ``defaults={...}``). Raises PolicyError if a red line would be relaxed."""
@@ -513,7 +278,7 @@ class Policy:
             other = Policy.from_dict(settings, source="update()")
         return self.merge(other)
 
-    def merge(self, other: "Policy") -> "Policy":
+    def merge(self, other: Policy) -> Policy:
         """``other`` on top of this policy: its set fields win, red lines are the union.
 
         Raises PolicyError (naming the detector) if the result relaxes one of this policy's red lines.
@@ -532,7 +297,7 @@ class Policy:
         check_not_relaxed(self, merged)
         return merged
 
-    def with_red_lines(self, *names: str) -> "Policy":
+    def with_red_lines(self, *names: str) -> Policy:
         """A new policy with more red lines."""
         return replace(self, red_lines=self.red_lines | frozenset(names))
 
@@ -572,9 +337,11 @@ def check_not_relaxed(old: Policy, new: Policy, thresholds: Mapping[str, float] 
         if ob == nb:
             continue
         assert isinstance(ob, Threshold) and isinstance(nb, Threshold)
+        # every comparison below is written "not (new <= old)" so that a NaN, whatever its
+        # source, counts as a relaxation (NaN > x is False and would let it through)
         if thresholds is not None and name in thresholds:
             o, n = ob.resolve(thresholds[name]), nb.resolve(thresholds[name])
-            if n > o:
+            if not math.isfinite(n) or not (n <= o):
                 raise PolicyError(f"red line {name!r}: block threshold cannot be raised from {o:.4g} to {n:.4g} (policy {new.source})")
             continue
         if ob.kind != nb.kind or ob.kind == "scale":
@@ -582,5 +349,5 @@ def check_not_relaxed(old: Policy, new: Policy, thresholds: Mapping[str, float] 
                 f"red line {name!r}: block_above changed from {ob} to {nb}; a red line's block threshold can only be "
                 f"lowered, keeping its form (policy {new.source})"
             )
-        if nb.value > ob.value:
+        if not math.isfinite(nb.value) or not (nb.value <= ob.value):
             raise PolicyError(f"red line {name!r}: block threshold cannot be raised from {ob} to {nb} (policy {new.source})")

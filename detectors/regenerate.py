@@ -1,4 +1,4 @@
-"""The policy's ``regenerate``: judge a finished response as a whole, and generate it again under
+"""``timing = "regenerate"``: judge a finished response as a whole, and generate it again under
 correction when it is still flagged.
 
 A response-mean detector's item threshold is calibrated on the mean over a whole response, which a
@@ -19,17 +19,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from detectors.detector import MEAN_SELECTIONS
+from detectors.guard_run import BatchRun
 from detectors.guard_types import Action, EscalationContext, GuardOutput, HumanDecision
 from detectors.policy import Decision, Policy, PolicyError, Resolved
-
-if TYPE_CHECKING:
-    from detectors.guard import Guard
-    from detectors.guard_run import _Run
 
 
 def end_policy(policy: Policy, names: list[str], detectors: list[Any], res: list[Resolved]) -> dict[int, Resolved]:
@@ -56,7 +53,7 @@ def response_mean(out: GuardOutput, name: str) -> float | None:
     return float(s.mean()) if s.size else None
 
 
-def judge_end(guard: "Guard", run: "_Run", b: int, out: GuardOutput) -> GuardOutput:
+def judge_end(guard: Any, run: BatchRun, b: int, out: GuardOutput) -> GuardOutput:
     """Judge row ``b``'s finished response for every detector under ``regenerate``; record the
     rows to generate again in ``run.regen``. Returns the output (blocked if a second attempt is
     still flagged and the next tier says so)."""
@@ -91,7 +88,7 @@ def judge_end(guard: "Guard", run: "_Run", b: int, out: GuardOutput) -> GuardOut
     return out
 
 
-def _move_up(guard: "Guard", run: "_Run", b: int, j: int, x: float, out: GuardOutput, end: Resolved) -> GuardOutput:
+def _move_up(guard: Any, run: BatchRun, b: int, j: int, x: float, out: GuardOutput, end: Resolved) -> GuardOutput:
     name = guard.names[j]
     nxt = end.next_tier("correct")
     n = len(out.token_ids)
@@ -108,7 +105,8 @@ def _move_up(guard: "Guard", run: "_Run", b: int, j: int, x: float, out: GuardOu
             decision, by = Decision.parse(guard.on_escalate(ctx)), "callback"
         out.decisions.append(HumanDecision(n, name, x, decision.value, by, "regenerated_still_flagged"))
         out.actions.append(Action(n, "escalate", name, x, {"decision": decision.value, "by": by, "reason": "regenerated_still_flagged"}))
-        if decision is not Decision.BLOCK:
+        red_line_holds = end.red_line and not (x <= end.block)  # a person's "allow" never lifts a red line
+        if decision is not Decision.BLOCK and not red_line_holds:
             return out  # allow, or correct: the response is already the corrected one
     out.actions.append(Action(n, "block", name, x, {"reason": "regenerated_still_flagged", "red_line": end.red_line}))
     return replace(out, text=end.refusal_text, blocked=True, blocked_by=name, finish_reason="blocked")
@@ -123,3 +121,19 @@ def merge(first: GuardOutput, second: GuardOutput) -> GuardOutput:
             lead.append(Action(0, "regenerate", a.detector, a.score, detail))
     return replace(second, actions=lead + second.actions, decisions=first.decisions + second.decisions,
                    errors=first.errors + second.errors)
+
+
+def regenerate_rows(guard: Any, outs: list[GuardOutput | None], prompts: list[Any], regen: dict[int, list[int]], gen: Any,
+                    processor: Any, bs: int, generator: Any) -> None:
+    """Generate the rows ``timing = "regenerate"`` flagged again, each with its detectors'
+    correctors on from the first token, and merge each with its discarded attempt."""
+    order = sorted(regen, key=lambda i: len(prompts[i].enc.ids))
+    for s in range(0, len(order), bs):
+        chunk = order[s : s + bs]
+        run = guard._new_run([prompts[i] for i in chunk], gen, generator, attempt=2)
+        run.processor = processor
+        run.force = {b: regen[i] for b, i in enumerate(chunk)}
+        for _ in guard._loop.steps(run):
+            pass
+        for i, o in zip(chunk, run.outputs):
+            outs[i] = merge(outs[i], o)  # type: ignore[arg-type]

@@ -1,6 +1,6 @@
 """The router: from a flag (a detector, and once SAEs exist its flagged features) to a corrector and dose.
 
-Corrector specs (the policy's ``corrector`` key):
+Corrector specs (the policy's ``corrector`` key), all registered with :func:`register_corrector`:
 
 ================  ==================================================================================
 ``addition``      add ``-dose * detector.direction`` at the detector's first hook (steer away); for a
@@ -9,12 +9,13 @@ Corrector specs (the policy's ``corrector`` key):
                   dose above 1 is clipped to 1)
 ``vector:PATH``   add ``-dose * v`` of a saved CAA steering vector (``coalign steer``), at its hook
 ``sae``           clamp the flagged SAE features to 0 with the SAE registered for the detector's hook
-``avoid_token``   with the policy's ``rewind``: at the re-chosen position only, steer the last block's
+``avoid_token``   with ``timing = "rewind"``: at the re-chosen position only, steer the last block's
                   residual stream away from the token taken back, toward the runner-up under that
                   step's logits (:class:`~circuits.token_avoidance.TokenAvoidance`; ``dose`` in
                   residual units): for a detector that judges a token after it is said, e.g. an A/B
                   letter read with its question
-any other name    a factory registered with :meth:`Router.register`
+any other name    a factory registered with :func:`register_corrector` (every Router) or
+                  :meth:`Router.register_corrector` (one Router)
 ================  ==================================================================================
 
 Correctors built by the router edit only the positions whose outputs are generated tokens
@@ -22,14 +23,33 @@ Correctors built by the router edit only the positions whose outputs are generat
 from the start also steers the first new token), or every position with the policy's
 ``positions = "all"``; they start with every batch row off; the Guard
 switches a row on when it is flagged (conditional steering). If the flag does not clear
-within ``patience`` tokens of correcting, the Guard moves up a tier (:meth:`Resolved.next_tier`).
+within ``patience`` tokens of correcting, the Guard moves up a tier (``Resolved.next_tier``).
+
+**How to add a corrector.** Write ``factory(ctx: CorrectorContext) -> Corrector`` (a
+:class:`~circuits.steering.Corrector`, not attached: the Guard attaches it for each step and
+switches rows on and off) and register it once::
+
+    from detectors.router import CorrectorContext, register_corrector
+
+    def half_ablation(ctx: CorrectorContext):
+        return DirectionalAblation(ctx.hook, ctx.detector.direction, alpha=0.5 * min(ctx.dose, 1.0),
+                                   positions=ctx.positions, state=ctx.state)
+
+    register_corrector("half_ablation", half_ablation)     # then: corrector = "half_ablation"
+
+Optional: ``hook=fn(detector, model, arg, router) -> hook name`` if it edits elsewhere than the detector's
+first hook, ``check=fn(detector, arg, router)`` raising :class:`PolicyError` when it cannot be built
+(run when a policy is applied, before any generation), ``takes_arg=True`` for specs written
+``name:ARG`` (as ``vector:PATH``). The built-ins below are registered exactly this way.
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from torch import Tensor
 
@@ -46,8 +66,69 @@ from circuits.steering_vectors import SteeringVector
 from circuits.token_avoidance import TokenAvoidance, last_block_hook
 from detectors.policy import PolicyError, Resolved
 
-CorrectorFactory = Callable[[Any, float, HookedModel, GenerationState], Corrector]
-"""``factory(detector, dose, model, state) -> Corrector`` (positions should be ``"response"``)."""
+__all__ = ["CorrectorContext", "CorrectorFactory", "CorrectorKind", "Route", "Router", "register_corrector"]
+
+
+@dataclass(frozen=True)
+class CorrectorContext:
+    """What a corrector factory is given.
+
+    Attributes:
+        detector: the flagged detector (``hooks``, ``direction``, ``name``, ...).
+        dose: the policy's dose.
+        model: the hooked model.
+        hook: where the route says the corrector edits.
+        positions: the policy's ``positions`` (``"response"`` or ``"all"``).
+        state: the Guard's :class:`~circuits.steering.GenerationState` (pass it to the corrector).
+        arg: the part after ``name:`` for a ``takes_arg`` corrector (e.g. the PATH of ``vector:PATH``).
+        features: flagged SAE feature ids (the ``sae`` route).
+        readout: a prompt-conditioned detector's read-out bound to each row, ``[batch, d_model]``.
+        batch: rows in the batch.
+        router: the :class:`Router` building it (its SAEs and steering vectors).
+    """
+
+    detector: Any
+    dose: float
+    model: HookedModel
+    hook: str
+    positions: str
+    state: GenerationState
+    arg: str | None = None
+    features: tuple[int, ...] = ()
+    readout: Tensor | None = None
+    batch: int | None = None
+    router: Router | None = None
+
+
+CorrectorFactory = Callable[[CorrectorContext], Corrector]
+"""``factory(ctx) -> Corrector`` (not attached)."""
+
+
+@dataclass(frozen=True)
+class CorrectorKind:
+    """A registered corrector: its factory, and optionally where it edits and how it is checked."""
+
+    name: str
+    factory: CorrectorFactory
+    hook: Callable[[Any, HookedModel | None, str | None, Router], str] | None = None
+    check: Callable[[Any, str | None, Router], None] | None = None
+    takes_arg: bool = False
+
+
+_REGISTRY: dict[str, CorrectorKind] = {}
+
+
+def register_corrector(name: str, factory: CorrectorFactory, *, hook: Any = None, check: Any = None,
+                       takes_arg: bool = False, registry: dict[str, CorrectorKind] | None = None) -> CorrectorKind:
+    """Register a corrector kind usable as ``corrector = "<name>"`` (``"<name>:ARG"`` with
+    ``takes_arg``) in every policy. Registering a name twice replaces the first one."""
+    if not isinstance(name, str) or not name or ":" in name or name != name.strip():
+        raise PolicyError(f"corrector name {name!r} must be a non-empty string without ':' or spaces")
+    if not callable(factory):
+        raise PolicyError(f"corrector {name!r}: factory must be callable (ctx) -> Corrector")
+    kind = CorrectorKind(name, factory, hook, check, takes_arg)
+    (_REGISTRY if registry is None else registry)[name] = kind
+    return kind
 
 
 @dataclass(frozen=True)
@@ -74,68 +155,140 @@ class Route:
         return d
 
 
-def _addition(det: Any, dose: float, model: HookedModel, state: GenerationState, positions: str = "response",
-              readout: Tensor | None = None) -> Corrector:
-    if readout is None:
-        return ActivationAddition(det.hooks[0], -det.direction, alpha=dose, positions=positions, state=state)
+# --------------------------------------------------------------------------------------------
+# the built-ins, registered like any other
+# --------------------------------------------------------------------------------------------
+def _addition(ctx: CorrectorContext) -> Corrector:
+    if ctx.readout is None:
+        return ActivationAddition(ctx.hook, -ctx.detector.direction, alpha=ctx.dose, positions=ctx.positions, state=ctx.state)
     # a conditional detector's direction depends on the prompt: steer each row away from its own
-    w = readout.detach().float().cpu()
-    return ActivationAddition(det.hooks[0], -w / w.norm(dim=-1, keepdim=True).clamp(min=1e-12), alpha=dose,
-                              positions=positions, state=state)
+    w = ctx.readout.detach().float().cpu()
+    return ActivationAddition(ctx.hook, -w / w.norm(dim=-1, keepdim=True).clamp(min=1e-12), alpha=ctx.dose,
+                              positions=ctx.positions, state=ctx.state)
 
 
-def _ablation(det: Any, dose: float, model: HookedModel, state: GenerationState, positions: str = "response") -> Corrector:
-    return DirectionalAblation(det.hooks[0], det.direction, alpha=min(float(dose), 1.0), positions=positions, state=state)
+def _ablation(ctx: CorrectorContext) -> Corrector:
+    return DirectionalAblation(ctx.hook, ctx.detector.direction, alpha=min(float(ctx.dose), 1.0), positions=ctx.positions, state=ctx.state)
 
 
+def _avoid_token(ctx: CorrectorContext) -> Corrector:
+    if ctx.batch is None:
+        raise PolicyError("the 'avoid_token' corrector needs the batch size (Router.build(..., batch=B))")
+    return TokenAvoidance(ctx.model, ctx.batch, alpha=ctx.dose, hook=ctx.hook, positions=ctx.positions, state=ctx.state)
+
+
+def _avoid_token_hook(detector: Any, model: HookedModel | None, arg: str | None, router: Router) -> str:
+    if model is None:
+        raise PolicyError("the 'avoid_token' route needs the model (Router.route(..., model=model))")
+    return last_block_hook(model)
+
+
+def _sae(ctx: CorrectorContext) -> Corrector:
+    assert ctx.router is not None
+    sae = ctx.router.sae_for(ctx.hook)
+    if sae is None:
+        raise PolicyError(f"no SAE registered for {ctx.hook}")
+    return SAEClamp(ctx.hook, sae, ctx.features or (0,), values=0.0, alpha=ctx.dose, positions=ctx.positions, state=ctx.state)
+
+
+def _sae_check(detector: Any, arg: str | None, router: Router) -> None:
+    if router.sae_for(detector.hooks[0]) is None:
+        raise PolicyError(f"detector {detector.name!r} routes to 'sae' but no SAE is registered for {detector.hooks[0]}")
+
+
+def _vector(ctx: CorrectorContext) -> Corrector:
+    assert ctx.router is not None and ctx.arg is not None
+    sv = ctx.router.vector(ctx.arg)
+    return ActivationAddition(sv.hook, sv.vector, alpha=-ctx.dose, positions=ctx.positions, state=ctx.state)
+
+
+def _vector_check(detector: Any, arg: str | None, router: Router) -> None:
+    if not arg or not Path(arg).is_dir():
+        raise PolicyError(f"detector {detector.name!r}: steering vector directory {arg!r} not found")
+
+
+register_corrector("addition", _addition)
+register_corrector("ablation", _ablation)
+register_corrector("avoid_token", _avoid_token, hook=_avoid_token_hook)
+register_corrector("sae", _sae, check=_sae_check)
+register_corrector("vector", _vector, check=_vector_check, takes_arg=True,
+                   hook=lambda det, model, arg, router: router.vector(arg).hook)
+
+
+# --------------------------------------------------------------------------------------------
+# the router
+# --------------------------------------------------------------------------------------------
 class Router:
     """Maps flags to correctors.
 
     Args:
-        factories: extra named corrector factories (``name -> factory(detector, dose, model, state)``).
+        factories: extra correctors for this router only, ``name -> factory(ctx)``.
 
     Example:
         >>> router = Router()
-        >>> router.register("my_vec", lambda det, dose, model, state: sv.corrector(-dose, state=state))
+        >>> router.register_corrector("my_vec", lambda ctx: sv.corrector(-ctx.dose, state=ctx.state))
         >>> guard = Guard(model, dets, policy.update("sycophancy", corrector="my_vec"), router=router)
     """
 
-    BUILTIN = ("addition", "ablation", "sae", "avoid_token")
+    BUILTIN = ("addition", "ablation", "sae", "avoid_token", "vector")
 
-    def __init__(self, factories: dict[str, CorrectorFactory] | None = None) -> None:
-        self._factories: dict[str, CorrectorFactory] = {"addition": _addition, "ablation": _ablation}
+    def __init__(self, factories: Mapping[str, CorrectorFactory] | None = None) -> None:
+        self._kinds: dict[str, CorrectorKind] = {}
         for name, f in (factories or {}).items():
-            self.register(name, f)
+            self.register_corrector(name, f)
         self._saes: dict[str, SparseAutoencoder] = {}
         self._vectors: dict[str, SteeringVector] = {}
 
-    def register(self, name: str, factory: CorrectorFactory) -> None:
-        """Add a named corrector factory usable as ``corrector = "<name>"`` in a policy."""
-        if name in ("sae", "avoid_token") or name.startswith("vector:"):
+    # -- registration ------------------------------------------------------------------------------
+    def register_corrector(self, name: str, factory: CorrectorFactory, **options: Any) -> CorrectorKind:
+        """:func:`register_corrector` for this router only (options as there)."""
+        return register_corrector(name, factory, registry=self._kinds, **options)
+
+    def register(self, name: str, factory: Callable[[Any, float, HookedModel, GenerationState], Corrector]) -> None:
+        """Deprecated: a factory of the old signature ``factory(detector, dose, model, state)``
+        (it chooses its own positions). Use :meth:`register_corrector` with ``factory(ctx)``."""
+        if name in self.BUILTIN:
             raise PolicyError(f"corrector name {name!r} is reserved")
-        self._factories[name] = factory
+        warnings.warn("Router.register(name, factory(detector, dose, model, state)) is deprecated; use "
+                      "register_corrector(name, factory(ctx))", DeprecationWarning, stacklevel=2)
+        self.register_corrector(name, lambda ctx: factory(ctx.detector, ctx.dose, ctx.model, ctx.state))
 
     def register_sae(self, hook: str, sae: SparseAutoencoder) -> None:
         """Make ``sae`` (``encode``/``decode``) available for feature routes at ``hook``."""
         self._saes[hook] = sae
 
+    def sae_for(self, hook: str) -> SparseAutoencoder | None:
+        return self._saes.get(hook)
+
+    def vector(self, path: str) -> SteeringVector:
+        """The steering vector saved at ``path`` (loaded once per router)."""
+        if path not in self._vectors:
+            self._vectors[path] = SteeringVector.load(path)
+        return self._vectors[path]
+
+    # -- lookup ------------------------------------------------------------------------------------
+    def kind(self, spec: str) -> tuple[CorrectorKind | None, str | None]:
+        """The registered kind for ``spec`` and its argument (``vector:PATH`` -> ``vector``, PATH)."""
+        name, sep, arg = spec.partition(":")
+        k = self._kinds.get(name) or _REGISTRY.get(name)
+        if k is None or bool(sep) != k.takes_arg:
+            return None, None
+        return k, (arg if sep else None)
+
+    def names(self) -> list[str]:
+        return sorted({*_REGISTRY, *self._kinds})
+
     def validate(self, spec: str, detector: Any, where: str = "policy") -> None:
         """Raise PolicyError if ``spec`` cannot be built for ``detector``."""
-        if spec in self._factories or spec == "avoid_token":
-            return
-        if spec == "sae":
-            if detector.hooks[0] not in self._saes:
-                raise PolicyError(f"{where}: detector {detector.name!r} routes to 'sae' but no SAE is registered for {detector.hooks[0]}")
-            return
-        if spec.startswith("vector:"):
-            path = spec.split(":", 1)[1]
-            if not Path(path).is_dir():
-                raise PolicyError(f"{where}: detector {detector.name!r}: steering vector directory {path!r} not found")
-            return
-        raise PolicyError(
-            f"{where}: detector {detector.name!r}: unknown corrector {spec!r} (expected addition, ablation, "
-            f"vector:PATH, sae, avoid_token or one of the registered: {', '.join(sorted(self._factories)) or 'none'})"
-        )
+        k, arg = self.kind(spec)
+        if k is None:
+            shown = [f"{n}:ARG" if (self._kinds.get(n) or _REGISTRY[n]).takes_arg else n for n in self.names()]
+            raise PolicyError(f"{where}: detector {detector.name!r}: unknown corrector {spec!r} (registered: {', '.join(shown)})")
+        if k.check is not None:
+            try:
+                k.check(detector, arg, self)
+            except PolicyError as e:
+                raise PolicyError(f"{where}: {e}") from None
 
     def route(self, detector: Any, resolved: Resolved, features: Sequence[int] | None = None,
               model: HookedModel | None = None) -> Route:
@@ -145,43 +298,18 @@ class Router:
         if features and hook in self._saes:
             return Route(detector.name, "sae", 1.0, hook, tuple(int(f) for f in features), resolved.positions)
         spec = resolved.corrector
-        if spec.startswith("vector:"):
-            hook = self._vector(spec).hook
-        if spec == "avoid_token":
-            if model is None:
-                raise PolicyError("the 'avoid_token' route needs the model (Router.route(..., model=model))")
-            hook = last_block_hook(model)
+        k, arg = self.kind(spec)
+        if k is not None and k.hook is not None:
+            hook = k.hook(detector, model, arg, self)
         return Route(detector.name, spec, resolved.dose, hook, positions=resolved.positions)
 
     def build(self, route: Route, detector: Any, model: HookedModel, state: GenerationState,
               readout: Tensor | None = None, batch: int | None = None) -> Corrector:
         """Make the corrector for ``route`` (not attached). ``readout``: a prompt-conditioned
-        detector's read-out bound to each batch row (``[batch, d_model]``), used by ``addition``;
-        ``batch``: the rows of the batch (``avoid_token`` keeps one vector per row)."""
-        spec = route.corrector
-        if spec == "avoid_token":
-            if batch is None:
-                raise PolicyError("the 'avoid_token' corrector needs the batch size (Router.build(..., batch=B))")
-            return TokenAvoidance(model, batch, alpha=route.dose, hook=route.hook, positions=route.positions, state=state)
-        if spec == "sae":
-            sae = self._saes.get(route.hook)
-            if sae is None:
-                raise PolicyError(f"no SAE registered for {route.hook}")
-            return SAEClamp(route.hook, sae, route.features or (0,), values=0.0, alpha=route.dose, positions=route.positions, state=state)
-        if spec.startswith("vector:"):
-            sv = self._vector(spec)
-            return ActivationAddition(sv.hook, sv.vector, alpha=-route.dose, positions=route.positions, state=state)
-        factory = self._factories.get(spec)
-        if factory is None:
-            raise PolicyError(f"unknown corrector {spec!r}")
-        if factory is _addition:
-            return _addition(detector, route.dose, model, state, route.positions, readout)
-        if factory is _ablation:
-            return _ablation(detector, route.dose, model, state, route.positions)
-        return factory(detector, route.dose, model, state)  # a registered factory chooses its own positions
-
-    def _vector(self, spec: str) -> SteeringVector:
-        path = spec.split(":", 1)[1]
-        if path not in self._vectors:
-            self._vectors[path] = SteeringVector.load(path)
-        return self._vectors[path]
+        detector's read-out bound to each batch row (``[batch, d_model]``); ``batch``: the rows."""
+        k, arg = self.kind(route.corrector)
+        if k is None:
+            raise PolicyError(f"unknown corrector {route.corrector!r}")
+        ctx = CorrectorContext(detector=detector, dose=route.dose, model=model, hook=route.hook, positions=route.positions,
+                               state=state, arg=arg, features=route.features, readout=readout, batch=batch, router=self)
+        return k.factory(ctx)

@@ -118,11 +118,13 @@ def test_one_hook_per_distinct_hook_name(tiny):
     dets = [lin(tiny, "a", H1), lin(tiny, "b", H1, seed=1), lin(tiny, "c", H0, seed=2)]
     guard = Guard(tiny, dets)
     n0 = n_hooks(tiny)
-    it = guard.stream("hello world", max_new_tokens=4)
+    seen = []  # hooks exist only while a step runs: count them from inside one (the logits processor)
+    it = guard.stream("hello world", max_new_tokens=4, logits_processor=lambda ids, s: seen.append(n_hooks(tiny)) or s)
     next(it)
-    assert n_hooks(tiny) == n0 + 2  # H0 and H1, not one per detector
+    assert seen == [n0 + 2]  # H0 and H1, not one per detector
+    assert n_hooks(tiny) == n0  # none while the stream is paused
     list(it)
-    assert n_hooks(tiny) == n0
+    assert n_hooks(tiny) == n0 and seen == [n0 + 2] * 4
 
 
 def test_monitor_only_policy(tiny):
@@ -454,11 +456,12 @@ def test_stream_closed_early_cleans_up(tiny, tmp_path):
     rec = list(log.records())[-1]
     assert rec["error"]["type"] == "_Cancelled" and rec["n_generated"] == 3
 
-    with Guard(tiny, [lin(tiny, "a")]) as g:
+    with Guard(tiny, [lin(tiny, "a")], audit=log) as g:
         it = g.stream("hello world", max_new_tokens=20)
         next(it)
-        assert n_hooks(tiny) > n0
-    assert n_hooks(tiny) == n0  # closed by the context manager
+        assert n_hooks(tiny) == n0  # hooks are only on while a step runs
+    assert n_hooks(tiny) == n0
+    assert list(log.records())[-1]["error"]["type"] == "_Cancelled"  # closed by the context manager
 
 
 def test_stream_reports_a_block(tiny):

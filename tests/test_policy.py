@@ -117,12 +117,11 @@ def test_default_policy_file_is_monitor_only():
     assert p.error_mode == "fail_open" and not p.red_lines
     assert Policy.load("default").to_dict() == p.to_dict()
     assert Policy().resolve("x", 0.0).monitor == 0.0  # built in code: same defaults
-    assert r.immediate is False
-    assert Policy.from_dict({"detectors": {"x": {"immediate": True}}}).resolve("x", 0.0).immediate is True
-    assert r.rewind is False
-    rw = Policy.from_dict({"detectors": {"x": {"rewind": True, "corrector": "avoid_token"}}}).resolve("x", 0.0)
+    assert r.timing == "next" and r.immediate is False and r.rewind is False and r.regenerate is False
+    assert Policy.from_dict({"detectors": {"x": {"timing": "immediate"}}}).resolve("x", 0.0).immediate is True
+    rw = Policy.from_dict({"detectors": {"x": {"timing": "rewind", "corrector": "avoid_token"}}}).resolve("x", 0.0)
     assert rw.rewind is True and rw.immediate is True  # rewind re-runs the flagged step too
-    with pytest.raises(PolicyError, match="detector 'x': corrector 'avoid_token' needs rewind = true"):
+    with pytest.raises(PolicyError, match="detector 'x': corrector 'avoid_token' needs timing = \"rewind\""):
         Policy.from_dict({"detectors": {"x": {"corrector": "avoid_token"}}}).resolve("x", 0.0)
 
 
@@ -138,6 +137,8 @@ def test_default_policy_file_is_monitor_only():
         ("[detectors.deception]\npatience = 0", "detectors.deception.patience"),
         ('[defaults]\ndose = "big"', "defaults.dose"),
         ('[defaults]\npositions = "prompt"', "defaults.positions: expected one of response, all"),
+        ('[defaults]\ntiming = "later"', "defaults.timing: expected one of next, immediate, rewind, regenerate"),
+        ('[defaults]\ntiming = "rewind"\nrewind = true', "defaults: give timing, not both timing and rewind"),
         ('[defaults]\nimmediate = "yes"', "defaults.immediate: expected true or false"),
         ("[defaults]\nrewind = 1", "defaults.rewind: expected true or false"),
         ('red_lines = ["deception"]\n[detectors.deception]\nblock_above = "off"', "red line"),
@@ -225,3 +226,48 @@ def test_decision_parse():
         Decision.parse("maybe")
     with pytest.raises(PolicyError):
         Decision.parse(None)
+
+
+@pytest.mark.parametrize(
+    "old, timing",
+    [
+        ({"immediate": True}, "immediate"),
+        ({"rewind": True}, "rewind"),
+        ({"rewind": True, "immediate": True}, "rewind"),  # rewind implied immediate
+        ({"regenerate": True, "rewind": False}, "regenerate"),
+        ({"immediate": False, "rewind": False, "regenerate": False}, "next"),
+    ],
+)
+def test_old_timing_booleans_load_with_a_deprecation_warning(tmp_path, old, timing):
+    with pytest.warns(DeprecationWarning, match=f"write timing = '{timing}'"):
+        p = Policy.from_dict({"detectors": {"x": old}})
+    assert p.resolve("x", 0.0).timing == timing
+    assert p.to_dict()["detectors"]["x"] == {"timing": timing}  # saved in the new form
+    f = tmp_path / "old.toml"
+    f.write_text("[defaults]\n" + "".join(f"{k} = {str(v).lower()}\n" for k, v in old.items()))
+    with pytest.warns(DeprecationWarning, match=r"old\.toml: defaults"):
+        assert Policy.load(f).resolve("y", 0.0).timing == timing
+
+
+def test_the_knob_table_drives_fields_defaults_and_docs():
+    from dataclasses import fields
+
+    from detectors.policy import BUILTIN, KNOBS, DetectorPolicy, Resolved
+    from detectors.policy_knobs import knobs_markdown
+
+    names = [k.name for k in KNOBS]
+    assert [f.name for f in fields(DetectorPolicy)] == names
+    tiers = [k.name[: -len("_above")] for k in KNOBS if k.threshold]
+    assert sorted(f.name for f in fields(Resolved)) == sorted(["name", "red_line", *tiers, *(n for n in names if not n.endswith("_above"))])
+    # the packaged default file spells out every knob at its built-in default
+    default = Policy.default().defaults
+    for k in KNOBS:
+        if k.default is not None:
+            assert getattr(default, k.name) == getattr(BUILTIN, k.name) == k.default, k.name
+    # the committed docs are the rendered table
+    from pathlib import Path
+
+    doc = Path(__file__).resolve().parent.parent / "docs" / "policy-knobs.md"
+    assert doc.read_text() == knobs_markdown(), "regenerate docs/policy-knobs.md (command in its header)"
+    for k in KNOBS:
+        assert f"| `{k.name}` |" in doc.read_text()

@@ -166,15 +166,22 @@ def test_a_response_ending_inside_the_warmup_is_judged_on_its_mean(tiny):
     det.stream_threshold, det.stream_warmup = 2.5, 4
     guard = Guard(tiny, [det], policy=_block_policy())
     eos = int(guard._eos[0])
-    select = guard._select
-    guard._select = lambda logits, run: torch.full_like(select(logits, run), eos) if run.t == 2 else select(logits, run)
-    out = guard.generate(PROMPTS[0], max_new_tokens=6)[0]
+    width = []
+
+    def end_at_step_2(ids, logits):  # the response ends with its second token (step 2)
+        width.append(ids.shape[1]) if not width else None
+        if ids.shape[1] - width[0] == 2:
+            logits = torch.full_like(logits, float("-inf"))
+            logits[:, eos] = 0.0
+        return logits
+
+    out = guard.generate(PROMPTS[0], max_new_tokens=6, logits_processor=end_at_step_2)[0]
     # two response tokens (steps 1, 2), mean 3 > 2.5: blocked before the end-of-turn token
     assert out.blocked and [(a.kind, a.token) for a in out.actions if a.kind == "block"] == [("block", 2)]
     assert out.policy_scores["d"][2] == pytest.approx(3.0) and len(out.token_ids) == 2
     det.calls = 0
     det.stream_threshold = 3.5  # thresholds are read when a Guard is built
     guard = Guard(tiny, [det], policy=_block_policy())
-    guard._select = lambda logits, run: torch.full_like(select(logits, run), eos) if run.t == 2 else select(logits, run)
-    out = guard.generate(PROMPTS[0], max_new_tokens=6)[0]
+    width.clear()
+    out = guard.generate(PROMPTS[0], max_new_tokens=6, logits_processor=end_at_step_2)[0]
     assert not out.blocked and out.finish_reason == "eos" and out.token_ids[-1] == eos

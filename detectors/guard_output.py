@@ -1,42 +1,60 @@
 """Turning a finished batch into :class:`~detectors.guard_types.GuardOutput` rows and audit
-records. Split out of :mod:`detectors.guard`; :class:`~detectors.guard.Guard` is the only class
-that mixes this in."""
+records (internals of :mod:`detectors.guard`, which holds one :class:`OutputAssembler`)."""
 
 from __future__ import annotations
 
 import math
+import time
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
-from circuits.hooked_model import HookedModel
+from circuits.inputs import encode, render
 from detectors.audit import AuditLog, build_record
-from detectors.guard_run import _Run
+from detectors.guard_run import BatchRun
 from detectors.guard_types import Action, GuardOutput
-from detectors.regenerate import judge_end
+
+__all__ = ["OutputAssembler", "detector_records"]
 
 
-class GuardResults:
-    """Assembles the outputs and audit records of a batch (mixed into the Guard)."""
+def detector_records(names: list[str], detectors: list[Any], thresholds: dict[str, float], mean: list[bool]) -> list[dict[str, Any]]:
+    """What every audit record says of each detector."""
+    return [
+        {
+            "name": n, "behaviour": getattr(d, "behaviour", n), "id": getattr(d, "id", None), "threshold": float(d.threshold),
+            "policy_threshold": thresholds[n], "policy_statistic": "running_mean" if mean[j] else "token",
+            "hooks": list(d.hooks), "probe_kind": getattr(d, "probe_kind", type(d).__name__),
+            "created": getattr(d, "created", None), "model_id": getattr(d, "model_id", None),
+        }
+        for j, (n, d) in enumerate(zip(names, detectors))
+    ]
 
-    # set by Guard.__init__
-    _eos: torch.Tensor  # end-of-turn token ids
-    model: HookedModel
-    names: list[str]
-    audit: AuditLog | None
-    _meta_model: dict[str, Any]
-    _meta_dets: list[dict[str, Any]]
-    _res_end: Any
 
-    def _finish(self, run: _Run) -> None:
+class OutputAssembler:
+    """Outputs and audit records of the Guard's batches.
+
+    Args:
+        names: detector names; ``tokenizer``: to decode; ``eos``: end-of-turn ids.
+        audit: the audit log or None; ``meta_model``, ``meta_dets``: what every record says of them.
+    """
+
+    def __init__(self, names: list[str], tokenizer: Any, eos: set[int], audit: AuditLog | None,
+                 meta_model: dict[str, Any], meta_dets: list[dict[str, Any]]) -> None:
+        self.names, self.tokenizer, self.eos, self.audit = names, tokenizer, eos, audit
+        self.meta_model, self.meta_dets = meta_model, meta_dets
+
+    def finish(self, run: BatchRun, judge: Callable[[BatchRun, int, GuardOutput], GuardOutput] | None = None) -> None:
+        """Fill ``run.outputs`` (one per row) and write the audit records; ``judge``: the end-of-response
+        check of ``timing = "regenerate"`` detectors."""
         n = run.n_steps
         toks = torch.stack(run.tokens).cpu().numpy() if run.tokens else np.zeros((0, run.B), dtype=np.int64)
-        buf = run.buf[:n].detach().cpu().numpy() if n else np.zeros((0, run.B, len(self.names)), dtype=np.float32)
-        stat = run.stat[:n].detach().cpu().numpy() if n else buf
-        eos = set(self._eos.tolist())
-        tok = self.model.tokenizer
+        buf = run.scores.token_scores[:n].detach().cpu().numpy() if n else np.zeros((0, run.B, len(self.names)), dtype=np.float32)
+        stat = run.engine.statistic[:n].detach().cpu().numpy() if n else buf
+        eos = self.eos
+        tok = self.tokenizer
         for b, p in enumerate(run.prompts):
             col = toks[:, b].tolist()
             if run.blocked_at[b] is not None:
@@ -56,7 +74,7 @@ class GuardResults:
             n_sc = min(n_sc, n)
             scores = {name: buf[:n_sc, b, j].copy() for j, name in enumerate(self.names)}
             policy_scores = {name: stat[:n_sc, b, j].copy() for j, name in enumerate(self.names)}
-            actions = self._monitor_actions(run, policy_scores) + run.actions[b]
+            actions = self.monitor_actions(run, policy_scores) + run.actions[b]
             actions.sort(key=lambda a: a.token)
             generated = tok.decode(ids, skip_special_tokens=True)
             blocked = run.blocked_at[b] is not None
@@ -80,13 +98,35 @@ class GuardResults:
                 prompt_tokens=len(p.enc.ids),
                 errors=list(run.errors),
             )
-            if self._res_end:
-                out = judge_end(self, run, b, out)
+            if judge is not None:
+                out = judge(run, b, out)
             run.outputs.append(out)
         if self.audit is not None:
-            self._write_audit(run)
+            self.write_audit(run)
 
-    def _monitor_actions(self, run: _Run, scores: dict[str, np.ndarray]) -> list[Action]:
+    def write_rejection(self, items: list[Any], gen: Any, err: BaseException, policy_meta: dict[str, Any]) -> None:
+        """One audit record per prompt of a call refused before generation (nothing was generated)."""
+        assert self.audit is not None
+        tok = self.tokenizer
+        started = time.time()
+        for b, it in enumerate(items):
+            try:
+                prefix, response, _ = render(tok, it, where=f"item {b}")
+                text = prefix + response
+                n_tok = len(encode(tok, [it], 2**62)[0].ids)
+            except Exception:  # the item itself is malformed: record what was given
+                text, n_tok = repr(it), 0
+            rec = build_record(
+                log=self.audit, started=started, model=self.meta_model, detectors=self.meta_dets,
+                policy=policy_meta, prompt_text=text, prompt_tokens=n_tok,
+                settings={**(gen.to_dict() if gen is not None else {}), "batch_size": len(items), "attempt": 1}, row=b, scores={},
+                monitor_thresholds={}, actions=[], correctors=[], decisions=[], detector_errors=[], n_generated=0,
+                finish_reason="rejected", blocked=False, blocked_by=None, generated_text=None, output_text=None,
+                error=err,
+            )
+            self.audit.write(rec)
+
+    def monitor_actions(self, run: BatchRun, scores: dict[str, np.ndarray]) -> list[Action]:
         out = []
         for j, name in enumerate(self.names):
             thr = run.res[j].monitor
@@ -98,7 +138,7 @@ class GuardResults:
             out.extend(Action(int(i), "monitor", name, float(s[i])) for i in rises)
         return out
 
-    def _write_audit(self, run: _Run) -> None:
+    def write_audit(self, run: BatchRun) -> None:
         assert self.audit is not None
         monitor = {r.name: r.monitor for r in run.res}
         for b, (p, o) in enumerate(zip(run.prompts, run.outputs)):
@@ -106,8 +146,8 @@ class GuardResults:
                 rec = build_record(
                     log=self.audit,
                     started=run.started,
-                    model=self._meta_model,
-                    detectors=self._meta_dets,
+                    model=self.meta_model,
+                    detectors=self.meta_dets,
                     policy=run.policy_meta,
                     prompt_text=p.text,
                     prompt_tokens=len(p.enc.ids),

@@ -1,0 +1,103 @@
+"""Carrying out the policy engine's commands: correctors built, attached and switched on per row,
+escalations put to a person (internals of :mod:`detectors.guard`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from circuits.steering import Corrector
+from detectors.guard_run import BatchRun
+from detectors.guard_types import EscalationContext
+from detectors.policy import Decision
+from detectors.policy_engine import Command, Correct, Escalate
+from detectors.router import Route
+
+__all__ = ["CommandRunner"]
+
+
+class CommandRunner:
+    """Executes :mod:`~detectors.policy_engine` commands for a Guard.
+
+    Args:
+        guard: the Guard (its public ``model``, ``detectors``, ``names``, ``router``, ``policy`` and
+            ``on_escalate`` are read at each use, so reassigning them takes effect).
+        eos: end-of-turn token ids.
+    """
+
+    def __init__(self, guard: Any, eos: set[int]) -> None:
+        self.guard = guard
+        self.eos = eos
+
+    def execute(self, run: BatchRun, t: int, commands: Iterator[Command]) -> None:
+        for cmd in commands:
+            if isinstance(cmd, Correct):
+                self._start_correction(run, cmd)
+            elif isinstance(cmd, Escalate):
+                self.execute(run, t, run.engine.answer(cmd, *self.ask(run, cmd)))
+
+    def _corrector(self, run: BatchRun, route: Route, det: Any, j: int) -> Corrector:
+        entry = run.correctors.get(route.key)
+        if entry is None:
+            bound = run.scores.bound_readouts.get(j)  # a prompt-conditioned detector's per-row read-out, once bound
+            c = self.guard.router.build(route, det, self.guard.model, run.state, readout=None if bound is None else bound[0], batch=run.B)
+            if run.gen.correct != "always":
+                c.rows_off(run.B)
+            h = c.attach(self.guard.model, state=run.state)
+            entry = run.correctors[route.key] = (c, h, route)
+        return entry[0]
+
+    def _start_correction(self, run: BatchRun, cmd: Correct) -> None:
+        b, j = cmd.row, cmd.detector
+        det = self.guard.detectors[j]
+        route = self.guard.router.route(det, run.res[j], model=self.guard.model)
+        c = self._corrector(run, route, det, j)
+        if cmd.timing == "forced" and run.gen.correct == "always":
+            from_token = 0  # every row is on already
+        else:
+            c.set_row(b, 1.0)
+            from_token = {"forced": 0, "rewind": cmd.token - 1, "immediate": cmd.token}.get(cmd.timing, cmd.token + 1)
+        cmd.action.detail = route.to_dict() | cmd.action.detail
+        if cmd.timing == "rewind":
+            run.rewinds.append((b, route.key, cmd.action))
+        elif cmd.timing == "immediate":
+            run.redo = True
+        run.row_correctors[b].append({**route.to_dict(), "from_token": from_token})
+
+    def force(self, run: BatchRun) -> None:
+        """Correctors on from the first token: every detector's for every row (``correct=True``), or
+        the flagged detectors' of a regeneration's rows."""
+        if run.gen.correct == "always":
+            for j, det in enumerate(self.guard.detectors):
+                self.guard.router.validate(run.res[j].corrector, det, where=self.guard.policy.source)
+                for b in range(run.B):
+                    self._start_correction(run, run.engine.force(b, j, {"forced": True}))
+        else:
+            for b, js in run.force.items():
+                for j in js:
+                    self._start_correction(run, run.engine.force(b, j, {"regenerated": True}))
+
+    def ask(self, run: BatchRun, esc: Escalate) -> tuple[Decision, str]:
+        """A person's decision on an escalation (``block`` without a callback: fail closed)."""
+        if self.guard.on_escalate is None:
+            return Decision.BLOCK, "default"
+        b, j = esc.row, esc.detector
+        ctx = EscalationContext(
+            prompt=run.prompts[b].item, prompt_text=run.prompts[b].text, text=self._text_so_far(run, b, esc.token),
+            detector=self.guard.names[j], behaviour=getattr(self.guard.detectors[j], "behaviour", self.guard.names[j]), score=esc.score,
+            threshold=esc.threshold, token_index=esc.token, row=b, red_line=esc.red_line, reason=esc.reason,
+        )
+        return Decision.parse(self.guard.on_escalate(ctx)), "callback"
+
+    def _text_so_far(self, run: BatchRun, b: int, t: int) -> str:
+        if t == 0 or not run.tokens:
+            return ""
+        ids = torch.stack(run.tokens[:t])[:, b].tolist()
+        out = []
+        for i in ids:
+            out.append(i)
+            if i in self.eos:
+                break
+        return self.guard.model.tokenizer.decode(out, skip_special_tokens=True)
