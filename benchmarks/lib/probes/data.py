@@ -9,7 +9,6 @@ of the benchmark re-uses. Files missing from the datasets folder are skipped wit
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -61,14 +60,6 @@ class BenchData:
     parts: tuple[np.ndarray, np.ndarray, np.ndarray]
     n_total: int
     n_dropped: int = 0
-
-
-def default_datasets_dir() -> Path:
-    """``$COALIGN_DATASETS``, else ``<repo>/../shared/datasets`` (repo = parent of the probe package)."""
-    env = os.environ.get("COALIGN_DATASETS")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parent.parent.parent / "shared" / "datasets"
 
 
 def cap_rows(ds: LabelledDataset, cap: int | None, seed: int) -> LabelledDataset:

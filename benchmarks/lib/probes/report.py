@@ -8,6 +8,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from benchmarks.lib.tables import fmt as _f, md_table
+
 DEFINITIONS = {
     "truth_mean_auroc_unseen": (
         "Statement probes trained on the fit parts of the training statement sets (affirmative and negated). "
@@ -51,25 +53,6 @@ def slug(name: str) -> str:
 def _layer(hook: str, i: int) -> int:
     m = re.match(r"blocks\.(\d+)\.", hook)
     return int(m.group(1)) if m else i
-
-
-def _f(v: Any, nd: int = 3) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        return "nan" if np.isnan(v) else f"{v:.{nd}f}"
-    if isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, float) for x in v):
-        return f"{v[0]:.2f}–{v[1]:.2f}"
-    return str(v)
-
-
-def md_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
-    if not rows:
-        return "_(none)_\n"
-    cols = list(columns or rows[0].keys())
-    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    out += ["| " + " | ".join(_f(r.get(c)) for c in cols) + " |" for r in rows]
-    return "\n".join(out) + "\n"
 
 
 def layer_curves(summary: dict[str, Any]) -> dict[str, tuple[str, dict[str, dict[str, float]]]]:
@@ -179,6 +162,12 @@ def _negatives_line(c: dict[str, Any]) -> str:
 
 
 def write_report(summary: dict[str, Any], out: Path, plots: list[str]) -> Path:
+    path = out / "report.md"
+    path.write_text(render_report(summary, plots))
+    return path
+
+
+def render_report(summary: dict[str, Any], plots: list[str]) -> str:
     c = summary["config"]
     lines = [f"# Probe benchmark: {c['model_id']}", "",
              f"- date: {c['date']}  (runtime {c['runtime_s']:.0f} s{', quick mode' if c['quick'] else ''})",
@@ -214,6 +203,4 @@ def write_report(summary: dict[str, Any], out: Path, plots: list[str]) -> Path:
         rows = [{"method": m, **{str(_layer(h, i)): v for i, (h, v) in enumerate(by.items())}} for m, by in s["val_auroc"].items()]
         lines += [f"### {name} (fit n={s['n']['fit']}, validation n={s['n']['val']})", "", md_table(rows), ""]
     lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots]
-    path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return "\n".join(lines) + "\n"

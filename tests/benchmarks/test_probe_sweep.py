@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from probe.bench_data import TRUTH_TEST, TRUTH_TRAIN, cap_rows, contrast_pairs, split_parts
-from probe.bench_eval import pick_hook
-from probe.benchmark import default_hooks, run_probe_benchmark
+from benchmarks.lib.probes.data import TRUTH_TEST, TRUTH_TRAIN, cap_rows, contrast_pairs, split_parts
+from benchmarks.lib.probes.evaluate import pick_hook
+from benchmarks.lib.probes.sweep import default_hooks, run_probe_benchmark
 from probe.datasets import Example, LabelledDataset, recipe
 
 HOOKS = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
@@ -118,7 +118,7 @@ def test_outputs_planted_signal_and_matrix(tiny, tmp_path):
     assert s["suites"]["truth"]["n"]["val"] == sum(parts[k][1] for k in train)
     from detectors.cli_common import print_table
 
-    print_table("probe benchmark", s["table"])  # what `coalign bench probes` prints
+    print_table("probe benchmark", s["table"])  # what the suite prints
 
 
 def test_layer_choice_ignores_test_data(tiny, tmp_path):

@@ -12,7 +12,7 @@ import numpy as np
 
 from circuits import HookedModel
 from probe.activation_set import ActivationSet
-from probe.bench_data import BenchData, Suite
+from benchmarks.lib.probes.data import BenchData, Suite
 from probe.metrics import auroc, bootstrap_auroc_ci, threshold_at_fpr
 from probe.negatives import NEGATIVE_METHODS
 from probe.trainer import fit_probe

@@ -1,9 +1,10 @@
 """The probe-accuracy benchmark: datasets x probe methods x hooks, and a generalisation matrix.
 
-``coalign bench probes --out DIR [--quick]`` runs :func:`run_probe_benchmark`. Pieces:
-:mod:`probe.bench_data` (datasets, caps, pairs, splits), :mod:`probe.bench_eval` (capture,
-sweeps, hook choice on validation data only, metrics), :mod:`probe.bench_report` (report.md
-and plots). Suites:
+``python -m benchmarks run probes [--quick]`` runs :func:`run_probe_sweep` (config
+``benchmarks/configs/probes.toml``), which calls :func:`run_probe_benchmark`. Pieces:
+:mod:`benchmarks.lib.probes.data` (datasets, caps, pairs, splits), :mod:`benchmarks.lib.probes.evaluate`
+(capture, sweeps, hook choice on validation data only, metrics), :mod:`benchmarks.lib.probes.report`
+(report.md and plots). Suites:
 
 * ``truth``: statement sets (last token), trained on affirmative + negated sets, tested on
   unseen topics; headline ``truth_mean_auroc_unseen`` for TTPD and logistic.
@@ -32,10 +33,12 @@ import numpy as np
 from circuits import HookedModel
 from circuits.generation import complete
 from probe.activation_set import ActivationSet
-from probe.bench_data import BenchData, Suite, build_suites, default_datasets_dir, drop_overlong, load_bench_data
-from probe.bench_eval import SuiteResult, capture_all, evaluate_suite, generalisation_matrix
-from probe.bench_report import plot_generalisation, plot_layers, write_report
+from benchmarks.lib.probes.data import BenchData, Suite, build_suites, drop_overlong, load_bench_data
+from benchmarks.lib.probes.evaluate import SuiteResult, capture_all, evaluate_suite, generalisation_matrix
+from benchmarks.lib.probes.report import plot_generalisation, plot_layers, render_report, write_report
 from probe.datasets import Example, LabelledDataset, recipe
+from benchmarks.registry import analysis
+from benchmarks.suite import Context, Result
 from probe.negatives import DEFAULT_NEGATIVES
 
 METHODS = ["logistic", "mass_mean", "mass_mean_cov", "lat", "ttpd"]
@@ -159,11 +162,11 @@ def _command(out: Path, quick: bool, datasets_dir: Path, model: HookedModel, neg
 
 
 def run_probe_benchmark(
-    model: HookedModel, out_dir: str | os.PathLike, quick: bool = False, datasets_dir: str | os.PathLike | None = None,
+    model: HookedModel, out_dir: str | os.PathLike, quick: bool = False, datasets_dir: str | os.PathLike = "",
     methods: Sequence[str] | None = None, hooks: Sequence[str] | None = None, cache_dir: str | os.PathLike | None = None,
     *, seed: int = 0, max_rows: int | None = None, n_control: int | None = None,
     overrides: Mapping[str, LabelledDataset] | None = None, generalisation_method: str | None = "logistic",
-    n_boot: int = 1000, progress: bool = True, negatives: str = "auto",
+    n_boot: int = 1000, progress: bool = True, negatives: str = "auto", write: bool = True,
 ) -> dict[str, Any]:
     """Run the probe benchmark and write ``results.json``, ``report.md`` and PNG plots to ``out_dir``.
 
@@ -171,7 +174,7 @@ def run_probe_benchmark(
         model: a hooked model (:func:`circuits.load_model`).
         out_dir: output folder (created).
         quick: fewer rows (120 per statement set), hooks (every 4th middle layer) and methods.
-        datasets_dir: the public datasets folder (default ``$COALIGN_DATASETS`` or ``<repo>/../shared/datasets``).
+        datasets_dir: the public datasets folder (the suite passes the config's; files missing there are skipped with a note).
         methods: probe names (default ``METHODS``, quick ``QUICK_METHODS``); inapplicable ones are skipped.
         hooks: hook names (default :func:`default_hooks`).
         cache_dir: cache root (default ``$COALIGN_CACHE`` or ``~/.cache/coalign``; activations in ``acts/``).
@@ -185,6 +188,7 @@ def run_probe_benchmark(
             suites: ``"auto"`` (default) as ``Detector.train`` uses them (deception only), so the
             control-threshold columns describe what a trained detector does; ``"benign"``: every
             chat suite; ``"none"``: contrast data only. Validation, thresholds and targets never see them.
+        write: also write ``results.json`` and ``report.md`` (the suite writes its own instead).
 
     Returns:
         The summary (also ``results.json``): ``table`` (rows: dataset, train, method, hook, val_auroc,
@@ -201,7 +205,7 @@ def run_probe_benchmark(
     t0 = time.time()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ddir = Path(datasets_dir) if datasets_dir is not None else default_datasets_dir()
+    ddir = Path(datasets_dir)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     hooks = list(hooks) if hooks else default_hooks(model, quick)
     methods = list(methods) if methods else list(QUICK_METHODS if quick else METHODS)
@@ -245,8 +249,9 @@ def run_probe_benchmark(
     plots = plot_layers(summary, out) + ([plot_generalisation(gen, out)] if gen["datasets"] else [])
     summary["config"]["runtime_s"] = time.time() - t0
     summary["plots"] = plots
-    write_report(summary, out, plots)
-    (out / "results.json").write_text(json.dumps(summary, indent=2, default=float))
+    if write:
+        write_report(summary, out, plots)
+        (out / "results.json").write_text(json.dumps(summary, indent=2, default=float))
     return summary
 
 
@@ -256,3 +261,22 @@ def _dataset_info(d: BenchData) -> dict[str, Any]:
             "dropped_overlong": d.n_dropped, "pairs": d.pairs is not None,
             "polarity": "negated" if (pol == 0).all() else "affirmative" if (pol == 1).all() else "mixed/unknown",
             "fit/val/test": "/".join(str(len(p)) for p in d.parts)}
+
+
+@analysis({"methods": [], "hooks": [], "negatives": "auto", "max_rows": None, "n_control": None, "n_boot": 1000,
+           "generalisation_method": "logistic", "seed": 0})
+def run_probe_sweep(ctx: Context) -> Result:
+    """The probe sweep of a config (``probes.toml``): :func:`run_probe_benchmark` on the config's
+    datasets folder; the headline figures are the summary's headline entries."""
+    p = ctx.p
+    s = run_probe_benchmark(ctx.model, ctx.out, quick=ctx.quick, datasets_dir=ctx.datasets, methods=p.methods or None,
+                            hooks=p.hooks or None, cache_dir=ctx.cache, seed=p.seed, max_rows=p.max_rows,
+                            n_control=p.n_control, generalisation_method=p.generalisation_method or None,
+                            n_boot=p.n_boot, negatives=p.negatives, write=False)
+    figures: dict[str, Any] = {f"truth_mean_auroc_unseen.{m}": v["auroc"] for m, v in s["truth_mean_auroc_unseen"].items()}
+    for key in ("deception_val_auroc", "deception_roleplay_auroc", "sycophancy_caa_auroc"):
+        if s[key]:
+            figures[key] = s[key]["auroc"]
+    figures |= {f"baseline.{t}": v["auroc"] for t, v in s["baseline"].items() if v}
+    return Result(figures=figures, data=s, report=render_report(s, s["plots"]).split("\n", 1)[1], plots=s["plots"],
+                  notes=s["notes"])

@@ -1,0 +1,49 @@
+"""The suite's analyses by name: ``name -> (entry point, "module:function")``.
+
+How to add one: write ``run_x(ctx) -> Result`` in a module of :mod:`benchmarks.lib`, decorate it
+with ``@analysis({...default parameters...})``, add one line here, and write a config in
+``benchmarks/configs/`` that names it (see ``benchmarks/README.md``, "How to add a benchmark").
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from benchmarks.suite import BenchmarkConfigError, import_attr
+
+ANALYSES: dict[str, tuple[str, str]] = {
+    "probe_sweep": ("detection", "benchmarks.lib.probes.sweep:run_probe_sweep"),
+    "deception_training_data": ("detection", "benchmarks.lib.deception_training_data:run_deception_training_data"),
+    "benign_negatives": ("detection", "benchmarks.lib.benign_negatives:run_benign_negatives"),
+    "guard_stream_calibration": ("detection", "benchmarks.lib.guard_stream_calibration:run_guard_stream_calibration"),
+    "sycophancy_rewind_correction": ("correction", "benchmarks.lib.sycophancy_rewind:run_sycophancy_rewind_correction"),
+    "sycophancy_guard_correction": ("correction", "benchmarks.lib.sycophancy_guard:run_sycophancy_guard_correction"),
+    "deception_regenerate": ("correction", "benchmarks.lib.deception_regenerate:run_deception_regenerate"),
+}
+
+
+def analysis(params: dict[str, Any]) -> Callable[[Callable], Callable]:
+    """Declare an analysis function's parameters and their defaults (a config may override only these)."""
+    def wrap(fn: Callable) -> Callable:
+        fn.params = dict(params)  # type: ignore[attr-defined]
+        return fn
+
+    return wrap
+
+
+def _lookup(name: str) -> tuple[str, str]:
+    if name not in ANALYSES:
+        raise BenchmarkConfigError(f"unknown analysis {name!r} (known: {', '.join(sorted(ANALYSES))})")
+    return ANALYSES[name]
+
+
+def entry_of(name: str) -> str:
+    return _lookup(name)[0]
+
+
+def analysis_function(name: str) -> Callable:
+    return import_attr(_lookup(name)[1])
+
+
+def analysis_defaults(name: str) -> dict[str, Any]:
+    return dict(getattr(analysis_function(name), "params", {}))
