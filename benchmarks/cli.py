@@ -48,7 +48,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     from benchmarks.suite import CONFIGS, Config
 
     for path in sorted(CONFIGS.glob("*.toml")):
-        cfg = Config.load(path)
+        try:
+            cfg = Config.load(path)
+        except CoalignError as e:  # e.g. a detector folder this checkout has not built
+            print(f"{path.stem:34s} (not runnable here: {e})")
+            continue
         print(f"{cfg.name:34s} {cfg.entry:11s} {cfg.analysis:30s} {cfg.description.splitlines()[0] if cfg.description else ''}")
     return 0
 

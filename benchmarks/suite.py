@@ -209,6 +209,7 @@ class Context:
     model: Any
     out: Path
     cache: Path
+    command: str = ""
     t0: float = field(default_factory=time.time)
 
     @property
@@ -282,7 +283,8 @@ def run_config(config: str | os.PathLike | Config, *, quick: bool = False, out: 
         from circuits import load_model
 
         model = load_model(model_id or cfg.model) if (model_id or cfg.model) else load_model()
-    ctx = Context(cfg, model, outp, Path(cache_dir) if cache_dir is not None else default_cache_dir())
+    command = command or f"run_config({cfg.source!r}, quick={cfg.quick})"
+    ctx = Context(cfg, model, outp, Path(cache_dir) if cache_dir is not None else default_cache_dir(), command)
     outp.mkdir(parents=True, exist_ok=True)
     result = fn(ctx)
     fp = getattr(model, "fingerprint", None)
@@ -292,7 +294,7 @@ def run_config(config: str | os.PathLike | Config, *, quick: bool = False, out: 
         "git": git_revision(),
         "model": {"id": getattr(model, "model_id", None), "fingerprint": fp, "n_layers": getattr(model, "n_layers", None),
                   "d_model": getattr(model, "d_model", None)} if model is not None else result.data.get("model_info", {}),
-        "command": command or f"run_config({cfg.source!r}, quick={cfg.quick})",
+        "command": command,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "runtime_s": round(time.time() - ctx.t0, 1),
         "datasets": str(cfg.datasets),
     }

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from benchmarks.lib.tables import fmt as _f, md_table
+from benchmarks.lib.tables import md_table
 
 DEFINITIONS = {
     "truth_mean_auroc_unseen": (
