@@ -53,7 +53,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         except CoalignError as e:  # e.g. a detector folder this checkout has not built
             print(f"{path.stem:34s} (not runnable here: {e})")
             continue
-        print(f"{cfg.name:34s} {cfg.entry:11s} {cfg.analysis:30s} {cfg.description.splitlines()[0] if cfg.description else ''}")
+        print(f"{cfg.name:34s} {cfg.entry:11s} {cfg.analysis:30s} {cfg.description[:90]}")
     return 0
 
 

@@ -19,14 +19,18 @@ ANALYSES: dict[str, tuple[str, str]] = {
     "correction": ("correction", "benchmarks.lib.correction:run_correction"),
     "sycophancy_rewind_correction": ("correction", "benchmarks.lib.sycophancy_rewind:run_sycophancy_rewind_correction"),
     "sycophancy_guard_correction": ("correction", "benchmarks.lib.sycophancy_guard:run_sycophancy_guard_correction"),
+    "deception_vector": ("correction", "benchmarks.lib.deception_vectors:run_deception_vector"),
     "deception_regenerate": ("correction", "benchmarks.lib.deception_regenerate:run_deception_regenerate"),
 }
 
 
-def analysis(params: dict[str, Any]) -> Callable[[Callable], Callable]:
-    """Declare an analysis function's parameters and their defaults (a config may override only these)."""
+def analysis(params: dict[str, Any], check: Callable[[dict[str, Any]], None] | None = None) -> Callable[[Callable], Callable]:
+    """Declare an analysis function's parameters and their defaults (a config may override only
+    these); ``check(params)`` raises :class:`~benchmarks.suite.BenchmarkConfigError` on a bad
+    combination, and runs when the config loads, before any model."""
     def wrap(fn: Callable) -> Callable:
         fn.params = dict(params)  # type: ignore[attr-defined]
+        fn.check = check  # type: ignore[attr-defined]
         return fn
 
     return wrap
@@ -48,3 +52,9 @@ def analysis_function(name: str) -> Callable:
 
 def analysis_defaults(name: str) -> dict[str, Any]:
     return dict(getattr(analysis_function(name), "params", {}))
+
+
+def check_params(name: str, params: dict[str, Any]) -> None:
+    check = getattr(analysis_function(name), "check", None)
+    if check is not None:
+        check(params)

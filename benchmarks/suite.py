@@ -88,7 +88,7 @@ class Config:
 
     @classmethod
     def load(cls, path: str | os.PathLike, quick: bool = False, overrides: Mapping[str, Any] | None = None) -> "Config":
-        from benchmarks.registry import analysis_defaults, entry_of
+        from benchmarks.registry import analysis_defaults, check_params, entry_of
 
         path = config_path(path)
         try:
@@ -116,6 +116,10 @@ class Config:
             params.update(table)
         ddir = datasets_dir(raw.get("datasets"))
         params = {k: _expand(v, ddir, f"{path.name}: parameter {k!r}") for k, v in params.items()}
+        try:
+            check_params(analysis, params)
+        except BenchmarkConfigError as e:
+            raise BenchmarkConfigError(f"{path.name}: {e}") from None
         return cls(raw.get("name", path.stem), entry, analysis, raw.get("model"), ddir, params, quick, raw,
                    str(path.relative_to(REPO) if path.is_relative_to(REPO) else path), raw.get("description", ""))
 
@@ -127,7 +131,8 @@ def _expand(value: Any, ddir: Path, where: str) -> Any:
         return value
     p = Path(value.replace("{datasets}", str(ddir)).replace("{repo}", str(REPO)))
     if not p.exists():
-        raise BenchmarkConfigError(f"{where}: {p} not found (set COALIGN_SHARED to the folder holding datasets/)")
+        hint = "set COALIGN_SHARED to the folder holding datasets/" if "{datasets}" in value else "build it first; see the config"
+        raise BenchmarkConfigError(f"{where}: {p} not found ({hint})")
     return str(p)
 
 
