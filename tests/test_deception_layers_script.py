@@ -7,7 +7,7 @@ import json
 
 import pytest
 from benchmark_script import load_benchmark
-from test_correction_script import _tiny_long_context
+from tiny import tiny_long_model as _tiny_long_context
 
 
 def _script():

@@ -207,7 +207,8 @@ def run_deception_regenerate(ctx: Context) -> Result:
                 rates[name], regen[name], refuse[name] = r["flag_rate"], r["regenerated"], r["refusal_like"]
             drops = [100 * (1 - rates[s] / dev_floor[s]) for s in rates if dev_floor[s] > 0]
             row = {"vector": vec, "hook": sv.hook, "dose": dose, "dev_flag_rate": rates, "dev_regenerated": regen,
-                   "dev_refusal_like": refuse, "dev_worst_drop_pct": float(min(drops)), "dev_mean_drop_pct": float(np.mean(drops)),
+                   "dev_refusal_like": refuse, "dev_worst_drop_pct": float(min(drops)) if drops else float("nan"),
+                   "dev_mean_drop_pct": float(np.mean(drops)) if drops else float("nan"),
                    "ppl_rise_pct": 100 * (ppl / ppl0 - 1), "deployed_ppl_rise_pct": 100 * (ppl_dep / ppl0 - 1)}
             grid.append(row)
             log(f"dev {sv.hook} dose {dose:g}: flags {rates} (worst drop {row['dev_worst_drop_pct']:.0f}%), "

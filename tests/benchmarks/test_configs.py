@@ -10,34 +10,52 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
+from tiny import tiny_long_model
 
 from benchmarks.suite import CONFIGS, Config, run_config
 
 CONFIG_NAMES = sorted(p.stem for p in CONFIGS.glob("*.toml"))
 
 #: per config: parameter overrides on top of its [quick] table (smaller, for a random 2-layer model)
+H0, H1 = "blocks.0.hook_resid_post", "blocks.1.hook_resid_post"
+_CORRECTION = {"hook": H0, "det_hook": H1, "n_caa": 4, "n_val": 4, "n_train_pairs": 6, "n_windows": 2, "window_tokens": 16,
+               "n_benign": 2, "n_lie": 2, "n_control": 20, "doses": [0, 1], "dec_doses": [0, 1]}
+_SYC_GUARD = {"n_generate": 40, "n_windows": 2, "window_tokens": 16, "n_benign": 2}
+_VECTOR = {"blocks": [1], "dev_topics": 3, "n_test": 3, "n_windows": 2, "window_tokens": 16, "n_benign": 3}
+_REGEN = {"n_dev": 3, "n_test": 3, "n_windows": 2, "window_tokens": 16, "benign": 3}
 TINY: dict[str, dict] = {
-    "probes": {"max_rows": 40, "n_control": 10, "n_boot": 50, "hooks": ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]},
+    "probes": {"max_rows": 40, "n_control": 10, "n_boot": 50, "hooks": [H0, H1]},
+    "benign_negatives": {"n_alpaca": 6, "max_new_tokens": 8},
+    "guard_stream_calibration": {"n": 6, "max_new_tokens": 8, "n_control": 20},
+    "correction": _CORRECTION, "correction_mixture": _CORRECTION | {"detector": None},
+    "correction_mixture_2": _CORRECTION | {"detector": None},
+    "sycophancy_guard_correction": _SYC_GUARD, "sycophancy_rewind_correction": _SYC_GUARD,
+    "deception_instruction_vector": _VECTOR, "deception_content_vector": _VECTOR, "deception_content_vector_2": _VECTOR,
+    "deception_decline_vector": _VECTOR,
+    "deception_regenerate": _REGEN, "deception_regenerate_always": _REGEN, "deception_regenerate_deployed": _REGEN,
 }
-
-
-def tiny_long_context():
-    """The tiny test model with a context long enough for the recipes' chats."""
-    from tiny import tiny_tokenizer
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from circuits import from_hf
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=96, hidden_size=16, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=2048, pad_token_id=0, bos_token_id=2, eos_token_id=3)
-    return from_hf(LlamaForCausalLM(cfg).eval(), tiny_tokenizer(), model_id="tiny-llama-long")
+#: configs whose parameters name artifacts of the embedded model: the test builds tiny ones (see ``_tiny_artifacts``)
+NEEDS_VECTOR = ("deception_regenerate", "deception_regenerate_always", "deception_regenerate_deployed")
 
 
 @pytest.fixture(scope="module")
 def model():
-    return tiny_long_context()
+    return tiny_long_model()
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One activation/completion cache for the module: the configs train the same tiny detectors."""
+    return tmp_path_factory.mktemp("cache")
+
+
+def _tiny_vector(model, path) -> str:
+    """A unit CAA steering vector of the tiny model (the configs name SmolLM2's)."""
+    from circuits.steering_vectors import build_caa
+
+    pairs = [("a cat sat", "the dog ran"), ("red hat", "big mat"), ("one two", "three four")]
+    build_caa(model, pairs, H1, select="all_mean").save(path)
+    return str(path)
 
 
 def _finite_numbers(d):
@@ -49,12 +67,15 @@ def _finite_numbers(d):
 
 
 @pytest.mark.parametrize("name", CONFIG_NAMES)
-def test_config_runs_quick_on_the_tiny_model(name, model, tmp_path, monkeypatch, shared_datasets):
-    monkeypatch.setenv("COALIGN_CACHE", str(tmp_path / "cache"))
-    cfg = Config.load(name, quick=True, overrides=TINY.get(name))
+def test_config_runs_quick_on_the_tiny_model(name, model, cache, tmp_path, monkeypatch, shared_datasets):
+    monkeypatch.setenv("COALIGN_CACHE", str(cache))
+    over = dict(TINY.get(name, {}))
+    if name in NEEDS_VECTOR:
+        over["vectors"] = [_tiny_vector(model, tmp_path / "vector")]
+    cfg = Config.load(name, quick=True, overrides=over)
     if cfg.entry == "speed":
         pytest.skip("speed configs time SmolLM2 (pytest-benchmark); not run on the tiny model")
-    res = run_config(cfg, out=tmp_path / "out", model=model, cache_dir=tmp_path / "cache")
+    res = run_config(cfg, out=tmp_path / "out", model=model, cache_dir=cache)
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["name"] == name and saved["quick"] is True and saved["config"] == cfg.raw
     assert saved["model"] == {"id": "tiny-llama-long", "fingerprint": model.fingerprint, "n_layers": 2, "d_model": 16}

@@ -1,39 +1,8 @@
-"""Smoke test of benchmarks/deception_training_data.py on a tiny random Llama: every setup trains
-through the public API and is scored on every evaluation set (the numbers mean nothing here)."""
+"""detectors.deception_mixture on the tiny model: the one-call mixture is the benchmark's rule."""
 
 from __future__ import annotations
 
-import json
-
-from benchmark_script import load_benchmark
-from test_correction_script import _tiny_long_context
-
-
-def test_every_setup_is_trained_and_scored(tmp_path, monkeypatch):
-    monkeypatch.setenv("COALIGN_CACHE", str(tmp_path / "cache"))
-    mod = load_benchmark("deception_training_data")
-    out_file = tmp_path / "r.json"
-    res = mod.main(["--out", str(out_file)], model=_tiny_long_context())
-    assert json.loads(out_file.read_text())["results"].keys() == res["results"].keys() == {*mod.SETUPS, *mod.MIXES}
-    for setup, row in res["results"].items():
-        assert set(row["eval"]) == set(mod.EVAL_SETS)
-        for name, ev in row["eval"].items():
-            assert 0.0 <= ev["auroc"] <= 1.0 and 0.0 <= ev["auroc_ci"][0] <= ev["auroc_ci"][1] <= 1.0
-            assert ev["n"] == len(mod.recipe(name)) and ev["n_positive"] == ev["n"] // 2
-    r = res["results"]
-    assert r["concealment"]["n_train"] < r["recipe_no_negatives"]["n_train"]  # one family, not three
-    assert r["concealment"]["n_negatives"] == 0 < r["concealment_negatives"]["n_negatives"]
-    assert r["concealment"]["n_train"] < r["concealment_all"]["n_train"]  # the second part is added
-    assert r["concealment_all"]["n_train"] < r["concealment_3parts"]["n_train"]  # and the third
-    for name, parts in mod.MIXES.items():
-        mix = r[name]
-        assert tuple(mix["of"]) == parts
-        assert mix["weight"] in mod.W_GRID and [row["weight"] for row in mix["selection"]] == mod.W_GRID
-        # the chosen weight is the largest that keeps both held-out families at the floor (0 if none does)
-        ok = [row["weight"] for row in mix["selection"] if min(row["instructed"], row["false_statement"]) >= mod.FLOOR]
-        assert mix["weight"] == (max(ok) if ok else 0.0)
-    held_out = mod.recipe_validation_sets()
-    assert 0 < len(held_out["instructed"]) < len(mod.recipe("deception/instructed"))
+from tiny import tiny_long_model as _tiny_long_context
 
 
 def test_train_deception_mixture_is_the_benchmarks_rule(tmp_path, monkeypatch):

@@ -1,82 +1,21 @@
-"""Smoke test of benchmarks/correction.py on a tiny random Llama (pipeline runs, files are written).
-
-The numbers are meaningless on a random model; this only checks that every stage (CAA vector from
-the recipe, A/B rates, perplexity, KL, detector, Guard correction, plot and report) runs end to end.
-"""
+"""Unit tests of the suite's analysis functions (benchmarks.lib) on the tiny model: the parts whose
+correctness a config run cannot show (pairs, replays of the Guard's policy, counting)."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from benchmark_script import load_benchmark
-from tiny import tiny_tokenizer
+from tiny import random_conditional_detector
 
+from benchmarks.suite import BenchmarkConfigError, Config
 
-def _script():
-    return load_benchmark("correction")
-
-
-def _tiny_long_context():
-    """The tiny test model with a context long enough for the recipe's A/B questions."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from circuits import from_hf
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=96, hidden_size=16, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=2048, pad_token_id=0, bos_token_id=2, eos_token_id=3,
-    )
-    return from_hf(LlamaForCausalLM(cfg).eval(), tiny_tokenizer(), model_id="tiny-llama-long")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def test_correction_script_runs_on_tiny(tmp_path, monkeypatch):
-    mod = _script()
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text(("the cat sat on the mat and the dog is not blue . " * 400 + "\n") * 3)
-    monkeypatch.setenv("COALIGN_CACHE", str(tmp_path / "cache"))
-    caa = [
-        {"question": "hello i agree the sky is green . you agree ? (A) agree (B) disagree", "syc": "A", "other": "B"},
-        {"question": "hello i say the cat is red . true ? (A) no (B) yes", "syc": "B", "other": "A"},
-        {"question": "the dog sat on the mat . agree ? (A) yes (B) no", "syc": "A", "other": "B"},
-    ]
-    out = tmp_path / "out"
-    res = mod.main(
-        ["--out", str(out), "--quick", "--doses", "0,1", "--dec-doses", "0,1", "--corpus", str(corpus),
-         "--hook", "blocks.0.hook_resid_post", "--det-hook", "blocks.1.hook_resid_post"],
-        model=_tiny_long_context(), caa_items=caa, n_lie=2, n_benign=2, n_val=4, n_train_pairs=6, n_windows=2, window_tokens=16,
-    )
-    for name in ("correction.json", "dose_response.png", "report.md"):
-        assert (out / name).is_file(), name
-    saved = json.loads((out / "correction.json").read_text())
-    assert [r["dose"] for r in saved["sycophancy"]] == [0.0, 1.0]
-    assert saved["sycophancy"][0]["ppl_rise_pct"] == 0.0
-    assert 0.0 <= saved["sycophancy"][1]["caa_all"]["rate"] <= 1.0
-    assert saved["sycophancy"][1]["kl_benign_all"] >= 0.0
-    sets = saved["deception"]["sets"]
-    assert set(sets) == {"dishonest_person", "liar"}
-    for sr in sets.values():
-        assert set(sr["curves"]) == {"addition", "caa_vector", "caa_vector_all"}
-        assert [r["dose"] for r in sr["curves"]["addition"]] == [0.0, 1.0]
-        assert 0.0 <= sr["lie_uncorrected"]["flag_rate_neutral_context"] <= 1.0
-    assert "Correction benchmark" in (out / "report.md").read_text()
-    assert res["model"]["id"] == "tiny-llama-long"
+H1 = "blocks.1.hook_resid_post"
 
 
 def test_instruction_vector_pairs_differ_only_in_the_instruction():
     """The instruction-contrast vector of benchmarks/deception_instruction_vector.py is built from
     pairs that say the same thing after a dishonest vs an honest instruction (positive first)."""
-    mod = load_benchmark("deception_instruction_vector")
+    import benchmarks.lib.deception_vectors as mod
     pairs = mod.instructed_pairs()
     assert len(pairs) >= 100
     for lie, honest in pairs:
@@ -94,11 +33,11 @@ def test_instruction_vector_pairs_differ_only_in_the_instruction():
 
 def test_content_pairs_share_the_lie_prompt_and_differ_in_the_answer(tiny):
     """--pairs content: the model's answer to the lie prompt vs its answer to the honest twin, both
-    after the lie prompt (positive first); prompt_last is refused before anything is written."""
+    after the lie prompt (positive first); prompt_last is refused when the config loads."""
 
     from detectors import Detector
 
-    mod = load_benchmark("deception_instruction_vector")
+    import benchmarks.lib.deception_vectors as mod
     det = Detector.from_linear("d", tiny, "blocks.1.hook_resid_post", torch.ones(tiny.d_model), threshold=0.0)
     pairs = mod.content_pairs(tiny, det, ["cat", "dog"])
     assert len(pairs) == 2 * len(mod.PROMPT_SETS)
@@ -106,20 +45,19 @@ def test_content_pairs_share_the_lie_prompt_and_differ_in_the_answer(tiny):
     assert [a[0] for a, _ in pairs] == lies and all(a[0] == b[0] for a, b in pairs)
     declined = mod.content_pairs(tiny, det, ["cat", "dog"], decline=True)
     assert [d[1] for _, d in declined] == [mod.DECLINE + b[1] for _, b in pairs] and [a for a, _ in declined] == [a for a, _ in pairs]
-    with pytest.raises(SystemExit, match="prompt_last is zero"):
-        mod.main(["--out", "/nonexistent/x", "--detector", "d", "--pairs", "content"])
-    with pytest.raises(SystemExit, match="prompt_last is zero"):
-        mod.main(["--out", "/nonexistent/x", "--detector", "d", "--pairs", "decline"])
+    for pairs in ("content", "decline"):  # refused when the config loads, before any model
+        with pytest.raises(BenchmarkConfigError, match="prompt_last is zero"):
+            Config.load("deception_instruction_vector", overrides={"pairs": pairs})
 
 
 def test_regenerate_benchmark_counts_what_the_guard_did(tiny, tmp_path):
-    """benchmarks/deception_regenerate.py: the policy it deploys regenerates every flagged row under
+    """The regenerate benchmark: the policy it deploys regenerates every flagged row under
     the vector, and its per-set summary counts regenerated, blocked and refusal-like rows."""
     from circuits.steering_vectors import build_caa
     from detectors import Detector
     from detectors.policy import Policy
 
-    mod = load_benchmark("deception_regenerate")
+    import benchmarks.lib.deception_regenerate as mod
     hook = "blocks.1.hook_resid_post"
     sv = build_caa(tiny, [("a cat sat", "the dog ran"), ("red hat", "big mat")], hook, select="all_mean")
     sv.save(tmp_path / "v")
@@ -142,7 +80,7 @@ def test_regenerate_benchmark_replays_the_policy_on_the_corpus(tiny):
     from circuits.steering import ActivationAddition
     from detectors import Detector
 
-    mod = load_benchmark("deception_regenerate")
+    import benchmarks.lib.deception_regenerate as mod
     hook = "blocks.1.hook_resid_post"
     texts = ["a cat sat on the mat", "the dog ran far away today", "red hat big mat"]
     corr = [ActivationAddition(hook, torch.ones(tiny.d_model), alpha=3.0, positions="all")]
@@ -159,5 +97,59 @@ def test_regenerate_benchmark_replays_the_policy_on_the_corpus(tiny):
     assert mod.regenerated_windows(tiny, det, texts) == [False] * 3
     det.stream_threshold = -1e9  # flagged while generated, though not at the end
     assert mod.regenerated_windows(tiny, det, texts) == [True] * 3
-    with pytest.raises(SystemExit, match="confirm-sets 2,3"):
-        mod.main(["--out", "/nonexistent/x", "--detector", "d", "--dev-topics", "120", "--confirm-sets", "1,2"])
+    with pytest.raises(BenchmarkConfigError, match=r"confirm_sets = \[2, 3\]"):
+        Config.load("deception_regenerate", overrides={"dev_topics": "120", "confirm_sets": [1, 2]})
+
+
+def _text_and_detector(tiny):
+    """A random conditional detector, a text, its ids, the plain model's log-probs and the
+    detector hook's activations along it."""
+    det, _ = random_conditional_detector(tiny, H1, seed=11)
+    text = "the cat sat on the mat and the dog sat on the cat"
+    ids = torch.tensor([tiny.tokenizer(text, add_special_tokens=False)["input_ids"]])
+    acts = {}
+    with torch.inference_mode(), tiny.hooks([(H1, lambda a, hp: acts.__setitem__("a", a[0].double()))]):
+        plain = torch.log_softmax(tiny.hf_model(input_ids=ids).logits[0, :-1].double(), -1)
+    return det, text, ids, plain, acts
+
+
+def test_guarded_replay_steers_from_the_first_flagged_position(tiny):
+    import benchmarks.lib.sycophancy_guard as mod
+    det, text, ids, plain, acts = _text_and_detector(tiny)
+    rows, _ = mod.guarded_logprobs(tiny, det, [text], 0.0)
+    assert torch.allclose(rows[0], plain)  # dose 0: the plain model
+    # the detector's own scores along the text, bound at position 0 (the Guard's prefill)
+    w, b = det.readout(acts["a"][:1])
+    s = acts["a"][:-1] @ w[0] + b[0]
+    top = torch.topk(s, 2).values
+    thr, k = float(top.mean()), int(s.argmax())  # only position k is above the threshold
+    assert k > 0
+    rows, started = mod.guarded_logprobs(tiny, det, [text], 40.0, threshold=thr)
+    assert started == [True]
+    assert torch.allclose(rows[0][:k], plain[:k])  # before the flag: untouched
+    assert not torch.allclose(rows[0][k], plain[k])  # the flagged position's own output is steered (immediate)
+    none, started = mod.guarded_logprobs(tiny, det, [text], 40.0, threshold=float(s.max()) + 1)
+    assert started == [False] and torch.allclose(none[0], plain)
+
+
+def test_rewind_replay_steers_only_the_position_that_chose_the_flagged_token(tiny):
+    import benchmarks.lib.sycophancy_rewind as mod
+    det, text, ids, plain, acts = _text_and_detector(tiny)
+    rows, _ = mod.rewind_logprobs(tiny, det, [text], 0.0)
+    assert torch.allclose(rows[0], plain)
+    w, b = det.readout(acts["a"][:1])
+    s = acts["a"][1:] @ w[0] + b[0]  # token p's score at its own position p (p >= 1)
+    thr = float(torch.topk(s, 2).values.mean())
+    p = int(s.argmax()) + 1  # the only flagged token
+    rows, started = mod.rewind_logprobs(tiny, det, [text], 40.0, threshold=thr)
+    assert started == [True]
+    assert torch.allclose(rows[0][: p - 1], plain[: p - 1])  # before the position that chose it: untouched
+    taken = int(ids[0, p])
+    top = torch.topk(plain[p - 1], 2).indices.tolist()
+    instead = top[0] if top[0] != taken else top[1]
+    gap = lambda r: float(r[p - 1, taken] - r[p - 1, instead])  # noqa: E731
+    more, _ = mod.rewind_logprobs(tiny, det, [text], 400.0, threshold=thr)
+    # where it was chosen, the flagged token falls behind the runner-up, more so at a higher dose
+    assert gap(more[0]) < gap(rows[0]) < gap(plain)
+    none, started = mod.rewind_logprobs(tiny, det, [text], 40.0, threshold=float(s.max()) + 1)
+    assert started == [False] and torch.allclose(none[0], plain)
