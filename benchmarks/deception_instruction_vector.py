@@ -51,7 +51,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from correction import CORPUS, NEUTRAL, PROMPT_SETS, TOPICS, corpus_windows, guard_run, perplexity, unit_vector  # noqa: E402
+from correction import (  # noqa: E402
+    CORPUS,
+    NEUTRAL,
+    PROMPT_SETS,
+    TOPICS,
+    corpus_windows,
+    guard_run,
+    perplexity,
+    unit_vector,
+)
 from sycophancy_guard_correction import run_folder  # noqa: E402
 
 from circuits import load_model  # noqa: E402

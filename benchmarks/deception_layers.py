@@ -28,7 +28,13 @@ import numpy as np
 
 from circuits import load_model
 from detectors import Detector
-from detectors.deception_mixture import CONCEALMENT_DATA, RULE, FLOOR, choose_weight, held_out_families
+from detectors.deception_mixture import (
+    CONCEALMENT_DATA,
+    FLOOR,
+    RULE,
+    choose_weight,
+    held_out_families,
+)
 from probe.datasets import recipe
 from probe.metrics import auroc
 

@@ -60,8 +60,25 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from correction import CORPUS, NEUTRAL, PROMPT_SETS, TOPICS, corpus_windows, guard_run, mean_kl, perplexity, response_logprob_rows  # noqa: E402
-from deception_instruction_vector import CONFIRM_SETS, CONFIRM_TOPICS, DEV_TOPICS, MAX_NEW, REFUSAL, plot_dose_grid  # noqa: E402
+from correction import (  # noqa: E402
+    CORPUS,
+    NEUTRAL,
+    PROMPT_SETS,
+    TOPICS,
+    corpus_windows,
+    guard_run,
+    mean_kl,
+    perplexity,
+    response_logprob_rows,
+)
+from deception_instruction_vector import (  # noqa: E402
+    CONFIRM_SETS,
+    CONFIRM_TOPICS,
+    DEV_TOPICS,
+    MAX_NEW,
+    REFUSAL,
+    plot_dose_grid,
+)
 from sycophancy_guard_correction import run_folder  # noqa: E402
 
 from circuits import load_model  # noqa: E402

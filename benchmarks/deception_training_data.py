@@ -77,7 +77,13 @@ import numpy as np
 
 from circuits import load_model
 from detectors import Detector
-from detectors.deception_mixture import FLOOR, RULE, WEIGHT_GRID, choose_weight, held_out_families
+from detectors.deception_mixture import (
+    FLOOR,
+    RULE,
+    WEIGHT_GRID,
+    choose_weight,
+    held_out_families,
+)
 from probe.datasets import recipe
 from probe.metrics import auroc, bootstrap_auroc_ci, calibration_report
 

@@ -234,9 +234,15 @@ class Context:
 
     def detector(self, spec: str) -> Any:
         """A detector: ``train:BEHAVIOUR`` trains one with the defaults (as ``coalign train``/``demo``
-        do), anything else is an artifact folder."""
+        do), ``train:deception_mixture`` the shipped mixture (``coalign train deception --mixture``),
+        anything else is an artifact folder."""
         from detectors import Detector
 
+        if spec == "train:deception_mixture":
+            from detectors.deception_mixture import train_deception_mixture
+
+            self.log("training the deception mixture (coalign train deception --mixture)")
+            return train_deception_mixture(self.model)
         if spec.startswith("train:"):
             self.log(f"training a {spec[6:]} detector with the defaults")
             return Detector.train(spec[6:], self.model)

@@ -19,7 +19,12 @@ import numpy as np
 from circuits import capture_selections, load_model
 from probe.activation_set import ActivationSet
 from probe.datasets import load_dataset
-from probe.metrics import auroc, bootstrap_auroc_ci, calibration_report, threshold_at_fpr
+from probe.metrics import (
+    auroc,
+    bootstrap_auroc_ci,
+    calibration_report,
+    threshold_at_fpr,
+)
 from probe.probes import make_probe
 from probe.trainer import split_indices
 

@@ -46,12 +46,24 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from correction import CORPUS, SHARED, caa_test_items, corpus_windows, letter_ids, mean_kl  # noqa: E402
+from correction import (  # noqa: E402
+    CORPUS,
+    SHARED,
+    caa_test_items,
+    corpus_windows,
+    letter_ids,
+    mean_kl,
+)
 
 from circuits import ActivationAddition, load_model  # noqa: E402
 from circuits.inputs import encode  # noqa: E402
 from detectors import Detector, Guard, Policy  # noqa: E402
-from detectors.training import control_items, default_cache_dir, training_data, validation_indices  # noqa: E402
+from detectors.training import (  # noqa: E402
+    control_items,
+    default_cache_dir,
+    training_data,
+    validation_indices,
+)
 
 CAA_GENERATE = SHARED / "caa" / "generate" / "sycophancy" / "generate_dataset.json"
 

@@ -39,7 +39,12 @@ from correction import caa_test_items  # noqa: E402
 
 from circuits import load_model  # noqa: E402
 from circuits.capture import capture_selections  # noqa: E402
-from detectors.training import control_items, default_cache_dir, training_data, validation_indices  # noqa: E402
+from detectors.training import (  # noqa: E402
+    control_items,
+    default_cache_dir,
+    training_data,
+    validation_indices,
+)
 from probe.probes.conditional import ConditionalProbe  # noqa: E402
 
 

@@ -30,12 +30,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from probe.bench_data import TRUTH_TEST, TRUTH_TRAIN, cap_rows, default_datasets_dir  # noqa: E402
 from truth_prompt_formats import hooks_for  # noqa: E402
 
 from circuits import capture, load_model  # noqa: E402
 from circuits.errors import InputError  # noqa: E402
 from detectors.training import default_cache_dir  # noqa: E402
-from probe.bench_data import TRUTH_TEST, TRUTH_TRAIN, cap_rows, default_datasets_dir  # noqa: E402
 from probe.datasets import load_dataset  # noqa: E402
 
 KS = (1, 2, 3, 4)

@@ -25,13 +25,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+from probe.bench_data import TRUTH_TEST, TRUTH_TRAIN, cap_rows, default_datasets_dir
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 
 from circuits import capture, load_model
 from detectors.training import default_cache_dir
-from probe.bench_data import TRUTH_TEST, TRUTH_TRAIN, cap_rows, default_datasets_dir
 from probe.datasets import load_dataset
 
 FORMATS = {

@@ -29,11 +29,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from probe.bench_data import TRUTH_TEST, TRUTH_TRAIN, cap_rows, default_datasets_dir  # noqa: E402
 from truth_prompt_formats import hooks_for  # noqa: E402
 
 from circuits import capture, load_model  # noqa: E402
 from detectors.training import default_cache_dir  # noqa: E402
-from probe.bench_data import TRUTH_TEST, TRUTH_TRAIN, cap_rows, default_datasets_dir  # noqa: E402
 from probe.datasets import load_dataset  # noqa: E402
 
 EXTRA = ("geometry_of_truth/common_claim_true_false.csv", "geometry_of_truth/counterfact_true_false.csv",

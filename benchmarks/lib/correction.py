@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks.lib.correction_report import plot, report
 from benchmarks.lib.steering_eval import (
     NEUTRAL,
     PROMPT_SETS,
@@ -66,7 +67,6 @@ from benchmarks.lib.steering_eval import (
     response_logprob_rows,
     unit_vector,
 )
-from benchmarks.lib.correction_report import plot, report
 from benchmarks.registry import analysis
 from benchmarks.suite import Context, Result
 from circuits.steering import ActivationAddition

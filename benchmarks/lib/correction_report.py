@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+
 def plot(res: dict[str, Any], path: Path) -> None:
     import matplotlib
 

@@ -50,8 +50,24 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from benchmarks.lib.deception_vectors import CONFIRM_SETS, CONFIRM_TOPICS, DEV_TOPICS, MAX_NEW, REFUSAL, plot_dose_grid
-from benchmarks.lib.steering_eval import NEUTRAL, PROMPT_SETS, TOPICS, corpus_windows, guard_run, mean_kl, perplexity, response_logprob_rows
+from benchmarks.lib.deception_vectors import (
+    CONFIRM_SETS,
+    CONFIRM_TOPICS,
+    DEV_TOPICS,
+    MAX_NEW,
+    REFUSAL,
+    plot_dose_grid,
+)
+from benchmarks.lib.steering_eval import (
+    NEUTRAL,
+    PROMPT_SETS,
+    TOPICS,
+    corpus_windows,
+    guard_run,
+    mean_kl,
+    perplexity,
+    response_logprob_rows,
+)
 from benchmarks.registry import analysis
 from benchmarks.suite import BenchmarkConfigError, Context, Result
 from circuits.steering import ActivationAddition, response_logprobs

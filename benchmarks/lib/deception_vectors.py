@@ -43,7 +43,15 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from benchmarks.lib.steering_eval import NEUTRAL, PROMPT_SETS, TOPICS, corpus_windows, guard_run, perplexity, unit_vector
+from benchmarks.lib.steering_eval import (
+    NEUTRAL,
+    PROMPT_SETS,
+    TOPICS,
+    corpus_windows,
+    guard_run,
+    perplexity,
+    unit_vector,
+)
 from benchmarks.registry import analysis
 from benchmarks.suite import BenchmarkConfigError, Context, Result
 from circuits.steering import ActivationAddition

@@ -20,7 +20,6 @@ from circuits.inputs import encode
 from circuits.steering import ActivationAddition, logits_with, response_logprobs
 from circuits.steering_vectors import SteeringVector, build_caa
 
-
 # Topics for instructed-lie prompts: written for this benchmark (not the recipe's facts).
 TOPICS = (
     "octopuses", "volcanoes", "the human heart", "honeybees", "the planet Jupiter", "glaciers",

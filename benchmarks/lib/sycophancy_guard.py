@@ -40,7 +40,12 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from benchmarks.lib.steering_eval import caa_test_items, corpus_windows, letter_ids, mean_kl
+from benchmarks.lib.steering_eval import (
+    caa_test_items,
+    corpus_windows,
+    letter_ids,
+    mean_kl,
+)
 from benchmarks.registry import analysis
 from benchmarks.suite import Context, Result
 from circuits import ActivationAddition

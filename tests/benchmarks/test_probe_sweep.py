@@ -9,7 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.lib.probes.data import TRUTH_TEST, TRUTH_TRAIN, cap_rows, contrast_pairs, split_parts
+from benchmarks.lib.probes.data import (
+    TRUTH_TEST,
+    TRUTH_TRAIN,
+    cap_rows,
+    contrast_pairs,
+    split_parts,
+)
 from benchmarks.lib.probes.evaluate import pick_hook
 from benchmarks.lib.probes.sweep import default_hooks, run_probe_benchmark
 from probe.datasets import Example, LabelledDataset, recipe

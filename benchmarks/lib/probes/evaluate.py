@@ -10,9 +10,9 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from benchmarks.lib.probes.data import BenchData, Suite
 from circuits import HookedModel
 from probe.activation_set import ActivationSet
-from benchmarks.lib.probes.data import BenchData, Suite
 from probe.metrics import auroc, bootstrap_auroc_ci, threshold_at_fpr
 from probe.negatives import NEGATIVE_METHODS
 from probe.trainer import fit_probe

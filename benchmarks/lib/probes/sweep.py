@@ -30,15 +30,31 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from benchmarks.lib.probes.data import (
+    BenchData,
+    Suite,
+    build_suites,
+    drop_overlong,
+    load_bench_data,
+)
+from benchmarks.lib.probes.evaluate import (
+    SuiteResult,
+    capture_all,
+    evaluate_suite,
+    generalisation_matrix,
+)
+from benchmarks.lib.probes.report import (
+    plot_generalisation,
+    plot_layers,
+    render_report,
+    write_report,
+)
+from benchmarks.registry import analysis
+from benchmarks.suite import Context, Result
 from circuits import HookedModel
 from circuits.generation import complete
 from probe.activation_set import ActivationSet
-from benchmarks.lib.probes.data import BenchData, Suite, build_suites, drop_overlong, load_bench_data
-from benchmarks.lib.probes.evaluate import SuiteResult, capture_all, evaluate_suite, generalisation_matrix
-from benchmarks.lib.probes.report import plot_generalisation, plot_layers, render_report, write_report
 from probe.datasets import Example, LabelledDataset, recipe
-from benchmarks.registry import analysis
-from benchmarks.suite import Context, Result
 from probe.negatives import DEFAULT_NEGATIVES
 
 METHODS = ["logistic", "mass_mean", "mass_mean_cov", "lat", "ttpd"]
