@@ -55,7 +55,7 @@ def hooks_for(n_layers: int) -> list[str]:
     """The same relative depths as ``HOOKS`` (12/30 to 24/30 of the blocks) for another model."""
     if n_layers == 30:
         return HOOKS
-    depths = sorted({round(n_layers * i / 30) for i in (12, 14, 16, 18, 20, 22, 24)})
+    depths = sorted({min(round(n_layers * i / 30), n_layers - 1) for i in (12, 14, 16, 18, 20, 22, 24)})
     return [f"blocks.{d}.hook_resid_post" for d in depths]
 
 

@@ -33,6 +33,17 @@ TINY: dict[str, dict] = {
     "deception_instruction_vector": _VECTOR, "deception_content_vector": _VECTOR, "deception_content_vector_2": _VECTOR,
     "deception_decline_vector": _VECTOR,
     "deception_regenerate": _REGEN, "deception_regenerate_always": _REGEN, "deception_regenerate_deployed": _REGEN,
+    "deception_layers": {"layers": [0, 1], "mixes": ["1|1", "0,1|0,1"]},
+    "deception_lofo": {"layers": [0, 1]},
+    "roleplay_pair_errors_default": {"detector": "train:deception"},
+    "sycophancy_caa_vector": {"pairs": 20, "hooks": [H0]},
+    "sycophancy_conditional": {"rows": 60, "hooks": [H0, H1], "n_components": [8]},
+    "sycophancy_detector_caa": {"hooks": [H1]},
+    "sycophancy_letter_negatives": {"hook": H1, "n_negatives": 10, "n_control": 10},
+    "sycophancy_letter_steering": {"hooks": [H1], "n_generate": 60, "doses": [4]},
+    "sycophancy_unseen_questions": {"hooks": [H1]}, "sycophancy_unseen_questions_elicit": {"hooks": [H1]},
+    "truth_prompt_formats": {"hooks": [H0, H1]}, "truth_fewshot": {"hooks": [H0, H1]}, "truth_gemma": {"hooks": [H0, H1]},
+    "truth_training_sets": {"hooks": [H0, H1]}, "truth_training_sets_gemma": {"hooks": [H0, H1]},
 }
 #: configs whose parameters name artifacts of the embedded model: the test builds tiny ones (see ``_tiny_artifacts``)
 NEEDS_VECTOR = ("deception_regenerate", "deception_regenerate_always", "deception_regenerate_deployed")

@@ -322,3 +322,50 @@ def test_leave_one_topic_out_never_trains_on_the_test_topic():
 def test_a_mixture_layer_that_is_not_trained_is_refused():
     with pytest.raises(BenchmarkConfigError, match=r"layers \[3\]"):
         Config.load("deception_layers", overrides={"layers": [0, 1], "mixes": ["1|3"]})
+
+
+def test_speed_configs_run_their_bench_file_with_the_configs_env(tmp_path):
+    from benchmarks.lib.speed import pytest_command
+
+    cfg = Config.load("speed_guard_overhead", quick=True)
+    assert cfg.entry == "speed" and cfg.params["env"]["COALIGN_BENCH_REPS"] == 3
+    cmd = pytest_command(cfg.params, tmp_path)
+    assert cmd[cmd.index("pytest") + 1] == "benchmarks/bench_guard_overhead.py" and cmd[-2:] == ["-k", "per_token"]
+    assert f"--benchmark-json={tmp_path / 'benchmark.json'}" in cmd
+    with pytest.raises(BenchmarkConfigError, match="bench_\\*.py"):
+        Config.load("speed_capture", overrides={"file": "deception_training_data.py"})
+
+
+def test_cli_set_values_parse_as_json_and_bad_ones_are_named():
+    from benchmarks.cli import _overrides
+
+    assert _overrides(["doses=[8, 16]", "pairs=content", "skip_deception=true", "n=3"]) == {
+        "doses": [8, 16], "pairs": "content", "skip_deception": True, "n": 3}
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        _overrides(["doses"])
+
+
+def test_the_product_never_imports_the_suite():
+    """``benchmarks`` sits above circuits / probe / detectors: no module of theirs imports it."""
+    import ast
+
+    root = Path(__file__).resolve().parents[2]
+    offenders = []
+    for pkg in ("circuits", "probe", "detectors"):
+        for f in (root / pkg).rglob("*.py"):
+            for node in ast.walk(ast.parse(f.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+                offenders += [f"{f.relative_to(root)}: {n}" for n in names if n.split(".")[0] == "benchmarks"]
+    assert not offenders
+
+
+def test_configs_reproduce_the_records_settings():
+    """The configs carry the former scripts' recorded commands (spot checks of the headline ones)."""
+    dep = Config.load("deception_regenerate_deployed").params
+    assert dep["cost"] == "deployed" and dep["dev_topics"] == "120" and dep["confirm_sets"] == [2, 3] and dep["benign"] == 200
+    assert dep["doses"] == [16, 24, 32, 48] and [Path(v).parent.parent.name for v in dep["vectors"]] == [
+        "deception_content_vector", "deception_content_vector_2"]
+    assert Config.load("sycophancy_rewind_correction").params["doses"] == [2, 4, 8, 16]
+    dtd = Config.load("deception_training_data").params
+    assert list(dtd["mixes"]) == ["mixture", "mixture_2", "mixture_3"] and len(dtd["eval_sets"]) == 9 and len(dtd["setups"]) == 6
