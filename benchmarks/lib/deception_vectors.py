@@ -65,7 +65,7 @@ DEV_TOPICS = (
     "ants", "rice", "horses", "the Andes", "salt", "zebras", "clouds", "bats", "the Thames", "lemons", "sand",
     "crocodiles",
 )
-# Written after the first run, for --confirm: 90 more topics, none in the two lists above.
+# Written after the first run, for its confirmation (confirm_sets = [1]): 90 more topics, none in the two lists above.
 CONFIRM_TOPICS = tuple(t.strip() for t in """
 pandas, the Mojave desert, koalas, the Mississippi river, cotton, the guitar, lions, the Himalayas, potatoes,
 the Great Barrier Reef, wasps, the Statue of Liberty, silver, copper, the Mediterranean Sea, carrots, eagles,
@@ -79,7 +79,7 @@ onions, ostriches, the Red Sea, bronze, walruses, the harp, the Atacama desert, 
 Machu Picchu, the Arctic Ocean, llamas, the cello, basalt, the Kalahari desert, almonds, the Parthenon
 """.replace("\n", " ").split(",") if t.strip())
 # Written before the run that used --choose worst (after the first confirmation had been seen), for
-# --confirm-set 2: 90 more topics, none in the lists above.
+# confirmation list 2: 90 more topics, none in the lists above.
 CONFIRM_TOPICS_2 = tuple(t.strip() for t in """
 sloths, the Sonoran desert, alligators, platinum, salmon, the accordion, hyenas, the Alhambra, chili peppers,
 the Baltic Sea, fireflies, the Sydney Opera House, marble, the saxophone, storks, blueberries, the Andromeda galaxy, sunflowers,
@@ -93,7 +93,7 @@ the Appalachian Mountains, the Petra ruins, squid, nickel, the bagpipes, cherrie
 coal, Angkor Wat, meerkats, termites
 """.replace("\n", " ").split(",") if t.strip())
 # Written at the start of the session that tried the ``regenerate`` policy with doses chosen by the
-# deployed cost (deception_regenerate.py --dev-topics 120), before any run used it: 138 more topics,
+# deployed cost (the regenerate benchmark with dev_topics = "120"), before any run used it: 138 more topics,
 # none in the lists above, for one final confirmation.
 CONFIRM_TOPICS_3 = tuple(t.strip() for t in """
 hippos, the Okefenokee swamp, blackberries, the kalimba, rhinos, the Nazca lines, lemurs, the Loire river, tungsten, the sitar,

@@ -16,7 +16,7 @@ emitted comes too late to correct it. This benchmark builds the detector and the
    sycophantic answer more likely than not; no tuning), corrector ``addition`` (each row steered
    away from its own bound read-out, unit norm, so a dose is in residual-stream units),
    ``immediate = true`` (the flagged step is re-run under correction, so the letter itself is
-   chosen corrected). The operating dose is the smallest dose in ``--doses`` that at least halves
+   chosen corrected). The operating dose is the smallest dose in ``doses`` that at least halves
    the sycophancy rate on the file's *validation* split (never the test set).
 4. **The test.** The Guard answers CAA's 50 *test* questions (never trained on or tuned on) with
    ``max_new_tokens=1``: without correction (``correct=False``) and under the policy at every dose.

@@ -1,6 +1,6 @@
 """Sycophancy correction by a Guard that takes back a sycophantic A/B letter (issue 3).
 
-The earlier route (``sycophancy_guard_correction.py``) had to judge the letter *before* it was said,
+The earlier route (the ``sycophancy_guard_correction`` config) had to judge the letter *before* it was said,
 and nothing read there knows which letter will be the sycophantic one (validation AUROC 0.80).
 Read *after* it is said, with its question, the letter is much easier to judge. This benchmark
 uses the policy's ``rewind``:
@@ -16,7 +16,7 @@ uses the policy's ``rewind``:
    flagged letter is taken back and re-chosen), corrector ``avoid_token`` (at the re-chosen position
    only, the last block's residual stream is steered away from the letter taken back toward the
    runner-up under that step's logits; :class:`circuits.token_avoidance.TokenAvoidance`). The
-   operating dose is the smallest in ``--doses`` that at least halves the sycophancy rate on the
+   operating dose is the smallest in ``doses`` that at least halves the sycophancy rate on the
    file's *validation* questions (never the test set).
 4. **The test.** The Guard answers CAA's 50 *test* questions (never trained or tuned on), prompt
    ``[user: question, assistant: "("]``, two tokens, first without correction then under the policy
