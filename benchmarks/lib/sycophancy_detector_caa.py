@@ -35,11 +35,13 @@ def evaluate(model, det, test) -> dict:
             "caa_test_auroc_ci95": bootstrap_auroc_ci(test.labels, s), "n_test": len(s)}
 
 
-@analysis({"hooks": HOOKS, "caa_generate": "{datasets}/caa/generate/sycophancy/generate_dataset.json", "caa_test": "{datasets}/caa/test/sycophancy/test_dataset_ab.json"})
+@analysis({"rows": None, "hooks": HOOKS, "caa_generate": "{datasets}/caa/generate/sycophancy/generate_dataset.json", "caa_test": "{datasets}/caa/test/sycophancy/test_dataset_ab.json"})
 def run_sycophancy_detector_caa(ctx: Context) -> Result:
     """Detector A (shipped control chats) and B (in-format A/B control), each scored on CAA test."""
     p, model = ctx.p, ctx.model
     gen = load_dataset(p.caa_generate)
+    if p.rows is not None:  # the first rows (A/B pairs) only
+        gen = gen.subset(np.arange(2 * p.rows))
     test = load_dataset(p.caa_test)
     res = {}
     # A: every generate row for training; threshold on the shipped benign chats

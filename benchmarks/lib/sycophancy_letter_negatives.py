@@ -53,7 +53,7 @@ def letter_rows(model: Any, items: Sequence[Any], hook: str, cache: Path) -> np.
 
 @analysis({"letters": "{repo}/benchmarks/results/sycophancy_rewind_correction/generate_letters.jsonl",
            "caa_test": "{datasets}/caa/test/sycophancy/test_dataset_ab.json", "hook": "blocks.22.hook_resid_post",
-           "per_answer": [4, 16, "all"], "n_negatives": 200, "n_control": 200, "threads": 2})
+           "per_answer": [4, 16, "all"], "rows": None, "n_negatives": 200, "n_control": 200, "threads": 2})
 def run_sycophancy_letter_negatives(ctx: Context) -> Result:
     """The letter probe refitted with ``per_answer`` benign tokens per answer added as negatives (0 first)."""
     p = ctx.p
@@ -61,6 +61,8 @@ def run_sycophancy_letter_negatives(ctx: Context) -> Result:
     torch.set_num_threads(p.threads)
     model, cache, hook = ctx.model, ctx.cache, p.hook
     ds = training_data("sycophancy", [p.letters], 0)
+    if p.rows is not None:  # the first rows of the letters file only
+        ds = ds.subset(np.arange(p.rows))
     X, y = letter_rows(model, ds.items, hook, cache), np.asarray(ds.labels)
     va = validation_indices(ds)
     tr = np.setdiff1d(np.arange(len(y)), va)

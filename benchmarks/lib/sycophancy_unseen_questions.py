@@ -84,7 +84,7 @@ def choose(resp, ctx, y, fit, val, candidates=CANDIDATES, hooks=HOOKS):
     return {"method": method, **params, "hook": h, "val_auroc": a}, probe
 
 
-@analysis({"folds": 3, "elicit": False, "hooks": [], "caa_generate": "{datasets}/caa/generate/sycophancy/generate_dataset.json",
+@analysis({"folds": 3, "elicit": False, "hooks": [], "rows": None, "caa_generate": "{datasets}/caa/generate/sycophancy/generate_dataset.json",
            "caa_test": "{datasets}/caa/test/sycophancy/test_dataset_ab.json"})
 def run_sycophancy_unseen_questions(context: Context) -> Result:
     """Folds by question; ``hooks`` empty: blocks 14-22 (elicit: 8-28)."""
@@ -95,6 +95,8 @@ def run_sycophancy_unseen_questions(context: Context) -> Result:
     ctx_log(f"CAA test questions also in the generate split: {overlap} of {len(test_stems)}")
 
     gen = load_dataset(gen_path)
+    if args.rows is not None:  # the first rows (A/B pairs) only
+        gen = gen.subset(np.arange(2 * args.rows))
     hooks = list(args.hooks or (ELICIT_HOOKS if args.elicit else HOOKS))
     if args.elicit:
         resp = ActivationSet.from_dataset(model, elicited(gen), hooks, select="last", batch_size=8, cache_dir=cache, progress=True)
@@ -103,7 +105,7 @@ def run_sycophancy_unseen_questions(context: Context) -> Result:
         resp, ctx = both_selections(model, gen, cache, hooks)
         candidates = CANDIDATES
     y, stems = resp.y, row_stems(gen_stems, list(gen.groups))
-    unique = sorted(set(gen_stems))
+    unique = sorted(set(stems))  # every generate question when all rows are used
     rng = np.random.default_rng(0)
     rng.shuffle(unique)
     folds = []

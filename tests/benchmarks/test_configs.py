@@ -38,10 +38,10 @@ TINY: dict[str, dict] = {
     "roleplay_pair_errors_default": {"detector": "train:deception"},
     "sycophancy_caa_vector": {"pairs": 20, "hooks": [H0]},
     "sycophancy_conditional": {"rows": 60, "hooks": [H0, H1], "n_components": [8]},
-    "sycophancy_detector_caa": {"hooks": [H1]},
-    "sycophancy_letter_negatives": {"hook": H1, "n_negatives": 10, "n_control": 10},
+    "sycophancy_detector_caa": {"hooks": [H1], "rows": 40},
+    "sycophancy_letter_negatives": {"hook": H1, "n_negatives": 10, "n_control": 10, "rows": 80},
     "sycophancy_letter_steering": {"hooks": [H1], "n_generate": 60, "doses": [4]},
-    "sycophancy_unseen_questions": {"hooks": [H1]}, "sycophancy_unseen_questions_elicit": {"hooks": [H1]},
+    "sycophancy_unseen_questions": {"hooks": [H1], "rows": 300}, "sycophancy_unseen_questions_elicit": {"hooks": [H1], "rows": 300},
     "truth_prompt_formats": {"hooks": [H0, H1]}, "truth_fewshot": {"hooks": [H0, H1]}, "truth_gemma": {"hooks": [H0, H1]},
     "truth_training_sets": {"hooks": [H0, H1]}, "truth_training_sets_gemma": {"hooks": [H0, H1]},
 }
