@@ -36,9 +36,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = args.out or default_out(cfg)
     command = shlex.join(["python", "-m", "benchmarks", *sys.argv[1:]])
     res = run_config(cfg, out=out, model_id=args.model, command=command)
-    from benchmarks.suite import _flat
+    from benchmarks.suite import flat_figures
 
-    for k, v in _flat(res.figures).items():
+    for k, v in flat_figures(res.figures).items():
         print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
     print(f"wrote {out}/results.json and report.md")
     return 0

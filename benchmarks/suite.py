@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 CONFIGS = Path(__file__).resolve().parent / "configs"
 RESULTS = Path(__file__).resolve().parent / "results"
 ENTRIES = ("detection", "correction", "speed")
-TOP_KEYS = {"name", "description", "entry", "analysis", "model", "datasets", "params", "quick", "record"}
+TOP_KEYS = {"name", "description", "entry", "analysis", "model", "datasets", "params", "quick"}
 
 
 class BenchmarkConfigError(CoalignError):
@@ -175,7 +175,7 @@ class Result:
                   f"- git revision: `{m.get('git', {}).get('revision')}`{' (uncommitted changes)' if m.get('git', {}).get('dirty') else ''}",
                   f"- model: `{model.get('id')}`, weight fingerprint `{model.get('fingerprint')}`",
                   f"- config: `{m.get('config_file', '')}` (copied into results.json)", "", "## Headline figures", ""]
-        lines += [md_table([{"figure": k, "value": v} for k, v in _flat(self.figures).items()]), ""]
+        lines += [md_table([{"figure": k, "value": v} for k, v in flat_figures(self.figures).items()]), ""]
         for title, rows in self.tables.items():
             lines += [f"## {title}", "", md_table(rows), ""]
         if self.report:
@@ -187,11 +187,11 @@ class Result:
         return "\n".join(lines)
 
 
-def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flat_figures(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, Mapping):
-            out.update(_flat(v, f"{prefix}{k}."))
+            out.update(flat_figures(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
