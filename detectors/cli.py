@@ -1,4 +1,7 @@
-"""The ``coalign`` command line: demo, train, eval, scan, combine, bench (and guard, chat, steer).
+"""The ``coalign`` command line: demo, train, eval, scan, combine (and guard, chat, steer).
+
+Benchmarks are not
+a product command: they run from a checkout as ``python -m benchmarks run CONFIG`` (``benchmarks/``).
 
 Every command prints a readable table; ``--json FILE`` also writes the numbers.
 """
@@ -156,17 +159,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from probe.benchmark import run_probe_benchmark
-
-    model = _model(args.model)
-    summary = run_probe_benchmark(model, args.out, quick=args.quick, datasets_dir=args.datasets, negatives=args.negatives)
-    print_table("probe benchmark (held-out AUROC)", summary["table"])
-    write_json(args.json, summary)
-    print(f"wrote {args.out}/results.json, report.md and plots")
-    return 0
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     from detectors.demo import run_demo
 
@@ -250,19 +242,6 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--model", default=None)
     k.add_argument("--json", default=None)
     k.set_defaults(func=cmd_calibrate)
-
-    b = sub.add_parser("bench", help="benchmarks")
-    bsub = b.add_subparsers(dest="bench_kind", required=True)
-    bp = bsub.add_parser("probes", help="datasets x probe methods x hooks sweep and generalisation matrix")
-    bp.add_argument("--out", required=True)
-    bp.add_argument("--model", default=None)
-    bp.add_argument("--datasets", default=None, help="folder of public datasets (default ../shared/datasets)")
-    bp.add_argument("--quick", action="store_true", help="fewer rows and hooks")
-    bp.add_argument("--negatives", choices=("auto", "benign", "none"), default="auto",
-                    help="benign training negatives for the logistic and mass-mean probes of chat suites: auto (as "
-                         "`coalign train` does: deception only), benign (every chat suite) or none")
-    bp.add_argument("--json", default=None)
-    bp.set_defaults(func=cmd_bench)
 
     from detectors.cli_guard import register
 

@@ -35,7 +35,7 @@ def tiny_tokenizer():
     return tok
 
 
-def tiny_hf_model(seed: int = 0, n_layers: int = 2, d_model: int = 16, vocab: int = 96):
+def tiny_hf_model(seed: int = 0, n_layers: int = 2, d_model: int = 16, vocab: int = 96, max_positions: int = 64):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -46,7 +46,7 @@ def tiny_hf_model(seed: int = 0, n_layers: int = 2, d_model: int = 16, vocab: in
         num_hidden_layers=n_layers,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=64,
+        max_position_embeddings=max_positions,
         pad_token_id=0,
         bos_token_id=2,
         eos_token_id=3,
@@ -73,3 +73,10 @@ def random_conditional_detector(model, hook: str, seed: int, bias: float = 0.0, 
     parts["scale_r"] = parts["scale_r"].abs() + 0.5
     det = ConditionalDetector.from_linear("cond", model, hook, torch.randn(d, generator=g), bias=bias, parts=parts, c=c)
     return det, g
+
+
+def tiny_long_model(seed: int = 0):
+    """The tiny model with a 2048-token context: long enough for the built-in recipes' chats."""
+    from circuits import from_hf
+
+    return from_hf(tiny_hf_model(seed, max_positions=2048), tiny_tokenizer(), model_id="tiny-llama-long")
