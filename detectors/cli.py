@@ -230,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     from detectors.cli_guard import register
 
     register(sub)
+    from detectors.cli_serve import register as register_serve
+
+    register_serve(sub)
     return p
 
 

@@ -248,3 +248,16 @@ def test_bare_server_generates_the_guards_tokens(tmp_path):
     ref = Guard(model, detectors(model)).generate([msgs(5)], max_new_tokens=10)[0]
     assert done and [c["coalign"]["token_id"] for c in chunks if "token_id" in c.get("coalign", {})] == ref.token_ids
     assert plain.choices[0].message.content == ref.text
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["serve"], "at least one --detector"),
+    (["serve", "--detector", "no/such/dir"], "not a detector directory"),
+    (["serve", "--no-detectors", "--max-batch", "0"], "--max-batch must be >= 1"),
+    (["serve", "--no-detectors", "--escalate-timeout", "3"], "--escalate-timeout needs --escalate-url"),
+])
+def test_cli_serve_refuses_bad_arguments_before_loading_the_model(argv, says, capsys):
+    from detectors.cli import main
+
+    assert main(argv) == 2
+    assert says in capsys.readouterr().err
