@@ -44,6 +44,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--scoring", choices=("calibrated", "token"), default="calibrated", help="as in `coalign guard`")
     p.add_argument("--max-batch", type=int, default=8, metavar="N", help="requests per micro-batch at most (default 8)")
     p.add_argument("--batch-wait-ms", type=float, default=5.0, metavar="MS", help="how long the worker waits for companions (default 5)")
+    p.add_argument("--batch-wait-max-ms", type=float, default=50.0, metavar="MS",
+                   help="longest wait for companions while requests are arriving (default 50)")
     p.add_argument("--max-tokens", type=int, default=512, metavar="N", help="largest max_tokens a request may ask for (default 512)")
     p.add_argument("--max-prompt-tokens", type=int, default=2048, metavar="N", help="longest prompt accepted, in tokens (default 2048)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, metavar="N", help="largest request body (default 1 MiB)")
@@ -70,8 +72,8 @@ def _check(args: argparse.Namespace) -> None:
             raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not 0 <= args.port <= 65535:
         raise InputError(f"--port must be in 0..65535, got {args.port}")
-    if args.batch_wait_ms < 0:
-        raise InputError(f"--batch-wait-ms must be >= 0, got {args.batch_wait_ms}")
+    if not 0 <= args.batch_wait_ms <= args.batch_wait_max_ms:
+        raise InputError(f"--batch-wait-ms must be in 0..--batch-wait-max-ms ({args.batch_wait_max_ms}), got {args.batch_wait_ms}")
     if args.escalate_url is None and args.escalate_timeout != 10.0:
         raise InputError("--escalate-timeout needs --escalate-url")
     try:
@@ -97,7 +99,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     limits = Limits(max_body_bytes=args.max_body_bytes, max_prompt_tokens=args.max_prompt_tokens,
                     max_tokens=args.max_tokens, default_max_tokens=min(128, args.max_tokens))
     app = create_app(engine, audit=args.audit, limits=limits, api_key=args.api_key, max_batch=args.max_batch,
-                     batch_wait_s=args.batch_wait_ms / 1000)
+                     batch_wait_s=args.batch_wait_ms / 1000, batch_wait_max_s=args.batch_wait_max_ms / 1000)
     import uvicorn
 
     print(f"coalign serve: {model.model_id} with {len(engine.names)} detector(s) on http://{args.host}:{args.port}; "

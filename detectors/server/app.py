@@ -40,7 +40,7 @@ class _Server:
     """State shared by the routes: engine, worker, limits, audit, metrics."""
 
     def __init__(self, engine: Any, audit: str | Path | AuditLog, limits: Limits, api_key: str | None,
-                 max_batch: int, batch_wait_s: float) -> None:
+                 max_batch: int, batch_wait_s: float, batch_wait_max_s: float) -> None:
         self.engine = engine
         self.model = engine.model
         self.model_id = str(self.model.model_id)
@@ -50,7 +50,8 @@ class _Server:
         self.api_key = api_key
         self.incoming = 0
         self.tokenizer = copy.deepcopy(self.model.tokenizer)  # the event loop's own: the worker's is busy generating
-        self.worker = Worker(engine, max_batch=max_batch, batch_wait_s=batch_wait_s, incoming=lambda: self.incoming,
+        self.worker = Worker(engine, max_batch=max_batch, batch_wait_s=batch_wait_s, batch_wait_max_s=batch_wait_max_s,
+                             incoming=lambda: self.incoming,
                              on_batch=lambda n: self.metrics.batch.observe(n))
         self.metrics = Metrics(self.worker.depth)
         self.ready = False
@@ -149,10 +150,12 @@ def _guard_extra(rid: str, job: Job, out: Any) -> dict[str, Any]:
 
 
 def create_app(engine: Any, audit: str | Path | AuditLog = "coalign-serve-audit.jsonl", limits: Limits | None = None,
-               api_key: str | None = None, max_batch: int = 8, batch_wait_s: float = 0.005) -> FastAPI:
+               api_key: str | None = None, max_batch: int = 8, batch_wait_s: float = 0.005,
+               batch_wait_max_s: float = 0.05) -> FastAPI:
     """The server's FastAPI app around a :class:`~detectors.server.engines.GuardEngine` (or
-    ``BareEngine``). The model worker starts and stops with the app's lifespan."""
-    s = _Server(engine, audit, limits or Limits(), api_key, max_batch, batch_wait_s)
+    ``BareEngine``). The model worker starts and stops with the app's lifespan; ``batch_wait_s`` and
+    ``batch_wait_max_s``: how long it waits for companions (see :mod:`detectors.server.worker`)."""
+    s = _Server(engine, audit, limits or Limits(), api_key, max_batch, batch_wait_s, batch_wait_max_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -3,7 +3,9 @@
 The Guard is not re-entrant on one model (its hooks and KV cache belong to one run), so HTTP
 handlers never touch the model: they validate, enqueue a :class:`Job` and wait for its events.
 The worker takes the first job, then keeps collecting for ``batch_wait_s`` (longer, up to
-``batch_wait_max_s``, while requests are still being parsed by the HTTP side) and runs together,
+``batch_wait_max_s``, while requests are still being parsed by the HTTP side or while fewer have
+arrived than were collected last time: clients answered together come back together; a lone
+client never waits more than ``batch_wait_s``) and runs together,
 as one ``Guard.generate`` batch, the greedy chat requests that share a policy and ``max_tokens``.
 Sampled requests run alone: rows of one batch share a random generator, so a sampled request
 batched with others would not give what it gives alone. A streamed request that is alone in its
@@ -48,6 +50,7 @@ class Worker:
         self.q: "queue.Queue[Job | None]" = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="coalign-model-worker", daemon=True)
         self.batches = 0
+        self._expect = 1  # requests collected last time
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -83,7 +86,9 @@ class Worker:
         start = time.monotonic()
         while len(jobs) < self.max_batch:
             waited = time.monotonic() - start
-            limit = self.batch_wait_max_s if self.incoming() > 0 else self.batch_wait_s
+            # wait longer while requests are still being parsed, or while fewer have come than came last
+            # time (clients that were answered together tend to come back together)
+            limit = self.batch_wait_max_s if self.incoming() > 0 or len(jobs) < self._expect else self.batch_wait_s
             if waited >= limit:
                 try:  # whatever is already queued still joins
                     j = self.q.get_nowait()
@@ -97,6 +102,7 @@ class Worker:
             if j is None:
                 return jobs, True
             jobs.append(j)
+        self._expect = len(jobs)
         return jobs, False
 
     def _serve(self, jobs: list[Job]) -> None:
