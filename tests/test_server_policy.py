@@ -176,3 +176,31 @@ def test_escalation_webhook_answer_and_timeout_are_audited(escalating):
     metrics = httpx.get(srv.url + "/metrics").text
     assert 'coalign_escalations_total{decision="block",outcome="timeout"} 1.0' in metrics
     assert 'coalign_escalations_total{decision="allow",outcome="answered"} 1.0' in metrics
+
+
+@pytest.mark.parametrize("overlay, status, says", [
+    ({"detectors": {"syc": {"patience": 200}}}, 403, "patience"),
+    ({"on_detector_error": "fail_open"}, 403, "fail_closed"),
+    ({"defaults": {"monitor_above": "off"}}, 403, "switch off detector 'dec'"),
+    ({"detectors": {"syc": {"correct_above": 5.0}}}, 403, "raise from -1000 to 5"),
+    ({"detectors": {"syc": {"dose": 1.0}}}, 403, "operator"),
+    ({"detectors": {"syc": {"escalate_above": 0.0}}}, 403, "operator"),
+    ({"detectors": {"nope": {"block_above": 0.0}}}, 400, "no detector 'nope'"),
+    ({"detectors": {"dec": {"block_above": "threshold + x"}}}, 400, "bad threshold"),
+])
+def test_request_policy_refusals(overlay, status, says):
+    from detectors.server.errors import ApiError
+    from detectors.server.tighten import tighten
+
+    with pytest.raises(ApiError) as e:
+        tighten(rewind_policy(), overlay, {"dec": 0.0, "syc": 0.0, "flaky": 0.0})
+    assert e.value.status == status and says in e.value.message, e.value.message
+
+
+def test_request_policy_tightens():
+    from detectors.server.tighten import tighten
+
+    p = tighten(rewind_policy(), {"red_lines": ["dec"], "detectors": {"dec": {"block_above": 2.0}, "syc": {"patience": 3}}},
+                {"dec": 0.5, "syc": 0.0, "flaky": 0.0})
+    assert "dec" in p.red_lines and p.resolve("dec", 0.5).block == 2.0 and p.resolve("syc", 0.0).patience == 3
+    assert p.resolve("syc", 0.0).rewind  # the operator's settings carry over

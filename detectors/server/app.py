@@ -205,6 +205,8 @@ def create_app(engine: Any, audit: str | Path | AuditLog = "coalign-serve-audit.
                 rec["prompt_sha256"] = sha256_text(json.dumps(req.messages, ensure_ascii=False))
             except ApiError as e:
                 return s.error_response(rec, e)
+            except Exception as e:  # a bug, not the client's fault: still one audit record
+                return s.error_response(rec, _failure(e))
             job, q = submit(rid, "chat", req, req.messages, rec, key, guard)
         finally:
             s.incoming -= 1
@@ -290,6 +292,8 @@ def create_app(engine: Any, audit: str | Path | AuditLog = "coalign-serve-audit.
             rec["prompt_sha256"] = sha256_text(json.dumps(req.messages, ensure_ascii=False))
         except ApiError as e:
             return s.error_response(rec, e)
+        except Exception as e:
+            return s.error_response(rec, _failure(e))
         job, q = submit(rid, "score", req, req.messages, rec)
         ev = await q.get()
         if isinstance(ev, Failed):
