@@ -8,6 +8,7 @@ policy, every token scored) and the same server with no detectors (``BareEngine`
 * **TTFT and per-token time** (one client, streamed): time from sending the request to the first
   token chunk, and (last token chunk - first token chunk) / (tokens - 1). Guarded and bare requests
   alternate (order rotated), and the ratio is the median over pairs of guarded / bare.
+  The median ratio comes with a 95% bootstrap interval over the pairs.
 * **Throughput** (guarded): ``--requests`` streamed requests sent by 1 client one after another,
   then by 8 clients at once (each sends its share one after another); completion tokens per
   second of wall time. The 8-client run gains only from the worker's micro-batching.
@@ -78,6 +79,15 @@ def throughput(url: str, model: str, clients: int, n: int, max_tokens: int) -> d
     return {"clients": clients, "requests": n, "tokens": tokens, "wall_s": round(wall, 3), "tokens_per_s": round(tokens / wall, 2)}
 
 
+def median_ci(xs: list[float], reps: int = 2000, seed: int = 0) -> list[float]:
+    """95% bootstrap interval of the median (percentile method, resampling the pairs)."""
+    import random
+
+    rng = random.Random(seed)
+    meds = sorted(statistics.median(rng.choices(xs, k=len(xs))) for _ in range(reps))
+    return [round(meds[int(0.025 * reps)], 4), round(meds[int(0.975 * reps) - 1], 4)]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=5, help="TTFT/per-token repetitions of the 8 prompts (default 5)")
@@ -132,12 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     res = {
         "model": mid, "detectors": len(dets), "hooks": list(HOOKS), "max_tokens": args.max_tokens, "threads": args.threads,
         "batch_wait_ms": args.batch_wait_ms, "batch_wait_max_ms": args.batch_wait_max_ms,
-        "ttft": {"n_pairs": len(ttft), "median_ratio": round(statistics.median(ttft), 4),
-                 "iqr": [round(v, 4) for v in q(ttft, n=4)[::2]],
+        "ttft": {"n_pairs": len(ttft), "median_ratio": round(statistics.median(ttft), 4), "ci95": median_ci(ttft),
+                 "iqr": [round(v, 4) for v in q(ttft, n=4)[::2]], "ratios": [round(v, 4) for v in ttft],
                  "guarded_median_s": round(statistics.median(x["guarded"]["ttft"] for x in pairs), 4),
                  "bare_median_s": round(statistics.median(x["bare"]["ttft"] for x in pairs), 4)},
-        "per_token": {"n_pairs": len(per_tok), "median_ratio": round(statistics.median(per_tok), 4),
-                      "iqr": [round(v, 4) for v in q(per_tok, n=4)[::2]],
+        "per_token": {"n_pairs": len(per_tok), "median_ratio": round(statistics.median(per_tok), 4), "ci95": median_ci(per_tok),
+                      "iqr": [round(v, 4) for v in q(per_tok, n=4)[::2]], "ratios": [round(v, 4) for v in per_tok],
                       "guarded_median_s": round(statistics.median(x["guarded"]["per_token"] for x in pairs), 5),
                       "bare_median_s": round(statistics.median(x["bare"]["per_token"] for x in pairs), 5)},
         "throughput": {"guarded_1_client": one, "guarded_8_clients": eight, "bare_8_clients": bare_eight,
