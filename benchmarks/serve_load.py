@@ -9,11 +9,12 @@ policy, every token scored) and the same server with no detectors (``BareEngine`
   token chunk, and (last token chunk - first token chunk) / (tokens - 1). Guarded and bare requests
   alternate (order rotated), and the ratio is the median over pairs of guarded / bare.
   The median ratio comes with a 95% bootstrap interval over the pairs.
-* **Throughput** (guarded): ``--requests`` streamed requests sent by 1 client one after another,
-  then by 8 clients at once (each sends its share one after another); completion tokens per
-  second of wall time. The 8-client run gains only from the worker's micro-batching.
+* **Throughput** (guarded): streamed requests sent by 1 client one after another, and by 8 clients
+  at once (each sends its share one after another); completion tokens per second of wall time,
+  summed over ``--rounds`` interleaved rounds (1 client, 8 clients, 8 clients on the bare server).
+  The 8-client run gains only from the worker's micro-batching.
 
-Run:  nice -n 10 python -m benchmarks.serve_load [--reps 5] [--requests 24] [--max-tokens 32] [--threads 1]
+Run:  nice -n 10 python -m benchmarks.serve_load [--reps 5] [--requests 24] [--rounds 3] [--max-tokens 32] [--threads 1]
 """
 
 from __future__ import annotations
@@ -79,6 +80,12 @@ def throughput(url: str, model: str, clients: int, n: int, max_tokens: int) -> d
     return {"clients": clients, "requests": n, "tokens": tokens, "wall_s": round(wall, 3), "tokens_per_s": round(tokens / wall, 2)}
 
 
+def _total(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    tokens, wall = sum(r["tokens"] for r in runs), sum(r["wall_s"] for r in runs)
+    return {"clients": runs[0]["clients"], "requests": sum(r["requests"] for r in runs), "tokens": tokens,
+            "wall_s": round(wall, 3), "tokens_per_s": round(tokens / wall, 2)}
+
+
 def median_ci(xs: list[float], reps: int = 2000, seed: int = 0) -> list[float]:
     """95% bootstrap interval of the median (percentile method, resampling the pairs)."""
     import random
@@ -91,7 +98,8 @@ def median_ci(xs: list[float], reps: int = 2000, seed: int = 0) -> list[float]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=5, help="TTFT/per-token repetitions of the 8 prompts (default 5)")
-    ap.add_argument("--requests", type=int, default=24, help="requests per throughput run (default 24)")
+    ap.add_argument("--requests", type=int, default=24, help="requests per throughput variant, over all rounds (default 24)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved throughput rounds (default 3)")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: the machine is shared)")
     ap.add_argument("--batch-wait-ms", type=float, default=5.0)
@@ -131,9 +139,12 @@ def main(argv: list[str] | None = None) -> int:
                 pairs.append(got)
         ttft = [x["guarded"]["ttft"] / x["bare"]["ttft"] for x in pairs]
         per_tok = [x["guarded"]["per_token"] / x["bare"]["per_token"] for x in pairs if len(x["bare"]["ids"]) > 1]
-        one = throughput(guarded.url, mid, 1, args.requests, args.max_tokens)
-        eight = throughput(guarded.url, mid, 8, args.requests, args.max_tokens)
-        bare_eight = throughput(bare.url, mid, 8, args.requests, args.max_tokens)
+        runs: dict[str, list[dict[str, Any]]] = {"guarded_1_client": [], "guarded_8_clients": [], "bare_8_clients": []}
+        share = max(8, args.requests // args.rounds)
+        for _ in range(args.rounds):  # interleaved, so that a change in the machine's load hits every variant alike
+            runs["guarded_1_client"].append(throughput(guarded.url, mid, 1, share, args.max_tokens))
+            runs["guarded_8_clients"].append(throughput(guarded.url, mid, 8, share, args.max_tokens))
+            runs["bare_8_clients"].append(throughput(bare.url, mid, 8, share, args.max_tokens))
     finally:
         guarded.stop()
         bare.stop()
@@ -150,9 +161,11 @@ def main(argv: list[str] | None = None) -> int:
                       "iqr": [round(v, 4) for v in q(per_tok, n=4)[::2]], "ratios": [round(v, 4) for v in per_tok],
                       "guarded_median_s": round(statistics.median(x["guarded"]["per_token"] for x in pairs), 5),
                       "bare_median_s": round(statistics.median(x["bare"]["per_token"] for x in pairs), 5)},
-        "throughput": {"guarded_1_client": one, "guarded_8_clients": eight, "bare_8_clients": bare_eight,
-                       "ratio_8_vs_1": round(eight["tokens_per_s"] / one["tokens_per_s"], 3),
-                       "guarded_vs_bare_8_clients": round(eight["tokens_per_s"] / bare_eight["tokens_per_s"], 3),
+        "throughput": {**{k: _total(v) for k, v in runs.items()},
+                       "ratio_8_vs_1": round(_total(runs["guarded_8_clients"])["tokens_per_s"] / _total(runs["guarded_1_client"])["tokens_per_s"], 3),
+                       "ratio_8_vs_1_per_round": [round(e["tokens_per_s"] / o["tokens_per_s"], 3)
+                                                  for e, o in zip(runs["guarded_8_clients"], runs["guarded_1_client"])],
+                       "guarded_vs_bare_8_clients": round(_total(runs["guarded_8_clients"])["tokens_per_s"] / _total(runs["bare_8_clients"])["tokens_per_s"], 3),
                        "guarded_batch_sizes": {str(k): batches.count(k) for k in sorted({b for b in batches if b is not None})}},
     }
     print(json.dumps(res, indent=2))

@@ -3,9 +3,9 @@
 The Guard is not re-entrant on one model (its hooks and KV cache belong to one run), so HTTP
 handlers never touch the model: they validate, enqueue a :class:`Job` and wait for its events.
 The worker takes the first job, then keeps collecting for ``batch_wait_s`` (longer, up to
-``batch_wait_max_s``, while requests are still being parsed by the HTTP side or while fewer have
-arrived than were collected last time: clients answered together come back together; a lone
-client never waits more than ``batch_wait_s``) and runs together,
+``batch_wait_max_s`` or 5% of the last batch's duration, at most 1 s, while requests are still being
+parsed by the HTTP side or while fewer have arrived than were collected last time: clients answered
+together come back together; a lone client never waits more than ``batch_wait_s``) and runs together,
 as one ``Guard.generate`` batch, the greedy chat requests that share a policy and ``max_tokens``.
 Sampled requests run alone: rows of one batch share a random generator, so a sampled request
 batched with others would not give what it gives alone. A streamed request that is alone in its
@@ -51,6 +51,7 @@ class Worker:
         self._thread = threading.Thread(target=self._run, name="coalign-model-worker", daemon=True)
         self.batches = 0
         self._expect = 1  # requests collected last time
+        self._last_s = 0.0  # how long the last batch took
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -88,7 +89,10 @@ class Worker:
             waited = time.monotonic() - start
             # wait longer while requests are still being parsed, or while fewer have come than came last
             # time (clients that were answered together tend to come back together)
-            limit = self.batch_wait_max_s if self.incoming() > 0 or len(jobs) < self._expect else self.batch_wait_s
+            limit = self.batch_wait_s
+            if self.incoming() > 0 or len(jobs) < self._expect:
+                # a straggler left behind waits a whole batch; waiting up to 5% of one costs the others little
+                limit = max(self.batch_wait_max_s, min(1.0, 0.05 * self._last_s))
             if waited >= limit:
                 try:  # whatever is already queued still joins
                     j = self.q.get_nowait()
@@ -106,6 +110,13 @@ class Worker:
         return jobs, False
 
     def _serve(self, jobs: list[Job]) -> None:
+        t0 = time.monotonic()
+        try:
+            self._serve_groups(jobs)
+        finally:
+            self._last_s = time.monotonic() - t0
+
+    def _serve_groups(self, jobs: list[Job]) -> None:
         groups: dict[tuple[Any, ...], list[Job]] = {}
         for j in jobs:
             if j.cancelled:
