@@ -249,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     from detectors.cli_scan import register as register_scan
 
     register_scan(sub)
+    from detectors.cli_serve import register as register_serve
+
+    register_serve(sub)
     return p
 
 
