@@ -230,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     from detectors.cli_guard import register
 
     register(sub)
+    __import__("detectors.cli_sae", fromlist=["register"]).register(sub)
     return p
 
 
