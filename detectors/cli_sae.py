@@ -1,10 +1,11 @@
-"""CLI subcommands ``coalign sae train|eval|list`` (sparse autoencoders in SAE Lens format).
+"""CLI subcommands ``coalign sae train|eval|list`` (sparse autoencoders in SAE Lens format) and ``coalign explain``.
 
 ::
 
     coalign sae train --hook blocks.16.hook_resid_post --data corpus.txt chats.jsonl --out saes/
     coalign sae eval saes/blocks.16.hook_resid_post --data heldout.txt --json m.json
     coalign sae list
+    coalign explain dec/ --prompt "Is the car fine?" --response "Yes, perfect." --html report.html
 """
 
 from __future__ import annotations
@@ -68,6 +69,44 @@ def cmd_sae_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from circuits.errors import InputError
+    from circuits.generation import complete
+    from circuits.sae import find_sae, load_sae, shipped_saes
+    from circuits.sae_data import load_corpus
+    from detectors import Detector
+    from detectors.explain import explain
+    from detectors.explain_html import write_html
+
+    if args.response is not None and args.prompt is None:
+        raise InputError("--response needs --prompt")
+    items: list[Any] = load_corpus([args.data]) if args.data else []
+    model = _model(args.model)
+    det = Detector.load(args.detector, model)
+    if args.sae:
+        saes = [find_sae(s, model) for s in args.sae]
+    else:
+        saes = [load_sae(r["path"], model) for r in shipped_saes() if r["model_id"] == model.model_id]
+        if not saes:
+            raise InputError(f"no shipped SAE for {model.model_id}; pass --sae DIR (train one with `coalign sae train`)")
+    if args.prompt is not None:
+        response = args.response if args.response is not None else complete(model, [args.prompt], max_new_tokens=args.max_new_tokens)[0]
+        items = [(args.prompt, response)]
+    ex = explain(model, det, items, saes, top=args.top, causal_k=args.causal_k)
+    rows = []
+    for e in ex:
+        feats = ", ".join(f"#{f['id']} {f['attribution']:+.2f}" for f in e["features"][:5])
+        rows.append({"item": e["item"], "score": e["score"], "flagged": e["flagged"], "top features": feats,
+                     "error share": e["error_share"], "approximate": e["approximate"],
+                     "top-k drop": (e["causal"] or {}).get("drop_top", ""), "random-k drop": (e["causal"] or {}).get("drop_random", "")})
+    print_table(f"{det.name}: features of {ex[0]['sae']['name'] if ex else ''}", rows)
+    if args.html:
+        write_html(args.html, ex, title=f"coalign explain: {det.name}")
+        print(f"HTML report -> {args.html}")
+    write_json(args.json, ex)
+    return 0
+
+
 def register(subparsers: Any) -> None:
     """Add ``sae`` (train, eval, list) to an argparse subparsers object."""
     p = subparsers.add_parser("sae", help="train, evaluate and list sparse autoencoders (SAE Lens format)")
@@ -104,6 +143,21 @@ def register(subparsers: Any) -> None:
     e.add_argument("--ce-tokens", type=int, default=50_000)
     e.add_argument("--json", metavar="OUT")
     e.set_defaults(func=cmd_sae_eval)
+
+    x = subparsers.add_parser("explain", help="explain a detector's scores in SAE features and model components")
+    x.add_argument("detector", metavar="DET", help="detector artifact directory")
+    src = x.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", metavar="TEXT", help="a user prompt (the model answers it unless --response is given)")
+    src.add_argument("--data", metavar="FILE", help="chats: .jsonl/.json rows with messages or prompt/response")
+    x.add_argument("--response", metavar="TEXT", help="the assistant response to judge (with --prompt)")
+    x.add_argument("--sae", action="append", metavar="SAE", help="SAE directory or shipped name (default: the shipped SAEs)")
+    x.add_argument("--top", type=int, default=10, help="features and components to list (default 10)")
+    x.add_argument("--causal-k", type=int, default=5, help="features zeroed in the causal check (0: skip)")
+    x.add_argument("--max-new-tokens", type=int, default=48)
+    x.add_argument("--model", default=None)
+    x.add_argument("--html", metavar="OUT", help="write a self-contained HTML report")
+    x.add_argument("--json", metavar="OUT")
+    x.set_defaults(func=cmd_explain)
 
     ls = sub.add_parser("list", help="the SAEs shipped with coalign")
     ls.add_argument("--json", metavar="OUT")

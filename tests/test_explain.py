@@ -112,3 +112,24 @@ def test_html_report_renders_in_a_real_browser(setup, tmp_path):
     shown = dom[dom.index('id="report"') : dom.index('id="coalign-data"')]  # what the script drew, not the data
     assert "<b>" not in shown and "&lt;/script&gt;&lt;b&gt;x&lt;/b&gt;" in shown  # token text is shown as text
     assert json.loads(json.dumps(ex)) == ex  # the JSON output is plain JSON
+
+
+def test_cli_explain_writes_json_and_html(setup, tmp_path, capsys):
+    from tiny import tiny_hf_model, tiny_tokenizer
+
+    from detectors.cli import main
+
+    model, sae, det = setup
+    model_dir = tmp_path / "tinymodel"
+    tiny_hf_model().save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    det.save(tmp_path / "det")
+    rc = main(["explain", str(tmp_path / "det"), "--model", str(model_dir), "--prompt", "is the sky blue", "--response",
+               "yes the sky is blue", "--sae", str(sae.path), "--html", str(tmp_path / "r.html"), "--json", str(tmp_path / "x.json")])
+    assert rc == 0
+    ex = json.loads((tmp_path / "x.json").read_text())
+    assert len(ex) == 1 and ex[0]["sae"]["fingerprint"] == sae.fingerprint
+    assert ex[0]["score"] == pytest.approx(float(det.score(model, [("is the sky blue", "yes the sky is blue")])[0]), abs=1e-4)
+    assert "coalign-data" in (tmp_path / "r.html").read_text()
+    rc = main(["explain", str(tmp_path / "det"), "--model", str(model_dir), "--prompt", "x", "--sae", str(tmp_path / "nope")])
+    assert rc == 2 and "no SAE directory or shipped SAE named" in capsys.readouterr().err
