@@ -1,0 +1,89 @@
+"""SAE-feature probes beside the dense logistic probe, on the same splits.
+
+Training: the built-in deception recipe (instructed / false-statement / concealment chats), split
+70/30 by group (a fact's honest and dishonest answers stay on one side). In distribution: the 30%.
+Transfer: every role-play set the project has (roleplay_lies, _2 .. _7), never trained on.
+
+Both probes read the SAE's hook from one capture of every response token: the dense probe the
+mean activation (``response_mean``), the SAE probe the mean of the SAE codes over the same tokens.
+SAE probe: k latents (k in 1, 4, 16, 64) ranked on the training rows, L1 logistic head (C=1).
+AUROC with a 95% stratified-bootstrap CI, recall at 1% FPR (in-sample threshold on each set's negatives).
+
+Run: python benchmarks/sae_probe.py --sae circuits/data/saes/smollm2-135m-instruct/blocks.16.hook_resid_post --out benchmarks/results/sae/sae_probe.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from circuits import capture, load_model
+from circuits.sae import load_sae
+from probe.datasets import recipe
+from probe.metrics import auroc, bootstrap_auroc_ci, recall_at_fpr
+from probe.probes import make_probe
+from probe.sae_probe import K_GRID, SAEFeatureProbe
+
+SETS = ["roleplay_lies"] + [f"roleplay_lies_{i}" for i in range(2, 8)]
+
+
+def pooled(model, sae, items, cache):
+    acts = capture(model, items, sae.hook, select="response_each", cache_dir=cache, progress=True)
+    X = acts[sae.hook]
+    codes = sae.encode(torch.from_numpy(X)).float().numpy()
+    dense = np.stack([X[acts.index == i].mean(0) for i in range(len(items))]).astype(np.float64)
+    sparse = np.stack([codes[acts.index == i].mean(0) for i in range(len(items))]).astype(np.float64)
+    return dense, sparse
+
+
+def row(name, y, s):
+    lo, hi = bootstrap_auroc_ci(y, s, n_boot=1000)
+    return {"set": name, "auroc": auroc(y, s), "ci95": [lo, hi], "recall_at_1pct_fpr": recall_at_fpr(y, s, 0.01), "n": int(len(y))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sae", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--cache", default=str(Path.home() / ".cache/coalign/acts"))
+    args = ap.parse_args()
+    t0 = time.time()
+    model = load_model()
+    sae = load_sae(args.sae, model)
+    data = recipe("deception")
+    groups = np.array([e.group for e in data.examples])
+    uniq = np.unique(groups)
+    rng = np.random.default_rng(0)
+    test_groups = set(rng.choice(uniq, size=int(0.3 * len(uniq)), replace=False).tolist())
+    te = np.array([g in test_groups for g in groups])
+    y = np.asarray(data.labels)
+    D, S = pooled(model, sae, data.items, args.cache)
+    probes = {"dense logistic": ("dense", make_probe("logistic").fit(D[~te], y[~te]))}
+    for k in K_GRID:
+        probes[f"SAE k={k}"] = ("sae", SAEFeatureProbe(k=k).fit(S[~te], y[~te]))
+    sets = {"in distribution (recipe, 30% held out)": (D[te], S[te], y[te])}
+    for name in SETS:
+        d = recipe(name)
+        Dn, Sn = pooled(model, sae, d.items, args.cache)
+        sets[name] = (Dn, Sn, np.asarray(d.labels))
+    results = []
+    for pname, (kind, p) in probes.items():
+        for sname, (Dn, Sn, yn) in sets.items():
+            results.append({"probe": pname, **row(sname, yn, p.decision_function(Dn if kind == "dense" else Sn))})
+            r = results[-1]
+            print(f"{pname:15s} {sname:40s} AUROC {r['auroc']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] "
+                  f"recall@1%FPR {r['recall_at_1pct_fpr']:.2f} n={r['n']}", flush=True)
+    feats = {f"SAE k={k}": probes[f"SAE k={k}"][1].features_.tolist() for k in (1, 4, 16)}
+    out = {"sae": args.sae, "sae_fingerprint": sae.fingerprint, "hook": sae.hook, "n_train": int((~te).sum()),
+           "results": results, "sae_features": feats, "seconds": round(time.time() - t0, 1)}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
