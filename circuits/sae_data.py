@@ -230,6 +230,20 @@ class ActivationStream:
                 f"the corpus gave {self.n_captured} usable tokens, fewer than one batch of {self.batch_size}; "
                 "give more text or a smaller batch size"
             )
+        yield from self._replay(stored)
+
+    @classmethod
+    def from_tensors(cls, rows: dict[str, torch.Tensor], batch_size: int, seed: int = 0, multi: bool = False) -> "ActivationStream":
+        """A stream replaying activations already captured (``{hook: [n, d]}``), e.g. from a cache."""
+        self = cls.__new__(cls)
+        self.model, self.hooks, self.windows, self.autocast, self.progress = None, list(rows), [], False, None
+        self.batch_size, self.max_buffer, self.multi = batch_size, 0, multi
+        self.gen = torch.Generator().manual_seed(seed)
+        self.n_captured, self.epochs = rows[self.hooks[0]].shape[0], 0
+        self._it = self._replay({h: r.to(torch.bfloat16) for h, r in rows.items()})
+        return self
+
+    def _replay(self, stored: dict[str, torch.Tensor]) -> Iterator[Any]:
         n_rows = stored[self.hooks[0]].shape[0]
         while True:
             self.epochs += 1

@@ -124,6 +124,48 @@ def _latest_checkpoint(ckpt: Path | None) -> Path | None:
     return max(done, key=lambda p: int(p.name)) if done else None
 
 
+def fit_saes(saes: dict[str, Any], stream: ActivationStream, spec: SAETrainSpec, ckpt: Path | None = None) -> tuple[dict[str, Any], Path | None, float]:
+    """Run SAE Lens's trainer (``SAETrainer``, or ``MultiSAETrainer`` for several hooks) on ``stream``.
+
+    Starts from the latest checkpoint under ``ckpt`` if there is one; otherwise sets the activation
+    scale and ``b_dec`` from the stream's first batch (which training then also uses). Returns the
+    per-hook SAE Lens trainers, the checkpoint resumed from and the seconds ``fit`` took.
+    """
+    import itertools
+
+    from sae_lens import SAETrainer
+    from sae_lens.training.multi_sae_trainer import MultiSAETrainer
+
+    hooks = list(saes)
+    multi = len(hooks) > 1
+    cfg = _trainer_cfg(spec, ckpt)
+    if multi:
+        trainer: Any = MultiSAETrainer(cfg=cfg, saes=dict(saes), hook_names={h: h for h in hooks}, data_provider=stream)
+        inner = trainer.trainers
+    else:
+        trainer = SAETrainer(cfg=cfg, sae=saes[hooks[0]], data_provider=stream)
+        inner = {hooks[0]: trainer}
+    resume = _latest_checkpoint(ckpt)
+    if resume is not None:
+        if multi:
+            trainer.load_checkpoint(resume)
+        else:
+            trainer.load_trainer_state(resume)
+            trainer.sae.load_weights_from_checkpoint(resume)
+        trainer.checkpoint_thresholds = [t for t in trainer.checkpoint_thresholds if t > trainer.n_training_samples]
+        # SAE Lens checkpoints before counting the step it just took: count it
+        for t in [trainer, *inner.values()]:
+            t.n_training_steps = t.n_training_samples // spec.batch_size
+    else:
+        first = next(stream)
+        for h, t in inner.items():
+            t.activation_scaler.scaling_factor = _init_from_data(saes[h], first[h] if multi else first)
+        stream._it = itertools.chain([first], stream._it)  # type: ignore[attr-defined]
+    t0 = time.perf_counter()
+    trainer.fit()
+    return inner, resume, time.perf_counter() - t0
+
+
 def train_sae(
     model: HookedModel,
     hooks: str | Sequence[str],
@@ -156,9 +198,6 @@ def train_sae(
     Example:
         >>> saes = train_sae(model, "blocks.16.hook_resid_post", load_corpus(["wiki.txt"]), "saes/")
     """
-    from sae_lens import SAETrainer
-    from sae_lens.training.multi_sae_trainer import MultiSAETrainer
-
     spec = spec or SAETrainSpec()
     spec.check()
     hooks = [hooks] if isinstance(hooks, str) else list(dict.fromkeys(hooks))
@@ -185,34 +224,7 @@ def train_sae(
     stream = ActivationStream(model, hooks, train_w, spec.batch_size, seed=spec.seed, max_buffer=spec.max_buffer,
                               multi=multi, progress=bar.update if bar is not None else None, autocast=spec.autocast)
     saes = {h: _training_sae(spec, model.d_model, model, h) for h in hooks}
-    cfg = _trainer_cfg(spec, ckpt)
-    if multi:
-        trainer: Any = MultiSAETrainer(cfg=cfg, saes=dict(saes), hook_names={h: h for h in hooks}, data_provider=stream)
-        inner = trainer.trainers
-    else:
-        trainer = SAETrainer(cfg=cfg, sae=saes[hooks[0]], data_provider=stream)
-        inner = {hooks[0]: trainer}
-    resume = _latest_checkpoint(ckpt)
-    if resume is not None:
-        if multi:
-            trainer.load_checkpoint(resume)
-        else:
-            trainer.load_trainer_state(resume)
-            trainer.sae.load_weights_from_checkpoint(resume)
-        trainer.checkpoint_thresholds = [t for t in trainer.checkpoint_thresholds if t > trainer.n_training_samples]
-        # SAE Lens checkpoints before counting the step it just took: count it
-        for t in [trainer, *inner.values()]:
-            t.n_training_steps = t.n_training_samples // spec.batch_size
-    else:
-        first = next(stream)  # statistics from the stream's first batch, which training then also uses
-        import itertools
-
-        for h, t in inner.items():
-            t.activation_scaler.scaling_factor = _init_from_data(saes[h], first[h] if multi else first)
-        stream._it = itertools.chain([first], stream._it)  # type: ignore[attr-defined]
-    t0 = time.perf_counter()
-    trainer.fit()
-    train_s = time.perf_counter() - t0
+    inner, resume, train_s = fit_saes(saes, stream, spec, ckpt)
     if bar is not None:
         bar.close()
     data_hash = windows_hash(train_w)
