@@ -46,11 +46,41 @@ def row(name, y, s):
     return {"set": name, "auroc": auroc(y, s), "ci95": [lo, hi], "recall_at_1pct_fpr": recall_at_fpr(y, s, 0.01), "n": int(len(y))}
 
 
+def explain_flags(model, sae, dense, sets, n=20, k=5):
+    """The dense probe as a detector (threshold: 1% FPR on the in-distribution negatives); on the
+    role-play lies it flags, explain in SAE features and zero the top-5 vs 5 random active latents."""
+    from detectors import Detector
+    from detectors.explain import explain
+    from probe.metrics import threshold_at_fpr
+
+    Dn, _, yn = sets["in distribution (recipe, 30% held out)"]
+    thr = threshold_at_fpr(dense.decision_function(Dn[yn == 0]), 0.01, confidence=None)
+    det = Detector.from_linear("deception-dense", model, sae.hook, dense.coef_, bias=float(dense.intercept_), threshold=thr)
+    d = recipe("roleplay_lies")
+    s = det.score(model, d.items)
+    flagged = [i for i in np.argsort(-s) if s[i] > thr and d.labels[i] == 1][:n]
+    ex = explain(model, det, [d.items[i] for i in flagged], [sae], causal_k=k, components=False)
+    top = np.array([e["causal"]["drop_top"] for e in ex])
+    rnd = np.array([e["causal"]["drop_random"] for e in ex])
+    err = np.array([e["error_share"] for e in ex])
+    out = {"threshold": thr, "n_flagged": len(ex), "mean_drop_top5": float(top.mean()), "mean_drop_random5": float(rnd.mean()),
+           "ratio": float(top.mean() / rnd.mean()) if rnd.mean() else float("inf"),
+           "ci95_drop_top5": [float(top.mean() - 1.96 * top.std(ddof=1) / np.sqrt(len(top))), float(top.mean() + 1.96 * top.std(ddof=1) / np.sqrt(len(top)))] if len(top) > 1 else None,
+           "median_error_share": float(np.median(err)), "mean_score": float(np.mean([e["score"] for e in ex])),
+           "items": [{"score": e["score"], "drop_top5": e["causal"]["drop_top"], "drop_random5": e["causal"]["drop_random"],
+                      "error_share": e["error_share"], "top_features": [f["id"] for f in e["features"][:5]]} for e in ex]}
+    print(f"causal check on {len(ex)} flagged role-play lies: zeroing top-5 drops the score {out['mean_drop_top5']:.3f}, "
+          f"5 random active {out['mean_drop_random5']:.3f} (ratio {out['ratio']:.2f}); median error share {out['median_error_share']:.2f}", flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sae", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--cache", default=str(Path.home() / ".cache/coalign/acts"))
+    ap.add_argument("--no-causal", action="store_true")
+    ap.add_argument("--n-causal", type=int, default=20)
     args = ap.parse_args()
     t0 = time.time()
     model = load_model()
@@ -78,9 +108,10 @@ def main() -> None:
             r = results[-1]
             print(f"{pname:15s} {sname:40s} AUROC {r['auroc']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] "
                   f"recall@1%FPR {r['recall_at_1pct_fpr']:.2f} n={r['n']}", flush=True)
+    causal = explain_flags(model, sae, probes["dense logistic"][1], sets, n=args.n_causal) if not args.no_causal else None
     feats = {f"SAE k={k}": probes[f"SAE k={k}"][1].features_.tolist() for k in (1, 4, 16)}
     out = {"sae": args.sae, "sae_fingerprint": sae.fingerprint, "hook": sae.hook, "n_train": int((~te).sum()),
-           "results": results, "sae_features": feats, "seconds": round(time.time() - t0, 1)}
+           "results": results, "sae_features": feats, "causal": causal, "seconds": round(time.time() - t0, 1)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
 

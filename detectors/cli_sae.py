@@ -1,10 +1,11 @@
-"""CLI subcommands ``coalign sae train|eval|list`` (sparse autoencoders in SAE Lens format) and ``coalign explain``.
+"""CLI subcommands ``coalign sae train|eval|list|link`` (sparse autoencoders in SAE Lens format) and ``coalign explain``.
 
 ::
 
     coalign sae train --hook blocks.16.hook_resid_post --data corpus.txt chats.jsonl --out saes/
     coalign sae eval saes/blocks.16.hook_resid_post --data heldout.txt --json m.json
     coalign sae list
+    coalign sae link dec/ saes/blocks.16.hook_resid_post --dev dev.jsonl --out dec_linked/
     coalign explain dec/ --prompt "Is the car fine?" --response "Yes, perfect." --html report.html
 """
 
@@ -107,6 +108,30 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sae_link(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import probe
+    from circuits.sae import find_sae
+    from circuits.sae_data import load_corpus
+    from detectors import Detector
+    from detectors.sae_link import link_features, write_link
+
+    dev = load_corpus([args.dev])
+    benign = load_corpus([args.benign or Path(probe.__file__).parent / "data" / "benign_control.jsonl"])[: args.n_benign]
+    model = _model(args.model)
+    det = Detector.load(args.detector, model)
+    sae = find_sae(args.sae, model)
+    link = link_features(model, det, sae, dev, benign, n_candidates=args.candidates, max_features=args.max_features, max_kl=args.max_kl)
+    write_link(args.detector, args.out, link)
+    print_table(f"{det.name} -> clamp {len(link['features'])} latents of {sae.name} ({link['n_flagged']} flagged dev items)",
+                [{"feature": e["feature"], "score drop": e["score_drop"], "benign KL": e["benign_kl"], "attribution": e["attribution"]}
+                 for e in link["effects"]] + [{"feature": "all together", "score drop": link["combined"]["score_drop"],
+                                                "benign KL": link["combined"]["benign_kl"]}])
+    write_json(args.json, link)
+    return 0
+
+
 def register(subparsers: Any) -> None:
     """Add ``sae`` (train, eval, list) to an argparse subparsers object."""
     p = subparsers.add_parser("sae", help="train, evaluate and list sparse autoencoders (SAE Lens format)")
@@ -158,6 +183,20 @@ def register(subparsers: Any) -> None:
     x.add_argument("--html", metavar="OUT", help="write a self-contained HTML report")
     x.add_argument("--json", metavar="OUT")
     x.set_defaults(func=cmd_explain)
+
+    k = sub.add_parser("link", help="choose SAE latents to clamp for a detector by measured causal effect")
+    k.add_argument("detector", metavar="DET", help="detector artifact directory")
+    k.add_argument("sae", metavar="SAE", help="SAE directory or shipped name")
+    k.add_argument("--out", required=True, metavar="DIR", help="copy of the detector with sae_link.json added")
+    k.add_argument("--dev", required=True, metavar="FILE", help="development chats (the detector's flags among them are used)")
+    k.add_argument("--benign", metavar="FILE", help="benign prompts/chats for the KL cost (default: the shipped benign control prompts)")
+    k.add_argument("--n-benign", type=int, default=20)
+    k.add_argument("--candidates", type=int, default=12)
+    k.add_argument("--max-features", type=int, default=6)
+    k.add_argument("--max-kl", type=float, default=0.05, help="largest mean benign KL (nats/token) a chosen latent may cause")
+    k.add_argument("--model", default=None)
+    k.add_argument("--json", metavar="OUT")
+    k.set_defaults(func=cmd_sae_link)
 
     ls = sub.add_parser("list", help="the SAEs shipped with coalign")
     ls.add_argument("--json", metavar="OUT")

@@ -133,3 +133,27 @@ def test_cli_explain_writes_json_and_html(setup, tmp_path, capsys):
     assert "coalign-data" in (tmp_path / "r.html").read_text()
     rc = main(["explain", str(tmp_path / "det"), "--model", str(model_dir), "--prompt", "x", "--sae", str(tmp_path / "nope")])
     assert rc == 2 and "no SAE directory or shipped SAE named" in capsys.readouterr().err
+
+
+def test_sae_link_chooses_latents_by_measured_effect_and_the_stored_clamp_works(setup, tmp_path):
+    from circuits.sae_clamp import FeatureClamp
+    from detectors.sae_link import link_features, read_link, write_link
+
+    model, sae, det = setup
+    dev, benign = _chats(16, 12), _chats(6, 13)
+    s = det.score(model, dev)
+    flagging = Detector.from_linear("test", model, HOOK, det.weight[0], bias=det.bias, threshold=float(np.median(s)))
+    link = link_features(model, flagging, sae, dev, benign, n_candidates=6, max_features=3, max_kl=10.0)
+    assert link["n_flagged"] == int((s > np.median(s)).sum()) and 1 <= len(link["features"]) <= 3
+    assert all(e["score_drop"] > 0 for e in link["effects"]) and link["combined"]["score_drop"] > 0
+    assert link["combined"]["benign_kl"] >= 0
+    flagging.save(tmp_path / "det")
+    write_link(tmp_path / "det", tmp_path / "linked", link)
+    stored = read_link(tmp_path / "linked")
+    assert stored["features"] == link["features"] and stored["sae_fingerprint"] == sae.fingerprint
+    assert Detector.load(tmp_path / "linked", model).id == flagging.id  # the detector itself is unchanged
+    flagged = [it for it, x in zip(dev, s) if x > np.median(s)]
+    before = flagging.score(model, flagged).mean()
+    with FeatureClamp(HOOK, sae, stored["features"]).apply(model):
+        after = flagging.score(model, flagged).mean()
+    assert before - after == pytest.approx(link["combined"]["score_drop"], abs=1e-4)
