@@ -4,7 +4,7 @@ Training: the built-in deception recipe (instructed / false-statement / concealm
 70/30 by group (a fact's honest and dishonest answers stay on one side). In distribution: the 30%.
 Transfer: every role-play set the project has (roleplay_lies, _2 .. _7), never trained on.
 
-Both probes read the SAE's hook from one capture of every response token: the dense probe the
+Both probes read the SAE's hook from one capture (bf16 autocast, as the SAE's training data) of every response token: the dense probe the
 mean activation (``response_mean``), the SAE probe the mean of the SAE codes over the same tokens.
 SAE probe: k latents (k in 1, 4, 16, 64) ranked on the training rows, L1 logistic head (C=1).
 AUROC with a 95% stratified-bootstrap CI, recall at 1% FPR (in-sample threshold on each set's negatives).
@@ -33,7 +33,8 @@ SETS = ["roleplay_lies"] + [f"roleplay_lies_{i}" for i in range(2, 8)]
 
 
 def pooled(model, sae, items, cache):
-    acts = capture(model, items, sae.hook, select="response_each", cache_dir=cache, progress=True)
+    with torch.autocast("cpu", torch.bfloat16):  # as the SAE's training data was captured (~5x faster on this CPU)
+        acts = capture(model, items, sae.hook, select="response_each", cache_dir=cache, progress=True)
     X = acts[sae.hook]
     codes = sae.encode(torch.from_numpy(X)).float().numpy()
     dense = np.stack([X[acts.index == i].mean(0) for i in range(len(items))]).astype(np.float64)
@@ -78,7 +79,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sae", required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--cache", default=str(Path.home() / ".cache/coalign/acts"))
+    ap.add_argument("--cache", default=str(Path.home() / ".cache/coalign/acts_bf16"))  # the cache key does not record autocast
     ap.add_argument("--no-causal", action="store_true")
     ap.add_argument("--n-causal", type=int, default=20)
     args = ap.parse_args()
