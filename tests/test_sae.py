@@ -191,3 +191,16 @@ def test_cli_train_eval_list(tmp_path, capsys):
     rc = main(["sae", "eval", str(tmp_path), "--model", str(model_dir), "--data", str(corpus)])
     assert rc == 2 and "coalign: error:" in capsys.readouterr().err
     del load_model
+
+
+@pytest.mark.slow
+def test_shipped_sae_fits_the_embedded_model(smollm2):
+    from sae_lens import SAE
+
+    rows = [r for r in shipped_saes() if r["model_id"] == "smollm2-135m-instruct"]
+    assert rows, "no SAE shipped for the embedded model"
+    for r in rows:
+        sae = load_sae(r["path"], smollm2)  # checks width, hook and the model's weight fingerprint
+        assert sae.metrics["n_tokens"] > 0 and {"explained_variance", "l0", "delta_loss"} <= set(sae.metrics)
+        x = torch.randn(8, smollm2.d_model) * 50
+        assert torch.equal(SAE.load_from_disk(r["path"], dtype="float32").encode(x), sae.encode(x))
