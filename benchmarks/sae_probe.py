@@ -81,6 +81,8 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--cache", default=str(Path.home() / ".cache/coalign/acts_bf16"))  # the cache key does not record autocast
     ap.add_argument("--no-causal", action="store_true")
+    ap.add_argument("--n-groups", type=int, default=0, help="use a seeded subset of this many recipe groups (0: all)")
+    ap.add_argument("--sets", default=",".join(SETS), help="comma-separated transfer sets")
     ap.add_argument("--n-causal", type=int, default=20)
     args = ap.parse_args()
     t0 = time.time()
@@ -90,6 +92,11 @@ def main() -> None:
     groups = np.array([e.group for e in data.examples])
     uniq = np.unique(groups)
     rng = np.random.default_rng(0)
+    if args.n_groups:
+        keep_groups = set(rng.choice(uniq, size=min(args.n_groups, len(uniq)), replace=False).tolist())
+        data = data.subset([i for i, g in enumerate(groups) if g in keep_groups]) if hasattr(data, "subset") else data
+        groups = np.array([e.group for e in data.examples])
+        uniq = np.unique(groups)
     test_groups = set(rng.choice(uniq, size=int(0.3 * len(uniq)), replace=False).tolist())
     te = np.array([g in test_groups for g in groups])
     y = np.asarray(data.labels)
@@ -98,7 +105,7 @@ def main() -> None:
     for k in K_GRID:
         probes[f"SAE k={k}"] = ("sae", SAEFeatureProbe(k=k).fit(S[~te], y[~te]))
     sets = {"in distribution (recipe, 30% held out)": (D[te], S[te], y[te])}
-    for name in SETS:
+    for name in [x for x in args.sets.split(",") if x]:
         d = recipe(name)
         Dn, Sn = pooled(model, sae, d.items, args.cache)
         sets[name] = (Dn, Sn, np.asarray(d.labels))
