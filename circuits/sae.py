@@ -224,6 +224,9 @@ def save_training_sae(
             if not (path / SAE_CFG).exists() and any(path.iterdir()):
                 raise ArtifactError(f"{path} exists and is not an SAE directory; refusing to overwrite it")
             shutil.rmtree(path)
+        for f in tmp.iterdir():
+            f.chmod(0o644)
+        tmp.chmod(0o755)  # mkdtemp makes it private; an SAE directory is package data
         os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
