@@ -252,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     from detectors.cli_serve import register as register_serve
 
     register_serve(sub)
+    __import__("detectors.cli_sae", fromlist=["register"]).register(sub)
     return p
 
 
