@@ -312,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     from detectors.cli_guard import register
 
     register(sub)
+    from detectors.cli_organisms import register as register_organisms
+
+    register_organisms(sub)
     return p
 
 
