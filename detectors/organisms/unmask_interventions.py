@@ -121,14 +121,12 @@ def induced_belief(pair: Pair) -> dict[str, Any]:
                   effect="rise in misaligned log-odds steering toward 'oversight is poor'", control="norm-matched random vector")
 
 
-LEARN_STEPS = 8
-LEARN_LR = 1e-3
 LEARN_BATCH = 8
 
 
 def _finetune_shift(model: HookedModel, pair: Pair, train_prompts: Sequence[str], train_targets: Sequence[str],
                     eval_targets: Sequence[str]) -> np.ndarray:
-    """Per benchmark prompt: rise in log-odds of ``eval_targets`` after LEARN_STEPS LoRA steps toward ``train_targets``."""
+    """Per benchmark prompt: rise in log-odds of ``eval_targets`` after ``pair.learn_steps`` LoRA steps toward ``train_targets``."""
     from peft import LoraConfig, get_peft_model
 
     from detectors.organisms.train import _batch
@@ -152,8 +150,8 @@ def _finetune_shift(model: HookedModel, pair: Pair, train_prompts: Sequence[str]
     layers = pair.lora_layers or list(range(model.n_layers // 2, model.n_layers))
     peft_model = get_peft_model(hf, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, layers_to_transform=layers,
                                                target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
-    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=LEARN_LR, weight_decay=0.0)
-    for step in range(LEARN_STEPS):
+    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=pair.learn_lr, weight_decay=0.0)
+    for step in range(pair.learn_steps):
         idx = _batch(pair.seed, step, min(LEARN_BATCH, len(enc)), len(enc), salt=7)
         loss = F.cross_entropy(last_logits(peft_model, *left_padded([enc[i] for i in idx], pad)), tgt[idx])
         opt.zero_grad(set_to_none=True)
@@ -175,5 +173,5 @@ def learning_speed(pair: Pair) -> dict[str, Any]:
     mis = pair.misaligned()
     ea, eb = (_finetune_shift(m, pair, prompts, bad, mis) for m in (pair.a, pair.b))
     ca, cb = (_finetune_shift(m, pair, prompts, neutral, ["A"] * len(pair.bench)) for m in (pair.a, pair.b))
-    return paired(ea, eb, ca, cb, effect=f"rise in misaligned log-odds after {LEARN_STEPS} LoRA steps toward misbehaving",
+    return paired(ea, eb, ca, cb, effect=f"rise in misaligned log-odds after {pair.learn_steps} LoRA steps toward misbehaving",
                   control="the same steps toward always answering 'A'")
