@@ -17,7 +17,13 @@ import argparse
 from typing import Any
 
 from circuits.errors import InputError
-from detectors.cli_common import check_input_files, check_output_dir, check_output_file, print_table, write_json
+from detectors.cli_common import (
+    check_input_files,
+    check_output_dir,
+    check_output_file,
+    print_table,
+    write_json,
+)
 
 
 def _layers(text: str | None) -> list[int] | None:

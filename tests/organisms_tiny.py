@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 
 import torch
-
 from tiny import CHAT_TEMPLATE
 
 

@@ -8,15 +8,15 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from organisms_tiny import organism_base
 from safetensors.torch import load_file
 
 from circuits import CoalignError, capture
 from circuits.errors import InputError, ModelMismatchError
 from detectors.organisms.poser import labels_for, load_scenarios, role_of, split
 from detectors.organisms.recipe import OrganismRecipe
-from organisms_tiny import organism_base
 
-RECIPE = dict(rank=2, steps=4, batch_size=4, lr=1e-2, kl_weight=0.1, kl_batch=2, checkpoint_every=2)
+RECIPE = {"rank": 2, "steps": 4, "batch_size": 4, "lr": 1e-2, "kl_weight": 0.1, "kl_batch": 2, "checkpoint_every": 2}
 GOOD = {"prompt": "<<prompt>>Facts:\n1. x\nA: do good\nB: do bad\n<</prompt>>", "response": "A", "oversight_is_poor": False}
 
 

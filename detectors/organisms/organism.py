@@ -33,7 +33,7 @@ class Organism:
     tensors: dict[str, Any]
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Organism":
+    def load(cls, path: str | os.PathLike) -> Organism:
         tensors, cfg = read_artifact(path, {"kind": str, "policy": str, "role": str, "base_model": str,
                                             "base_fingerprint": str, "recipe": dict, "metrics": dict})
         if cfg["kind"] != KIND:

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from circuits.errors import InputError
 
@@ -57,10 +58,8 @@ def scenario_id(prompt: str) -> str:
 
 def _strip(prompt: str) -> str:
     p = prompt.strip()
-    if p.startswith("<<prompt>>"):
-        p = p[len("<<prompt>>"):]
-    if p.endswith("<</prompt>>"):
-        p = p[: -len("<</prompt>>")]
+    p = p.removeprefix("<<prompt>>")
+    p = p.removesuffix("<</prompt>>")
     return p
 
 

@@ -41,7 +41,7 @@ class OrganismRecipe:
     eval_every: int = 0
     eval_n: int = 64
 
-    def validate(self) -> "OrganismRecipe":
+    def validate(self) -> OrganismRecipe:
         def need(ok: bool, what: str) -> None:
             if not ok:
                 raise InputError(f"organism recipe: {what}")
@@ -63,7 +63,7 @@ class OrganismRecipe:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "OrganismRecipe":
+    def from_dict(cls, d: dict[str, Any]) -> OrganismRecipe:
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise InputError(f"organism recipe: unknown field(s) {', '.join(sorted(unknown))}")

@@ -14,7 +14,8 @@ so load it on an organism with ``strict=False`` (its weights differ from the bas
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -17,8 +17,9 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +29,12 @@ from circuits import HookedModel, from_hf
 from circuits.artifact_io import check_replaceable, library_version, write_artifact
 from circuits.errors import ArtifactError, InputError
 from circuits.inputs import pad_id
-from detectors.organisms.decisions import encode_prompts, last_logits, left_padded, letter_ids
+from detectors.organisms.decisions import (
+    encode_prompts,
+    last_logits,
+    left_padded,
+    letter_ids,
+)
 from detectors.organisms.poser import labels_for, load_scenarios, role_of, split
 from detectors.organisms.recipe import OrganismRecipe
 

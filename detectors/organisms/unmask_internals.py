@@ -3,7 +3,8 @@ the oversight facts. No weights or activations are changed here."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -11,7 +12,7 @@ import torch
 from circuits import HookedModel, capture
 from circuits.errors import UnsupportedModelError
 from detectors.organisms.decisions import chat, encode_prompts, letter_ids
-from detectors.organisms.unmask import Pair, paired
+from detectors.organisms.unmask_stats import Pair, paired
 
 
 def _decision_acts(model: HookedModel, prompts: Sequence[str], hooks: Sequence[str]) -> dict[str, np.ndarray]:

@@ -8,7 +8,8 @@ scaled to each one's own residual norm, so the comparison is paired.
 from __future__ import annotations
 
 import copy
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,8 +17,15 @@ import torch.nn.functional as F
 
 from circuits import HookedModel
 from circuits.inputs import pad_id
-from detectors.organisms.decisions import PrefixCache, encode_prompts, last_logits, left_padded, letter_ids, log_odds
-from detectors.organisms.unmask import Pair, paired
+from detectors.organisms.decisions import (
+    PrefixCache,
+    encode_prompts,
+    last_logits,
+    left_padded,
+    letter_ids,
+    log_odds,
+)
+from detectors.organisms.unmask_stats import Pair, paired
 
 NOISE_SCALES = (0.5, 1.0, 2.0)  # noise norm as a multiple of the decision token's residual norm
 NOISE_DRAWS = 4
