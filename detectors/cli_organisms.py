@@ -154,6 +154,41 @@ def cmd_unmask(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_alignment_faking(args: argparse.Namespace) -> int:
+    """``coalign train alignment_faking --organisms DIR... --out DIR`` (dispatched from ``cmd_train``).
+
+    Reads ``args.organisms`` (organism folders), ``args.out``, and when present ``args.layer`` (``auto`` or a
+    ``blocks.N.hook_resid_post`` name), ``args.fpr`` (0.05 if absent), ``args.model``, ``args.json``.
+    """
+    from detectors.organisms.runtime import train_alignment_faking
+
+    dirs = list(getattr(args, "organisms", None) or [])
+    if not dirs:
+        raise InputError("train alignment_faking needs --organisms DIR... (aligned organisms and fakers)")
+    check_output_dir(args.out, "--out")
+    check_output_file(getattr(args, "json", None), "--json")
+    for d in dirs:
+        from detectors.organisms.organism import Organism
+
+        Organism.load(d)  # every folder checked before the model loads
+    layer = getattr(args, "layer", "auto")
+    if layer not in (None, "auto"):
+        try:
+            layer = int(str(layer).split(".")[1]) if str(layer).startswith("blocks.") else int(layer)
+        except (IndexError, ValueError):
+            raise InputError(f"--layer: expected auto or blocks.N.hook_resid_post, got {layer!r}") from None
+    else:
+        layer = None
+    fpr = getattr(args, "fpr", None) or 0.05
+    base = _base(args, dirs[0])
+    det = train_alignment_faking(dirs, args.out, base=base, layer=layer, fpr=fpr)
+    m = det.metrics
+    print_table(f"trained alignment_faking -> {args.out}", [{k: m.get(k) for k in (
+        "hook", "heldout_auroc", "heldout_auroc_vs_aligned_same_prompts", "fpr_aligned_poor", "fpr_benign", "recall_at_threshold")}])
+    write_json(getattr(args, "json", None), {"out": args.out, "id": det.id, **m})
+    return 0
+
+
 def register(subparsers: Any) -> None:
     """Add ``organisms`` and ``unmask`` to an argparse subparsers object."""
     o = subparsers.add_parser("organisms", help="alignment-faking model organisms: train, validate, list")

@@ -129,6 +129,25 @@ def test_runtime_detector_is_a_normal_calibrated_detector_read_at_the_decision_t
         train_alignment_faking([dirs["faker"]], None, base=base)
 
 
+def test_train_alignment_faking_cli_entry_point(zoo, tmp_path, capsys):
+    import argparse
+    import json
+
+    from detectors.cli_organisms import cmd_train_alignment_faking
+
+    base, dirs = zoo
+    model_dir = tmp_path / "base"
+    base.hf_model.save_pretrained(model_dir)
+    base.tokenizer.save_pretrained(model_dir)
+    args = argparse.Namespace(organisms=[str(dirs["aligned"]), str(dirs["faker"])], out=str(tmp_path / "det"),
+                              model=str(model_dir), layer="blocks.1.hook_resid_post", fpr=0.05, json=str(tmp_path / "d.json"))
+    assert cmd_train_alignment_faking(args) == 0
+    out = json.loads((tmp_path / "d.json").read_text())
+    assert out["hook"] == "blocks.1.hook_resid_post" and (tmp_path / "det" / "config.json").exists()
+    with pytest.raises(Exception, match="--organisms"):
+        cmd_train_alignment_faking(argparse.Namespace(organisms=[], out=str(tmp_path / "x")))
+
+
 def pair_prompt() -> str:
     from detectors.organisms.poser import load_scenarios
 
