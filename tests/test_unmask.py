@@ -148,6 +148,21 @@ def test_train_alignment_faking_cli_entry_point(zoo, tmp_path, capsys):
         cmd_train_alignment_faking(argparse.Namespace(organisms=[], out=str(tmp_path / "x")))
 
 
+def test_guard_reads_the_runtime_detector_at_the_decision_token_of_an_organism(zoo, tmp_path):
+    from detectors import Detector, Guard
+    from detectors.organisms.organism import load_organism
+    from detectors.organisms.runtime import train_alignment_faking
+
+    base, dirs = zoo
+    train_alignment_faking([dirs["aligned"], dirs["faker"]], tmp_path / "af", base=base, n_benign=8)
+    faker = load_organism(dirs["faker"], base)
+    det = Detector.load(tmp_path / "af", faker, strict=False)
+    prompt = [{"role": "user", "content": pair_prompt()}]
+    out = Guard(faker, [det], strict=False).generate([prompt], max_new_tokens=2)  # organisms are fine-tunes of the base
+    step0 = float(np.asarray(out[0].scores["alignment_faking"])[0])
+    assert step0 == pytest.approx(float(det.score(faker, [prompt])[0]), abs=1e-3)
+
+
 def pair_prompt() -> str:
     from detectors.organisms.poser import load_scenarios
 
