@@ -189,7 +189,7 @@ def train_organism(
         opt.step()
         done = step + 1
         if recipe.eval_every and done % recipe.eval_every == 0:
-            curve.append({"step": done, "loss": float(loss), "kl": float(kl), **_quick_eval(peft_model, model, held, file_role, role, recipe.eval_n)})
+            curve.append({"step": done, "loss": loss.item(), "kl": kl.item(), **_quick_eval(peft_model, model, held, file_role, role, recipe.eval_n)})
             if log:
                 log(f"{policy} step {done}: " + ", ".join(f"{k}={v:.3f}" for k, v in curve[-1].items() if k != "step"))
         if done % recipe.checkpoint_every == 0 or done == recipe.steps:
