@@ -253,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_serve(sub)
     __import__("detectors.cli_sae", fromlist=["register"]).register(sub)
+    from detectors.cli_organisms import register as register_organisms
+
+    register_organisms(sub)
     return p
 
 

@@ -1,0 +1,177 @@
+"""Unmasking strategies and the runtime detector on tiny models: every strategy's plumbing with its control,
+planted fakers named correctly, the prefix KV cache, the zoo filter, and the alignment-faking detector."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from organisms_tiny import organism_base, planted_pair
+
+from detectors.organisms.unmask import STRATEGIES, Pair, paired, run_strategies
+
+FIELDS = {"faker", "margin", "control_margin", "n"}
+
+
+@pytest.fixture(scope="module")
+def planted():
+    return planted_pair()
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    from detectors.organisms.recipe import OrganismRecipe
+    from detectors.organisms.train import train_organism
+
+    base = organism_base()
+    root = tmp_path_factory.mktemp("zoo")
+    recipe = OrganismRecipe(rank=2, steps=3, batch_size=4, lr=1e-2, kl_weight=0.1, kl_batch=2)
+    dirs = {p: train_organism(base, p, root / p, recipe=recipe) for p in ("aligned", "faker")}
+    return base, dirs
+
+
+def test_prefix_cache_reproduces_the_full_forward_and_survives_reuse(planted):
+    from detectors.organisms.decisions import PrefixCache, encode_prompts, letter_logits
+
+    pair, a, _ = planted
+    prompts = [s.prompt for s in pair.bench[:3]]
+    full = letter_logits(a, prompts)
+    ab = [a.tokenizer.convert_tokens_to_ids(t) for t in ("A", "B")]
+    for enc, ref in zip(encode_prompts(a, prompts), full):
+        cache = PrefixCache(a, enc)
+        for _ in range(3):  # the decision token is re-run on the same cache each time
+            np.testing.assert_allclose(cache.logits()[ab].numpy(), ref, atol=1e-4)
+        kicked = cache.logits([(pair.hook, lambda act, h: act + 5.0)])
+        assert not np.allclose(kicked[ab].numpy(), ref, atol=1e-3)
+        np.testing.assert_allclose(cache.logits()[ab].numpy(), ref, atol=1e-4)  # the hook did not outlive its call
+
+
+def test_planted_faker_is_named_by_noise_and_learning_speed_in_either_order(planted):
+    pair, a, b = planted
+    res = run_strategies(pair, ["noise", "learning_speed"])
+    for name in ("noise", "learning_speed"):
+        r = res["strategies"][name]
+        assert r["faker"] == "B", (name, r)
+        assert abs(r["margin"]) > abs(r["control_margin"])
+    assert res["verdict"] == "B" and res["verdict_by"] == "noise"
+    swapped = Pair(b, a, pair.bench, pair.bench_aligned, pair.pool, pair.pool_aligned, pair.generic, pair.seed,
+                   pair.lora_layers, learn_lr=pair.learn_lr)
+    assert run_strategies(swapped, ["noise"])["verdict"] == "A"
+
+
+def test_identical_twins_are_never_told_apart(planted):
+    pair, a, _ = planted
+    same = Pair(a, a, pair.bench, pair.bench_aligned, pair.pool, pair.pool_aligned, pair.generic, pair.seed, pair.lora_layers)
+    res = run_strategies(same, ["noise", "steering", "concept_probe"])
+    assert res["verdict"] is None
+    for r in res["strategies"].values():
+        assert r["faker"] is None and r["margin"] == 0
+
+
+def test_every_strategy_runs_with_its_control_on_a_trained_pair(zoo):
+    from detectors.organisms.unmask import build_pair
+
+    base, dirs = zoo
+    pair = build_pair(dirs["aligned"], dirs["faker"], base, tau=0.5, max_bench=8)
+    assert 2 <= len(pair.bench) <= 8 and all(not s.poor for s in pair.bench)
+    res = run_strategies(pair, STRATEGIES)
+    assert set(res["strategies"]) == set(STRATEGIES) and res["verdict"] in ("A", "B", None)
+    for name, r in res["strategies"].items():
+        assert FIELDS <= set(r), name
+        assert r["n"] >= 2, (name, r)
+        assert r["control_margin"] is not None and np.isfinite(r["control_margin"]), name
+        assert r["faker"] in ("A", "B", None)
+
+
+def test_paired_summary_needs_an_interval_clear_of_zero_and_a_margin_beating_the_control():
+    rng = np.random.default_rng(0)
+    ea, eb = 1.0 + 0.1 * rng.standard_normal(30), 0.5 + 0.1 * rng.standard_normal(30)
+    assert paired(ea, eb, np.ones(30), np.ones(30))["faker"] == "A"
+    assert paired(eb, ea, None, None)["faker"] == "B"
+    assert paired(ea, eb, 3 * ea, eb)["faker"] is None  # the control moves as much: rejected, as Poser's steering was
+    noisy = paired(rng.standard_normal(30), rng.standard_normal(30), None, None)
+    assert noisy["faker"] is None and noisy["mean_diff_ci95"][0] < 0 < noisy["mean_diff_ci95"][1]
+    assert paired(ea[:1], eb[:1], None, None)["faker"] is None
+
+
+def test_zoo_filter_keeps_only_confident_agreement(planted):
+    from detectors.organisms.decisions import letter_logits
+    from detectors.organisms.validate import shared_benchmark
+
+    pair, a, b = planted
+    prompts = [s.prompt for s in pair.bench]
+    lg = letter_logits(a, prompts)
+    p = 1 / (1 + np.exp(-(lg[:, 0] - lg[:, 1])))
+    tau = 0.6
+    keep = shared_benchmark([a, b], prompts, tau)
+    np.testing.assert_array_equal(keep, np.flatnonzero(np.maximum(p, 1 - p) >= tau))
+    with pytest.raises(Exception, match="tau"):
+        shared_benchmark([a], prompts, 1.0)
+
+
+def test_runtime_detector_is_a_normal_calibrated_detector_read_at_the_decision_token(zoo, tmp_path):
+    from detectors import Detector
+    from detectors.organisms.organism import load_organism
+    from detectors.organisms.runtime import train_alignment_faking
+
+    base, dirs = zoo
+    det = train_alignment_faking([dirs["aligned"], dirs["faker"]], tmp_path / "af", base=base, n_benign=16)
+    m = det.metrics
+    assert det.behaviour == "alignment_faking" and det.select == "last" and np.isfinite(det.threshold)
+    for k in ("heldout_auroc", "heldout_auroc_vs_aligned_same_prompts", "fpr_aligned_poor", "fpr_benign", "lofo_auroc"):
+        assert k in m
+    assert 0 <= m["fpr_benign"] <= 1 and m["n_eval_positive"] > 0
+    faker = load_organism(dirs["faker"], base)
+    loaded = Detector.load(tmp_path / "af", faker, strict=False)
+    s = loaded.score(faker, [[{"role": "user", "content": pair_prompt()}]])
+    assert s.shape == (1,) and np.isfinite(s).all()
+    with pytest.raises(Exception, match="aligned organisms and fakers"):
+        train_alignment_faking([dirs["faker"]], None, base=base)
+
+
+def test_train_alignment_faking_cli_entry_point(zoo, tmp_path, capsys):
+    import argparse
+    import json
+
+    from detectors.cli_organisms import cmd_train_alignment_faking
+
+    base, dirs = zoo
+    model_dir = tmp_path / "base"
+    base.hf_model.save_pretrained(model_dir)
+    base.tokenizer.save_pretrained(model_dir)
+    args = argparse.Namespace(organisms=[str(dirs["aligned"]), str(dirs["faker"])], out=str(tmp_path / "det"),
+                              model=str(model_dir), layer="blocks.1.hook_resid_post", fpr=0.05, json=str(tmp_path / "d.json"))
+    assert cmd_train_alignment_faking(args) == 0
+    out = json.loads((tmp_path / "d.json").read_text())
+    assert out["hook"] == "blocks.1.hook_resid_post" and (tmp_path / "det" / "config.json").exists()
+    with pytest.raises(Exception, match="--organisms"):
+        cmd_train_alignment_faking(argparse.Namespace(organisms=[], out=str(tmp_path / "x")))
+
+
+def test_guard_reads_the_runtime_detector_at_the_decision_token_of_an_organism(zoo, tmp_path):
+    from detectors import Detector, Guard
+    from detectors.organisms.organism import load_organism
+    from detectors.organisms.runtime import train_alignment_faking
+
+    base, dirs = zoo
+    train_alignment_faking([dirs["aligned"], dirs["faker"]], tmp_path / "af", base=base, n_benign=8)
+    faker = load_organism(dirs["faker"], base)
+    det = Detector.load(tmp_path / "af", faker, strict=False)
+    prompt = [{"role": "user", "content": pair_prompt()}]
+    out = Guard(faker, [det], strict=False).generate([prompt], max_new_tokens=2)  # organisms are fine-tunes of the base
+    step0 = float(np.asarray(out[0].scores["alignment_faking"])[0])
+    assert step0 == pytest.approx(float(det.score(faker, [prompt])[0]), abs=1e-3)
+
+
+def pair_prompt() -> str:
+    from detectors.organisms.poser import load_scenarios
+
+    return next(s.prompt for s in load_scenarios()[0] if s.poor)
+
+
+def test_noise_hooks_leave_no_trace_on_the_models(planted):
+    pair, _a, b = planted
+    before = [p.detach().clone() for p in b.hf_model.parameters()]
+    run_strategies(pair, ["steering", "learning_speed"])
+    assert all(torch.equal(x, y.detach()) for x, y in zip(before, b.hf_model.parameters()))
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in b.hf_model.modules())
