@@ -39,22 +39,67 @@ def library_version() -> str:
 
 
 def write_artifact(path: str | os.PathLike, tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> Path:
-    """Write atomically: build in a temporary sibling directory, then move it into place."""
+    """Write atomically: build in a temporary sibling directory, then swap it into place by renames.
+
+    ``path`` may be new, empty, or a coalign artifact of this schema holding nothing but its two files;
+    anything else (a model folder with its own ``config.json``, a folder with the user's notes) is refused,
+    because replacing it would delete files coalign did not create. An existing artifact is renamed aside,
+    the new one renamed in, and only then is the old one removed, so a failure at any point leaves either
+    the old or the new artifact in place, never neither.
+    """
     path = Path(path)
+    if path.exists():
+        check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.new.", dir=path.parent))
+    old: Path | None = None
     try:
+        _umask_mode(tmp)
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / WEIGHTS))
         (tmp / CONFIG).write_text(json.dumps({"schema_version": SCHEMA_VERSION, **config}, indent=2, sort_keys=True))
         if path.exists():
-            if not (path / CONFIG).exists() and any(path.iterdir()):
-                raise ArtifactError(f"{path} exists and is not an artifact directory; refusing to overwrite it")
-            shutil.rmtree(path)
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+            os.rmdir(old)  # only the name is wanted: rename needs the target absent
+            os.replace(path, old)
         os.replace(tmp, path)
     except BaseException:
+        if old is not None and old.exists() and not path.exists():
+            os.replace(old, path)  # put the old artifact back
+            old = None
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+def check_replaceable(path: Path) -> None:
+    """Raise ArtifactError unless ``path`` is absent, an empty directory, or a coalign artifact of this schema
+    with no other files in it (the only things :func:`write_artifact` may replace)."""
+    if not path.is_dir():
+        raise ArtifactError(f"{path} exists and is not a directory; refusing to replace it")
+    entries = {p.name for p in path.iterdir()}
+    if not entries:
+        return
+    if CONFIG not in entries:
+        raise ArtifactError(f"{path} is not an artifact directory (no {CONFIG}); refusing to overwrite it")
+    try:
+        cfg = json.loads((path / CONFIG).read_text())
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"{path / CONFIG} is not a coalign artifact's config ({e}); refusing to overwrite {path}") from e
+    if not isinstance(cfg, dict) or cfg.get("schema_version") != SCHEMA_VERSION or "library_version" not in cfg:
+        raise ArtifactError(f"{path} holds a {CONFIG} that is not a coalign artifact of schema {SCHEMA_VERSION} "
+                            "(a model folder?); refusing to overwrite it")
+    extra = sorted(entries - {CONFIG, WEIGHTS})
+    if extra:
+        raise ArtifactError(f"{path} holds files coalign did not write ({', '.join(extra[:5])}); refusing to overwrite it")
+
+
+def _umask_mode(directory: Path) -> None:
+    """mkdtemp makes 0700 directories; an artifact gets the mode a plain mkdir would (the user's umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(directory, 0o777 & ~mask)
 
 
 def read_artifact(path: str | os.PathLike, required: dict[str, type | tuple[type, ...]]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -21,6 +21,7 @@ def complete(
     batch_size: int = 16,
     cache_dir: str | Path | None = None,
     chat: bool | str = "auto",
+    progress: bool | str = False,
 ) -> list[str]:
     """Greedy completions of ``items`` (left-padded batches, KV cache), optionally cached on disk.
 
@@ -28,7 +29,8 @@ def complete(
     tokenizer has a chat template; ``chat=False`` keeps strings as raw text.
 
     The cache key is the model's weight fingerprint, the token ids and ``max_new_tokens``, so the
-    control answers of a model are generated once per machine.
+    control answers of a model are generated once per machine. ``progress`` (True or a label) shows a
+    progress bar over the batches (minutes for a few hundred answers on a CPU).
     """
     model.check_decode()
     items = [as_chat(model.tokenizer, it, chat) for it in items]
@@ -47,7 +49,13 @@ def complete(
     out: list[str] = [""] * len(encoded)
     pid = pad_id(model.tokenizer)
     eos = model.tokenizer.eos_token_id
-    for idx, ids, mask in batches(encoded, batch_size, pid, side="left"):
+    todo = batches(encoded, batch_size, pid, side="left")
+    if progress:
+        from tqdm.auto import tqdm
+
+        label = progress if isinstance(progress, str) else "generating"
+        todo = tqdm(list(todo), desc=f"{label} ({len(encoded)} answers)", unit="batch")
+    for idx, ids, mask in todo:
         gen = model.hf_model.generate(
             input_ids=ids.to(model.device), attention_mask=mask.to(model.device), max_new_tokens=max_new_tokens,
             do_sample=False, pad_token_id=pid, eos_token_id=eos,

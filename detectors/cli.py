@@ -9,25 +9,56 @@ Every command prints a readable table; ``--json FILE`` also writes the numbers.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 from circuits import DEFAULT_MODEL, CoalignError
-from detectors.cli_common import _model, _negatives, _preview, print_table, write_json
+from circuits.errors import InputError
+from detectors.cli_common import (
+    _model, _negatives, _preview, check_detector_dirs, check_input_files, check_output_dir, check_output_file,
+    check_unit_interval, print_table, write_json,
+)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from detectors import Detector
+    from detectors.train_config import TrainingConfig
+    from detectors.training import retrain, train_from_config
 
+    check_output_dir(args.out, "--out")
+    check_output_file(args.json, "--json")
+    check_unit_interval(args.fpr, "--fpr")
+    check_unit_interval(args.confidence, "--confidence", allow_zero=True)
+    if args.from_dir:
+        if args.behaviour is not None or args.mixture or args.data or args.control:
+            raise InputError("--from retrains exactly what the artifact records; it takes no behaviour, --data, "
+                             "--control or --mixture")
+        from detectors.training import _recorded_config
+
+        TrainingConfig.from_dict(_recorded_config(args.from_dir), where=f"{args.from_dir}: training_config")
+        model = _model(args.model, args.from_dir)
+        det = retrain(args.from_dir, model, progress=True)
+        return _report_trained(det, args)
+    if args.behaviour is None:
+        raise InputError("train needs a behaviour (deception, sycophancy, truth, or a name with --data) or --from DIR")
     if args.mixture:
         return _train_mixture(args)
+    for flag, files in (("--data", args.data), ("--control", args.control)):
+        check_input_files(files, flag)
+    negatives = _negatives(args.negatives)
+    if isinstance(negatives, list):
+        check_input_files(negatives, "--negatives")
+    config = TrainingConfig(
+        args.behaviour, data=args.data or None, method=args.method, layer=args.layer, fpr=args.fpr,
+        n_control=args.n_control, control=args.control, confidence=None if args.confidence <= 0 else args.confidence,
+        negatives=negatives, select=args.select, context_select=args.context_select,
+    ).validate()
     model = _model(args.model)
-    det = Detector.train(
-        args.behaviour, model, data=args.data or None, method=args.method, layer=args.layer, fpr=args.fpr,
-        n_control=args.n_control, control=args.control, progress=True,
-        confidence=None if args.confidence <= 0 else args.confidence, negatives=_negatives(args.negatives),
-        select=args.select, context_select=args.context_select,
-    )
+    return _report_trained(train_from_config(config, model, progress=True), args)
+
+
+def _report_trained(det: Any, args: argparse.Namespace) -> int:
     det.save(args.out)
     m = det.metrics
     row = {
@@ -35,7 +66,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "recall@thr": m["val_recall_at_threshold"], "control_fpr": m["control_fpr"], "threshold": det.threshold,
     }
     print_table(f"trained {det.name} -> {args.out}", [row])
-    write_json(args.json, {"out": args.out, "hook": det.hooks[0], **{k: v for k, v in m.items() if k != "sweep"}})
+    write_json(args.json, {"out": args.out, "id": det.id, "hook": det.hooks[0], **{k: v for k, v in m.items() if k != "sweep"}})
     return 0
 
 
@@ -47,6 +78,7 @@ def _train_mixture(args: argparse.Namespace) -> int:
     if args.behaviour != "deception" or any(v is not None for v in fixed.values()):
         given = [k for k, v in fixed.items() if v is not None] or [f"behaviour {args.behaviour!r}"]
         raise SystemExit(f"coalign train: --mixture builds the deception mixture from fixed recipes; it cannot take {', '.join(given)}")
+    check_input_files(args.control, "--control")
     model = _model(args.model)
     det = train_deception_mixture(model, layer=args.layer, fpr=args.fpr, n_control=args.n_control, control=args.control,
                                   confidence=None if args.confidence <= 0 else args.confidence, progress=True)
@@ -65,6 +97,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from probe.datasets import load_data
     from probe.metrics import calibration_report, pair_accuracy
 
+    check_detector_dirs([args.detector])
+    check_input_files([args.data], "--data")
+    check_output_file(args.json, "--json")
     model = _model(args.model, args.detector)
     det = Detector.load(args.detector, model)
     data = load_data(args.data).check_two_classes()
@@ -109,15 +144,21 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 def cmd_combine(args: argparse.Namespace) -> int:
-    from circuits.errors import InputError
     from detectors import Detector
 
-    model = _model(args.model, args.detectors[0])
-    dets = [Detector.load(d, model) for d in args.detectors]
+    check_detector_dirs(args.detectors)
+    check_output_dir(args.out, "--out")
+    check_output_file(args.json, "--json")
+    check_input_files(args.control, "--control")
+    check_unit_interval(args.fpr, "--fpr")
     try:
         weights = [float(w) for w in args.weights.split(",")] if args.weights else None
-    except ValueError as e:
-        raise InputError(f"--weights must be comma-separated numbers, got {args.weights!r}") from e
+    except ValueError:
+        raise InputError(f"--weights must be comma-separated numbers, got {args.weights!r}") from None
+    if weights is not None and (len(weights) != len(args.detectors) or not all(math.isfinite(w) for w in weights)):
+        raise InputError(f"--weights needs {len(args.detectors)} finite numbers (one per detector), got {args.weights!r}")
+    model = _model(args.model, args.detectors[0])
+    dets = [Detector.load(d, model) for d in args.detectors]
     both = Detector.combine(dets, model, weights=weights, name=args.name, fpr=args.fpr, control=args.control,
                             confidence=None if args.confidence <= 0 else args.confidence)
     both.save(args.out)
@@ -129,9 +170,36 @@ def cmd_combine(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from detectors import Detector
+    from detectors.calibration import recalibrate
+
+    check_detector_dirs([args.detector])
+    check_input_files(args.control, "--control")
+    check_output_dir(args.out or args.detector, "--out")
+    check_output_file(args.json, "--json")
+    check_unit_interval(args.fpr, "--fpr")
+    check_unit_interval(args.confidence, "--confidence", allow_zero=True)
+    model = _model(args.model, args.detector)
+    det = Detector.load(args.detector, model)
+    new = recalibrate(det, model, args.control, fpr=args.fpr,
+                      confidence=None if args.confidence <= 0 else args.confidence, progress=True)
+    out = args.out or args.detector
+    new.save(out)
+    row = {"detector": new.name, "control": new.metrics["recalibrated_on"]["source"], "n": new.metrics["n_control"],
+           "old threshold": det.threshold, "new threshold": new.threshold, "control FPR": new.metrics["control_fpr"],
+           "stream threshold": new.stream_threshold if new.stream_threshold is not None else "-"}
+    print_table(f"recalibrated {args.detector} -> {out} (weights unchanged)", [row])
+    write_json(args.json, {"out": out, "id": new.id, **row})
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from detectors.demo import run_demo
 
+    check_output_dir(str(Path(args.out) / "deception"), "--out")
+    check_output_dir(str(Path(args.out) / "sycophancy"), "--out")
+    check_output_file(args.json, "--json")
     return run_demo(args.model or DEFAULT_MODEL, args.out, json_out=args.json)
 
 
@@ -146,8 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     t = sub.add_parser("train", help="train a calibrated detector")
-    t.add_argument("behaviour", help="deception | sycophancy | truth (built-in recipes) or any name with --data")
+    t.add_argument("behaviour", nargs="?", default=None,
+                   help="deception | sycophancy | truth (built-in recipes) or any name with --data")
     t.add_argument("--out", required=True)
+    t.add_argument("--from", dest="from_dir", default=None, metavar="DIR",
+                   help="retrain exactly as the artifact DIR records (its training_config): same data, method, hooks, seed")
     t.add_argument("--model", default=None)
     t.add_argument("--data", nargs="+", default=None, help="statements CSV, A/B JSON(L) or chat JSONL files, or built-in sets as recipe:NAME (e.g. recipe:deception/concealment)")
     t.add_argument("--method", default="logistic", help="logistic | mass_mean | mass_mean_cov | lat | ttpd | ccs | conditional")
@@ -206,6 +277,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", default=None)
     c.set_defaults(func=cmd_combine)
 
+    k = sub.add_parser("calibrate", help="re-set a detector's threshold on your own benign rows (weights unchanged)")
+    k.add_argument("detector")
+    k.add_argument("--control", nargs="+", required=True,
+                   help="benign files (label-0 rows are used) in the form the detector will watch, or recipe:NAME")
+    k.add_argument("--fpr", type=float, default=None, help="target false-positive rate (default: the detector's)")
+    k.add_argument("--confidence", type=float, default=0.95, help="as for train (0: the plain empirical quantile)")
+    k.add_argument("--out", default=None, help="where to save (default: replace DETECTOR in place)")
+    k.add_argument("--model", default=None)
+    k.add_argument("--json", default=None)
+    k.set_defaults(func=cmd_calibrate)
+
     from detectors.cli_guard import register
 
     register(sub)
@@ -213,12 +295,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a subcommand; every error a user can cause ends as one ``coalign: error: ...`` line (exit 2),
+    Ctrl-C as ``coalign: interrupted`` (exit 130), never as a traceback."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (CoalignError, FileNotFoundError) as e:
-        print(f"coalign: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("coalign: interrupted", file=sys.stderr)
+        return 130
+    except (CoalignError, OSError, UnicodeDecodeError) as e:
+        print(f"coalign: error: {_one_line(e)}", file=sys.stderr)
         return 2
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.filename is not None:
+        return f"{e.filename}: {e.strerror or e}"
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 if __name__ == "__main__":

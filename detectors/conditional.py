@@ -18,10 +18,12 @@ from circuits import HookedModel, capture_selections
 from circuits.errors import ArtifactError
 from circuits.inputs import Item
 from detectors.detector import Detector
+from detectors.kinds import register_detector_kind
 
 TENSORS = ("pca_p", "mean_p", "scale_p", "W", "u", "pca_r", "mean_r", "scale_r")
 
 
+@register_detector_kind
 class ConditionalDetector(Detector):
     """Detector with a prompt-conditioned read-out; ``weight``/``bias`` hold the average read-out.
 

@@ -18,7 +18,8 @@ import numpy as np
 from circuits import HookedModel
 from circuits.errors import InputError
 from detectors.detector import Detector
-from detectors.training import control_dataset, default_cache_dir, validation_indices
+from detectors.control import control_dataset, default_cache_dir
+from detectors.training import validation_indices
 from probe.datasets import LabelledDataset, recipe
 from probe.metrics import auroc
 

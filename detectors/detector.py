@@ -9,8 +9,10 @@ The threshold is calibrated on a benign control set at a target false-positive r
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -23,8 +25,7 @@ from circuits import HookedModel, ModelMismatchError, capture
 from circuits.errors import ArtifactError, InputError
 from circuits.inputs import Item, encode
 from detectors.artifact import library_version, read_artifact, write_artifact
-
-MEAN_SELECTIONS = ("response_mean", "all_mean")
+from detectors.kinds import MEAN_SELECTIONS, detector_kind, register_detector_kind
 
 _REQUIRED = {
     "kind": str,
@@ -32,13 +33,14 @@ _REQUIRED = {
     "hooks": list,
     "select": str,
     "threshold": (int, float),
-    "fpr": (int, float),
+    "fpr": (int, float, type(None)),
     "model_id": str,
     "model_fingerprint": str,
     "d_model": int,
 }
 
 
+@register_detector_kind
 @dataclass
 class Detector:
     """A calibrated detector for one behaviour.
@@ -77,6 +79,8 @@ class Detector:
     created: float = field(default_factory=time.time)
     stream_threshold: float | None = None
     stream_warmup: int = 1
+    training_config: dict[str, Any] | None = None
+    strict: bool = field(default=True, compare=False, repr=False)
 
     kind = "linear_detector"  # class attribute (not a field): the artifact's ``kind``
 
@@ -90,7 +94,8 @@ class Detector:
                 "(one row per hook, d_model columns)"
             )
         self.name = self.name or self.behaviour
-        self.bias, self.threshold, self.fpr = float(self.bias), float(self.threshold), float(self.fpr)
+        self.bias, self.threshold = float(self.bias), float(self.threshold)
+        self.fpr = float("nan") if self.fpr is None else float(self.fpr)
         if self.stream_threshold is not None:
             self.stream_threshold = float(self.stream_threshold)
         self.stream_warmup = int(self.stream_warmup)
@@ -134,8 +139,10 @@ class Detector:
         w = self.weight.numpy().astype(np.float64)
         return sum(acts[h].astype(np.float64) @ w[k] for k, h in enumerate(self.hooks)) + self.bias
 
-    def check_model(self, model: HookedModel, strict: bool = True) -> None:
-        """Raise ModelMismatchError unless ``model`` is the one this detector was trained on."""
+    def check_model(self, model: HookedModel, strict: bool | None = None) -> None:
+        """Raise ModelMismatchError unless ``model`` is the one this detector was trained on (its weights too,
+        unless ``strict`` is False; by default the ``strict`` it was loaded with)."""
+        strict = self.strict if strict is None else strict
         if model.d_model != self.d_model:
             raise ModelMismatchError(
                 f"detector {self.name!r} reads d_model={self.d_model} activations but {model.model_id} has "
@@ -158,7 +165,17 @@ class Detector:
         """
         self.check_model(model)
         acts = capture(model, items, self.hooks, select=self.select, batch_size=batch_size, cache_dir=cache_dir)
-        return self.score_arrays(acts.acts)
+        scores = self.score_arrays(acts.acts)
+        self.warn_on_drift(scores)
+        return scores
+
+    def warn_on_drift(self, scores: np.ndarray) -> None:
+        """RuntimeWarning when a batch of scores sits far from the calibration set (see :mod:`detectors.calibration`)."""
+        from detectors.calibration import drift_warning
+
+        message = drift_warning(self, scores)
+        if message:
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
 
     def flag(self, scores: np.ndarray) -> np.ndarray:
         return np.asarray(scores) > self.threshold
@@ -243,7 +260,7 @@ class Detector:
             "select": self.select,
             "bias": self.bias,
             "threshold": self.threshold,
-            "fpr": self.fpr,
+            "fpr": self.fpr if math.isfinite(self.fpr) else None,  # NaN: not calibrated (hand-made read-outs)
             "model_id": self.model_id,
             "model_fingerprint": self.model_fingerprint,
             "d_model": self.d_model,
@@ -254,6 +271,7 @@ class Detector:
             "stream_threshold": self.stream_threshold,
             "stream_warmup": self.stream_warmup,
             "library_version": library_version(),
+            "training_config": self.training_config,
             "detector_id": self.id,
         }
 
@@ -261,8 +279,11 @@ class Detector:
         return {"weight": self.weight}
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write ``path/weights.safetensors`` and ``path/config.json`` (atomically)."""
-        write_artifact(path, self.tensors(), self.config())
+        """Write ``path/weights.safetensors`` and ``path/config.json`` (atomically; see
+        :func:`circuits.artifact_io.write_artifact` for what may be replaced)."""
+        config = self.config()
+        _check_fields(config, f"detector {self.name!r}")  # never write what load would refuse
+        write_artifact(path, self.tensors(), config)
 
     @classmethod
     def _from_artifact(cls, tensors: dict[str, Tensor], cfg: dict[str, Any], **kw: Any) -> "Detector":
@@ -270,21 +291,18 @@ class Detector:
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: HookedModel | None = None, strict: bool = True) -> "Detector":
-        """Load a detector (class chosen by the ``kind`` field); with ``model``, check it matches."""
-        from detectors.conditional import ConditionalDetector
-
-        registry: dict[str, type[Detector]] = {"linear_detector": Detector, "conditional_detector": ConditionalDetector}
+        """Load a detector (class chosen by the ``kind`` field through :mod:`detectors.kinds`); with ``model``,
+        check it matches. Every number is checked (finite, in range) and the stored ``detector_id`` is
+        recomputed, so a corrupted file fails here, naming the field, instead of scoring wrongly later.
+        ``strict=False`` accepts a model with other weights, for this load and every later ``score``."""
         tensors, cfg = read_artifact(path, _REQUIRED)
-        if cfg["kind"] not in registry:
-            raise ArtifactError(f"{path}/config.json: kind {cfg['kind']!r} is not a detector ({', '.join(registry)})")
+        where = f"{path}/config.json"
+        kind_cls = detector_kind(cfg["kind"], where)
         if "weight" not in tensors:
             raise ArtifactError(f"{path}/weights.safetensors: missing tensor 'weight'")
-        if "bias" not in cfg or not isinstance(cfg["bias"], (int, float)):
-            raise ArtifactError(f"{path}/config.json: missing or non-numeric field 'bias'")
-        if not isinstance(cfg.get("stream_threshold"), (int, float, type(None))) or not isinstance(cfg.get("stream_warmup", 1), int):
-            raise ArtifactError(f"{path}/config.json: 'stream_threshold' must be a number or null and 'stream_warmup' an integer")
+        _check_fields(cfg, where)
         try:
-            det = registry[cfg["kind"]]._from_artifact(
+            det = kind_cls._from_artifact(
                 tensors, cfg,
                 behaviour=cfg["behaviour"], hooks=list(cfg["hooks"]), weight=tensors["weight"], bias=cfg["bias"],
                 threshold=cfg["threshold"], fpr=cfg["fpr"], select=cfg["select"], model_id=cfg["model_id"],
@@ -292,9 +310,15 @@ class Detector:
                 probe_kind=cfg.get("probe_kind", "unknown"), metrics=cfg.get("metrics", {}),
                 data_hash=cfg.get("data_hash", ""), name=cfg.get("name", ""), created=cfg.get("created", 0.0),
                 stream_threshold=cfg.get("stream_threshold"), stream_warmup=cfg.get("stream_warmup", 1),
+                training_config=cfg.get("training_config"),
             )
         except (InputError, ArtifactError) as e:
             raise ArtifactError(f"{path}: {e}") from e
+        stored = cfg.get("detector_id")
+        if stored is not None and stored != det.id:
+            raise ArtifactError(f"{where}: detector_id {stored!r} does not match the weights and settings on disk "
+                                f"(recomputed {det.id!r}); the artifact was modified or corrupted")
+        det.strict = strict
         if model is not None:
             det.check_model(model, strict=strict)
         return det
@@ -337,3 +361,31 @@ class Detector:
         from detectors.ensemble import combine_detectors
 
         return combine_detectors(detectors, model, weights=weights, **kwargs)
+
+
+def _check_fields(cfg: dict[str, Any], where: str) -> None:
+    """Every number finite and in range, every hook a string: a NaN threshold would never flag, a NaN bias
+    would make every score NaN, and a red line on such a detector would never block."""
+    def bad(field: str, expected: str) -> ArtifactError:
+        return ArtifactError(f"{where}: field {field!r} is {cfg.get(field)!r}; expected {expected}")
+
+    if not cfg["hooks"] or not all(isinstance(h, str) for h in cfg["hooks"]):
+        raise bad("hooks", "a non-empty list of hook names (strings)")
+    for f in ("threshold", "bias"):
+        v = cfg.get(f)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise bad(f, "a finite number")
+    fpr = cfg.get("fpr")
+    if fpr is not None and (isinstance(fpr, bool) or not isinstance(fpr, (int, float)) or not 0 < fpr < 1):
+        raise bad("fpr", "a number in (0, 1) or null")
+    st = cfg.get("stream_threshold")
+    if st is not None and (isinstance(st, bool) or not isinstance(st, (int, float)) or not math.isfinite(st)):
+        raise bad("stream_threshold", "a finite number or null")
+    sw = cfg.get("stream_warmup", 1)
+    if isinstance(sw, bool) or not isinstance(sw, int) or sw < 1:
+        raise bad("stream_warmup", "an integer >= 1")
+    if cfg.get("d_model", 1) < 1:
+        raise bad("d_model", "a positive integer")
+    tc = cfg.get("training_config")
+    if tc is not None and not isinstance(tc, dict):
+        raise bad("training_config", "an object or null")

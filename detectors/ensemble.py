@@ -24,13 +24,14 @@ import numpy as np
 from circuits import HookedModel
 from circuits.errors import InputError
 from circuits.inputs import Item
-from detectors.detector import MEAN_SELECTIONS, Detector
+from detectors.calibration import control_summary
+from detectors.kinds import MEAN_SELECTIONS, DetectorLike, detector_kind
 from probe.datasets import LabelledDataset
 from probe.trainer import calibrate_threshold
 
 
 def combine_detectors(
-    detectors: Sequence[Detector],
+    detectors: Sequence[DetectorLike],
     model: HookedModel,
     weights: Sequence[float] | None = None,
     name: str | None = None,
@@ -40,7 +41,7 @@ def combine_detectors(
     n_control: int = 200,
     cache_dir: str | os.PathLike | None = None,
     stream_warmup: int = 4,
-) -> Detector:
+) -> DetectorLike:
     """One calibrated detector scoring ``sum_i weights[i] * z_i``, each ``z_i`` standardised on the control set.
 
     Args:
@@ -61,7 +62,7 @@ def combine_detectors(
         >>> both = Detector.combine([instructed_det, concealment_det], model, weights=[0.7, 0.3])
         >>> both.score(model, chats)
     """
-    from detectors.training import control_dataset, default_cache_dir
+    from detectors.control import control_dataset, default_cache_dir
 
     dets = list(detectors)
     _check_parts(dets, model)
@@ -86,7 +87,7 @@ def combine_detectors(
         for k, h in enumerate(d.hooks):
             weight[hooks.index(h)] += (wi / sd) * d.weight[k].double().numpy()
         bias += wi * (d.bias - mu) / sd
-    combined = Detector(
+    combined = detector_kind("linear_detector")(
         behaviour=dets[0].behaviour if len({d.behaviour for d in dets}) == 1 else "+".join(d.behaviour for d in dets),
         hooks=hooks, weight=weight.astype(np.float32), bias=bias, threshold=0.0, fpr=fpr, select=dets[0].select,
         model_id=model.model_id, model_fingerprint=model.fingerprint, d_model=model.d_model, probe_kind="ensemble",
@@ -103,6 +104,7 @@ def combine_detectors(
         ],
         "control_fpr": float(np.mean(ctrl_scores > combined.threshold)),
         "n_control": len(ctrl_scores),
+        "control_summary": control_summary(ctrl_scores),
         "threshold_confidence": confidence,
     }
     if combined.select in MEAN_SELECTIONS:
@@ -114,15 +116,14 @@ def combine_detectors(
     return combined
 
 
-def _check_parts(dets: list[Detector], model: HookedModel) -> None:
-    from detectors.conditional import ConditionalDetector
+def _check_parts(dets: list[DetectorLike], model: HookedModel) -> None:
 
     if len(dets) < 2:
         raise InputError(f"combining needs at least two detectors, got {len(dets)}")
     for d in dets:
-        if not isinstance(d, Detector):
+        if not isinstance(d, detector_kind("linear_detector")):
             raise InputError(f"expected Detector objects, got {type(d).__name__}")
-        if isinstance(d, ConditionalDetector):
+        if isinstance(d, detector_kind("conditional_detector")):
             raise InputError(f"detector {d.name!r} is prompt-conditioned (its read-out changes with every prompt) "
                              "and cannot be folded into one linear read-out")
         d.check_model(model)
@@ -132,7 +133,7 @@ def _check_parts(dets: list[Detector], model: HookedModel) -> None:
                          "a sum of their scores would mix per-item statistics")
 
 
-def _default_name(dets: list[Detector]) -> str:
+def _default_name(dets: list[DetectorLike]) -> str:
     names = list(dict.fromkeys(d.name for d in dets))
     return f"{names[0]}_mixture" if len(names) == 1 else "+".join(names)
 
@@ -148,6 +149,6 @@ def _normalised_weights(weights: Sequence[float] | None, n: int) -> list[float]:
     return [x / sum(w) for x in w]
 
 
-def _combined_hash(dets: list[Detector], w: list[float]) -> str:
+def _combined_hash(dets: list[DetectorLike], w: list[float]) -> str:
     key = json.dumps([[d.data_hash, d.id, x] for d, x in zip(dets, w)])
     return hashlib.sha256(key.encode()).hexdigest()

@@ -7,6 +7,7 @@ to use for a behaviour and packs the result into a :class:`~detectors.detector.D
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import warnings
 from pathlib import Path
@@ -15,23 +16,34 @@ from typing import Any, Sequence
 import numpy as np
 
 from circuits import HookedModel, capture_selections
-from circuits.errors import InputError
-from circuits.generation import complete
-from detectors.conditional import ConditionalDetector
-from detectors.detector import MEAN_SELECTIONS, Detector
+from circuits.errors import ArtifactError, InputError
+from detectors.calibration import control_summary
+from detectors.control import (
+    _control_examples,
+    _label0,
+    _user_set,
+    control_dataset,
+    control_items,
+    default_cache_dir,
+)
+from detectors.kinds import MEAN_SELECTIONS, DetectorLike, detector_kind
+from detectors.train_config import TrainingConfig
 from probe.activation_set import ActivationSet, group_codes
 from probe.datasets import LabelledDataset, is_data_spec, load_data, recipe
 from probe.metrics import calibration_report
-from probe.negatives import DEFAULT_NEGATIVES, NEGATIVE_METHODS
-from probe.trainer import calibrate_threshold, fit_probe, linear_readout, split_indices, sweep
+from probe.negatives import DEFAULT_NEGATIVES, negative_methods
+from probe.probes import tags_of
+from probe.trainer import (
+    calibrate_threshold,
+    fit_probe,
+    linear_readout,
+    split_indices,
+    sweep,
+)
 
 BEHAVIOURS = ("deception", "sycophancy", "truth")
 # Token selection per behaviour: chats are judged over the response; bare statements at their end.
 DEFAULT_SELECT = {"deception": "response_mean", "sycophancy": "response_mean", "truth": "last"}
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("COALIGN_CACHE", Path.home() / ".cache" / "coalign"))
 
 
 def candidate_hooks(model: HookedModel, layer: str | Sequence[str]) -> list[str]:
@@ -56,46 +68,9 @@ def training_data(behaviour: str, data: Sequence[str | os.PathLike] | LabelledDa
     return recipe(behaviour, seed=seed).check_two_classes()
 
 
-def control_items(model: HookedModel, n: int, cache_dir: Path, max_new_tokens: int = 32, source: str = "benign") -> list[Any]:
-    """Benign instructions (recipe ``source``) with the model's own greedy answers (generated once,
-    cached by fingerprint)."""
-    prompts = recipe(source).items[:n]
-    answers = complete(model, prompts, max_new_tokens=max_new_tokens, cache_dir=cache_dir)
-    return [p + [{"role": "assistant", "content": a or "OK."}] for p, a in zip(prompts, answers)]
-
-
-def control_dataset(
-    model: HookedModel,
-    control: Sequence[str | os.PathLike] | Sequence[Any] | LabelledDataset | None,
-    n_control: int,
-    cache_dir: Path,
-) -> LabelledDataset:
-    """The benign set the threshold is calibrated on: the shipped benign instructions with the
-    model's own answers, or the user's (files in any supported format, a dataset, or chats); from
-    labelled data only the label-0 rows are used."""
-    if control is None:
-        return LabelledDataset("benign_control", _control_examples(control_items(model, n_control, cache_dir / "completions")))
-    return _label0(_user_set(control, "control"), "control set")
-
-
-def _label0(ds: LabelledDataset, what: str) -> LabelledDataset:
-    neg = ds.subset(ds.labels == 0, name=f"{ds.name} (label 0)")
-    if len(neg) == 0:
-        raise InputError(f"{what} {ds.name!r} has no label-0 (benign) rows")
-    return neg
-
-
-def _user_set(rows: Sequence[str | os.PathLike] | Sequence[Any] | LabelledDataset, name: str) -> LabelledDataset:
-    """Files in any supported format, a dataset, or bare chats (taken as label 0)."""
-    if isinstance(rows, LabelledDataset):
-        return rows
-    if rows and all(is_data_spec(c) for c in rows):
-        return LabelledDataset.concat(*[load_data(p) for p in rows], name=name)  # type: ignore[arg-type]
-    return LabelledDataset(name, _control_examples(list(rows)))
-
-
 def training_negatives(
     model: HookedModel, negatives: Any, dataset: LabelledDataset, select: str, method: str, cache_dir: Path,
+    progress: bool = False,
 ) -> LabelledDataset | None:
     """Extra benign rows for the training part only. ``"benign"``: the shipped benign-negatives
     instructions with the model's own answers, used when the detector reads a chat response with a
@@ -104,18 +79,19 @@ def training_negatives(
         return None
     if isinstance(negatives, str) and negatives == "benign":
         chats = all(isinstance(it, (list, tuple)) for it in dataset.items)
-        if not (chats and select.startswith("response") and method in NEGATIVE_METHODS):
+        if not (chats and select.startswith("response") and tags_of(method).unpaired_negatives):
             return None
         return LabelledDataset("benign_negatives", _control_examples(
-            control_items(model, len(recipe("benign_negatives")), cache_dir / "completions", source="benign_negatives")))
+            control_items(model, len(recipe("benign_negatives")), cache_dir / "completions", source="benign_negatives",
+                          progress=progress)))
     if isinstance(negatives, (str, os.PathLike)):
         if not is_data_spec(negatives):
             raise InputError(f"negatives={str(negatives)!r}: expected 'auto', 'benign', None, files, 'recipe:<name>', "
                              "a dataset or chats (no such file)")
         negatives = [negatives]
-    if method not in NEGATIVE_METHODS:
+    if not tags_of(method).unpaired_negatives:
         raise InputError(f"method {method!r} cannot take extra negatives (it needs contrast pairs or polarity); "
-                         f"use one of {', '.join(NEGATIVE_METHODS)} or negatives=None")
+                         f"use one of {', '.join(negative_methods())} or negatives=None")
     return _label0(_user_set(negatives, "negatives"), "negatives set")
 
 
@@ -139,7 +115,7 @@ def train_detector(
     negatives: Any = "auto",
     context_select: str = "prompt_last",
     **probe_params: Any,
-) -> Detector:
+) -> DetectorLike:
     """Train and calibrate a detector.
 
     Args:
@@ -186,18 +162,55 @@ def train_detector(
         >>> det.metrics["val_auroc"] > 0.9
         True
     """
+    config = TrainingConfig(
+        behaviour, data=data, method=method, layer=layer, select=select, fpr=fpr, n_control=n_control,
+        test_fraction=test_fraction, seed=seed, name=name, stream_warmup=stream_warmup, control=control,
+        confidence=confidence, negatives=negatives, context_select=context_select, probe_params=probe_params,
+    )
+    return train_from_config(config, model, cache_dir=cache_dir, progress=progress)
+
+
+def retrain(path: str | os.PathLike, model: HookedModel, cache_dir: str | os.PathLike | None = None,
+            progress: bool = False) -> DetectorLike:
+    """Train again from the :class:`TrainingConfig` recorded in the artifact at ``path`` (same data files,
+    method, hooks, seed): on the same model and data this reproduces the artifact's weights exactly."""
+    config = TrainingConfig.from_dict(_recorded_config(path), where=f"{path}/config.json: training_config")
+    return train_from_config(config, model, cache_dir=cache_dir, progress=progress)
+
+
+def _recorded_config(path: str | os.PathLike) -> dict[str, Any]:
+    cfg_path = Path(path) / "config.json"
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"{cfg_path}: cannot read the artifact's config ({e})") from e
+    if not isinstance(cfg, dict) or not cfg.get("training_config"):
+        raise ArtifactError(f"{cfg_path}: no training_config recorded (trained by an older coalign, or combined)")
+    return cfg["training_config"]
+
+
+def train_from_config(config: TrainingConfig, model: HookedModel, cache_dir: str | os.PathLike | None = None,
+                      progress: bool = False) -> DetectorLike:
+    """Train and calibrate a detector as ``config`` says (validated first, before any forward pass); the
+    detector records ``config.to_dict()`` as its ``training_config``."""
+    config.validate()
+    c = config
+    behaviour, method, layer, fpr, seed = c.behaviour, c.method, c.layer, c.fpr, c.seed
+    confidence, context_select, probe_params = c.confidence, c.context_select, c.probe_params
+
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    dataset = training_data(behaviour, data, seed)
-    select = select or DEFAULT_SELECT.get(behaviour, "response_mean")
+    dataset = training_data(behaviour, c.data, seed)
+    select = c.select or DEFAULT_SELECT.get(behaviour, "response_mean")
     hooks = candidate_hooks(model, layer)
     capture_kw = dict(select=select, cache_dir=cache / "acts", progress=progress, context_select=context_select)
     acts = _activations(model, dataset, hooks, method, capture_kw)
-    tr, va = split_indices(acts.y, acts.groups, test_fraction, seed)
+    tr, va = split_indices(acts.y, acts.groups, c.test_fraction, seed)
     train, val = acts.subset(tr), acts.subset(va)
+    negatives = c.negatives
     asked_auto = isinstance(negatives, str) and negatives == "auto"
     if asked_auto:
         negatives = DEFAULT_NEGATIVES.get(behaviour)
-    neg = training_negatives(model, negatives, dataset, select, method, cache)
+    neg = training_negatives(model, negatives, dataset, select, method, cache, progress=progress)
     if neg is None and isinstance(negatives, str) and negatives == "benign" and not asked_auto:
         warnings.warn(f"negatives='benign' is not used here: it applies to chat data read over the response "
                       f"(select response_*) with a probe that takes unpaired rows; got select={select!r}, "
@@ -208,13 +221,14 @@ def train_detector(
     _, hook = result.best
     probe = fit_probe(method, train.X[hook], train.y, train.fit_params(), **probe_params)
 
-    control = control_dataset(model, control, n_control, cache)
+    control = control_dataset(model, c.control, c.n_control, cache, progress=progress)
     ctrl_scores = probe.decision_function(_activations(model, control, [hook], method, capture_kw).X[hook])
     threshold = calibrate_threshold(ctrl_scores, fpr, confidence)
     report = calibration_report(val.y, probe.decision_function(val.X[hook]), threshold)
     metrics = {"val_" + k: v for k, v in report.items()} | {
         "control_fpr": float(np.mean(ctrl_scores > threshold)),
         "n_control": len(ctrl_scores),
+        "control_summary": control_summary(ctrl_scores),
         "threshold_confidence": confidence,
         "n_train": len(train),
         "n_negatives": 0 if neg is None else len(neg),
@@ -223,16 +237,17 @@ def train_detector(
     common = dict(
         behaviour=behaviour, hooks=[hook], threshold=threshold, fpr=fpr, select=select, model_id=model.model_id,
         model_fingerprint=model.fingerprint, d_model=model.d_model, probe_kind=method, metrics=metrics,
-        data_hash=_data_hash(dataset, neg), name=name or behaviour,
+        data_hash=_data_hash(dataset, neg), name=c.name or behaviour,
     )
-    if method == "conditional":
-        det: Detector = ConditionalDetector.from_probe(probe, train.X[hook][:, : model.d_model], context_select=context_select, **common)
+    if tags_of(method).readout == "bilinear":
+        det = detector_kind("conditional_detector").from_probe(probe, train.X[hook][:, : model.d_model], context_select=context_select, **common)
     else:
         weight, bias = linear_readout(probe)
-        det = Detector(weight=weight.astype(np.float32), bias=bias, **common)
+        det = detector_kind("linear_detector")(weight=weight.astype(np.float32), bias=bias, **common)
+    det.training_config = config.to_dict()
     if select in MEAN_SELECTIONS:
         try:
-            det.calibrate_stream(model, control.items, warmup=stream_warmup, cache_dir=str(cache / "acts"), confidence=confidence)
+            det.calibrate_stream(model, control.items, warmup=c.stream_warmup, cache_dir=str(cache / "acts"), confidence=confidence)
         except InputError as e:  # e.g. every control response shorter than the warm-up
             warnings.warn(f"no stream calibration for {det.name!r} ({e}); a Guard will judge it token by token", RuntimeWarning, stacklevel=2)
     return det
@@ -248,11 +263,12 @@ def _activations(model: HookedModel, dataset: LabelledDataset, hooks: list[str],
     """Activations for ``method``: the conditional probe reads ``[context | response]`` side by side."""
     capture_kw = dict(capture_kw)
     context = capture_kw.pop("context_select", "prompt_last")
-    if method == "conditional":  # one forward pass fills the cache for both selections
+    bilinear = tags_of(method).readout == "bilinear"
+    if bilinear:  # one forward pass fills the cache for both selections
         capture_selections(model, dataset.items, hooks, [context, capture_kw["select"]],
                            cache_dir=capture_kw["cache_dir"], progress=capture_kw["progress"])
     acts = ActivationSet.from_dataset(model, dataset, hooks, **capture_kw)
-    if method == "conditional":
+    if bilinear:
         ctx = ActivationSet.from_dataset(model, dataset, hooks, **(capture_kw | {"select": context}))
         acts.X = {h: np.hstack([ctx.X[h], acts.X[h]]) for h in hooks}
     return acts
@@ -262,9 +278,3 @@ def _data_hash(dataset: LabelledDataset, negatives: LabelledDataset | None) -> s
     if negatives is None:
         return dataset.content_hash()
     return hashlib.sha256(f"{dataset.content_hash()}+negatives:{negatives.content_hash()}".encode()).hexdigest()
-
-
-def _control_examples(items: list[Any]) -> list[Any]:
-    from probe.datasets import Example
-
-    return [Example(item=it, label=0, source=f"control:{i}") for i, it in enumerate(items)]

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from circuits import HookedModel, capture
+from circuits.errors import InputError
 
 
 @dataclass
@@ -50,7 +51,7 @@ class ActivationSet:
         """These rows followed by ``other``'s (same hooks). Rows without a pair or polarity id get -1,
         so pair- and polarity-based fitting is off for the result unless both sets have them."""
         if set(other.X) != set(self.X):
-            raise ValueError(f"cannot append activations at hooks {sorted(other.X)} to activations at {sorted(self.X)}")
+            raise InputError(f"cannot append activations at hooks {sorted(other.X)} to activations at {sorted(self.X)}")
 
         def ids(a: np.ndarray | None, b: np.ndarray | None, shift: bool) -> np.ndarray | None:
             if a is None and b is None:

@@ -13,15 +13,17 @@ import numpy as np
 from scipy.stats import binom, rankdata
 from sklearn.metrics import roc_auc_score
 
+from circuits.errors import InputError
+
 
 def _scores(scores, name: str = "scores") -> np.ndarray:
     s = np.asarray(scores, dtype=np.float64)
     if s.ndim != 1:
-        raise ValueError(f"{name} must be 1-D; got shape {s.shape}")
+        raise InputError(f"{name} must be 1-D; got shape {s.shape}")
     if s.size == 0:
-        raise ValueError(f"{name} is empty")
+        raise InputError(f"{name} is empty")
     if not np.isfinite(s).all():
-        raise ValueError(f"{name} contains NaN or inf")
+        raise InputError(f"{name} contains NaN or inf")
     return s
 
 
@@ -29,12 +31,12 @@ def _labels_scores(y, scores, *, both: bool = True) -> tuple[np.ndarray, np.ndar
     s = _scores(scores)
     y = np.asarray(y)
     if y.ndim != 1 or y.shape[0] != s.shape[0]:
-        raise ValueError(f"y and scores have inconsistent shapes: {y.shape} vs {s.shape}")
+        raise InputError(f"y and scores have inconsistent shapes: {y.shape} vs {s.shape}")
     if not np.isin(y, [0, 1]).all():
-        raise ValueError(f"y must be binary 0/1 (1 = positive); got values {np.unique(y)[:5].tolist()}")
+        raise InputError(f"y must be binary 0/1 (1 = positive); got values {np.unique(y)[:5].tolist()}")
     y = y.astype(np.int64)
     if both and np.unique(y).size < 2:
-        raise ValueError(f"y contains only one class ({int(y[0])}); need positives and negatives")
+        raise InputError(f"y contains only one class ({int(y[0])}); need positives and negatives")
     return y, s
 
 
@@ -60,7 +62,7 @@ def pair_accuracy(y, scores, groups) -> tuple[float, int]:
     y, s = _labels_scores(y, scores, both=False)
     g = np.asarray(groups, dtype=object)
     if g.shape != y.shape:
-        raise ValueError(f"groups and scores have inconsistent shapes: {g.shape} vs {y.shape}")
+        raise InputError(f"groups and scores have inconsistent shapes: {g.shape} vs {y.shape}")
     wins, n = 0.0, 0
     by_group: dict = {}
     for i, k in enumerate(g):
@@ -85,9 +87,9 @@ def running_mean_peak(token_scores, warmup: int = 1) -> float:
     sequence is shorter): what a streaming monitor acting on the mean-so-far would peak at."""
     s = np.asarray(token_scores, dtype=np.float64).reshape(-1)
     if s.size == 0:
-        raise ValueError("running_mean_peak needs at least one token score")
+        raise InputError("running_mean_peak needs at least one token score")
     if warmup < 1:
-        raise ValueError(f"warmup must be >= 1, got {warmup}")
+        raise InputError(f"warmup must be >= 1, got {warmup}")
     m = np.cumsum(s) / np.arange(1, s.size + 1)
     return float(m[min(warmup, s.size) - 1:].max())
 
@@ -109,14 +111,14 @@ def threshold_at_fpr(negative_scores, fpr: float = 0.01, confidence: float | Non
     """
     s = _scores(negative_scores, "negative_scores")
     if not 0.0 <= fpr < 1.0:
-        raise ValueError(f"fpr must be in [0, 1); got {fpr}")
+        raise InputError(f"fpr must be in [0, 1); got {fpr}")
     n = s.size
     k_max = math.floor(fpr * n + 1e-9)
     if confidence is None or k_max == 0:
         k = k_max
     else:
         if not 0.0 < confidence < 1.0:
-            raise ValueError(f"confidence must be in (0, 1) or None; got {confidence}")
+            raise InputError(f"confidence must be in (0, 1) or None; got {confidence}")
         ok = np.flatnonzero(binom.cdf(np.arange(k_max + 1), n, fpr) <= 1.0 - confidence)
         k = int(ok[-1]) if ok.size else 0
     return float(np.sort(s)[::-1][k])
@@ -150,7 +152,7 @@ def bootstrap_auroc_ci(
     negatives resampled separately, so every replicate has both classes)."""
     y, s = _labels_scores(y, scores)
     if n_boot < 1 or not 0.0 < alpha < 1.0:
-        raise ValueError(f"need n_boot >= 1 and alpha in (0, 1); got {n_boot}, {alpha}")
+        raise InputError(f"need n_boot >= 1 and alpha in (0, 1); got {n_boot}, {alpha}")
     pos, neg = s[y == 1], s[y == 0]
     n1, n0 = pos.size, neg.size
     rng = np.random.default_rng(seed)

@@ -6,8 +6,16 @@ positives. Measured on SmolLM2 (benchmarks/README.md, "Benign training negatives
 hurt sycophancy, hence the per-behaviour default.
 """
 
-#: probes that accept extra unpaired negatives (LAT and CCS need pairs, TTPD needs polarity)
-NEGATIVE_METHODS = ("logistic", "mass_mean", "mass_mean_cov", "conditional")
+from probe.probes import PROBES, tags_of
+
+
+def negative_methods() -> tuple[str, ...]:
+    """Registered probes that accept extra unpaired negatives (their tags' ``unpaired_negatives``)."""
+    return tuple(m for m in PROBES if tags_of(m).unpaired_negatives)
+
+
+#: the built-ins that accept them (LAT and CCS need pairs, TTPD needs polarity); see negative_methods()
+NEGATIVE_METHODS = negative_methods()
 
 #: what ``negatives="auto"`` means per behaviour (absent: none). Measured with
 #: benchmarks/benign_negatives.py: deception recall at the deployed threshold 0.04 -> 0.96 with 1.1%

@@ -5,7 +5,6 @@ This is where every number of a detector is fitted; ``detectors`` only asks for 
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -14,17 +13,18 @@ import numpy as np
 from circuits.errors import InputError
 from probe.activation_set import ActivationSet
 from probe.metrics import auroc, threshold_at_fpr
-from probe.probes import make_probe
+from probe.probes import make_probe, probe_tags
 
 
 def fit_probe(method: str, X: np.ndarray, y: np.ndarray, fit_params: dict[str, Any] | None = None, **params: Any):
-    """Fit ``make_probe(method, **params)``; passes only the fit params its ``fit`` accepts."""
+    """Fit ``make_probe(method, **params)``, passing the fit params its tags say it uses (``fit_uses``)."""
     probe = make_probe(method, **params)
-    accepted = inspect.signature(probe.fit).parameters
-    kwargs = {k: v for k, v in (fit_params or {}).items() if k in accepted}
-    if method == "ttpd":
-        kwargs.pop("groups", None)  # TTPD's groups are topics to centre, not contrast pairs
-    return probe.fit(X, y, **kwargs)
+    uses = probe_tags(probe).fit_uses
+    missing = [k for k in probe_tags(probe).requires if k not in (fit_params or {})]
+    if missing:
+        raise InputError(f"probe {method!r} needs {', '.join(missing)} in its training data "
+                         f"({'contrast pairs' if 'groups' in missing else 'statement polarity'}); this data has none")
+    return probe.fit(X, y, **{k: v for k, v in (fit_params or {}).items() if k in uses})
 
 
 def linear_readout(probe: Any) -> tuple[np.ndarray, float]:

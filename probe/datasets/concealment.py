@@ -51,6 +51,8 @@ import random
 from importlib import resources
 from typing import Any
 
+from circuits.errors import InputError
+
 from .types import Example, LabelledDataset
 
 TEMPLATES = "concealment_templates.json"
@@ -77,7 +79,7 @@ def templates(part: int = 1) -> dict[str, Any]:
     """The templates with the scenarios of ``part`` (1: the first 40, 2: the 60 of ``SCENARIOS_2``,
     3: the 60 of ``SCENARIOS_3``)."""
     if part not in PARTS:
-        raise ValueError(f"concealment part must be one of {sorted(PARTS)}, got {part!r}")
+        raise InputError(f"concealment part must be one of {sorted(PARTS)}, got {part!r}")
     t = _read(TEMPLATES)
     if part != 1:
         own = _read(PARTS[part][0])

@@ -23,6 +23,8 @@ from threadpoolctl import threadpool_limits
 
 from circuits.errors import InputError
 
+from .tags import ProbeTags, with_probe_tags
+
 #: inverse L2 strength of the 1-D Platt fit on standardised scores (weak; only stops
 #: the slope from diverging on separable data)
 PLATT_C = 100.0
@@ -115,13 +117,16 @@ def platt(scores: np.ndarray, y01: np.ndarray) -> tuple[float, float]:
 
 
 class BaseProbe(ClassifierMixin, BaseEstimator):
-    """Binary linear probe. Subclasses implement ``fit`` with the helpers below."""
+    """Binary linear probe. Subclasses implement ``fit`` with the helpers below and declare what it
+    needs in ``probe_tags`` (see :mod:`probe.probes.tags`)."""
+
+    probe_tags = ProbeTags()
 
     # ---- validation -------------------------------------------------------------------
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.classifier_tags.multi_class = False
-        return tags
+        return with_probe_tags(tags, type(self).probe_tags)
 
     def _check_X(self, X, *, reset: bool) -> np.ndarray:
         if not reset:

@@ -9,6 +9,7 @@ import torch
 from sklearn.utils import check_random_state
 
 from .base import BaseProbe, ProbeInputError, check_groups, pair_rows
+from .tags import ProbeTags
 
 
 class CCSProbe(BaseProbe):
@@ -47,6 +48,8 @@ class CCSProbe(BaseProbe):
     Fitted: ``coef_``, ``intercept_``, ``direction_``, ``classes_``, ``loss_`` (best final
     loss), ``losses_`` [n_tries], ``sign_flipped_`` (True if y flipped the found sign).
     """
+
+    probe_tags = ProbeTags(fit_uses=("groups",), requires=("groups",), unpaired_negatives=False)
 
     def __init__(self, n_epochs=1000, lr=1e-3, n_tries=10, weight_decay=0.01, var_normalize=True,
                  random_state=0):

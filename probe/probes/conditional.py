@@ -15,11 +15,13 @@ and scores every generated token with one dot product, like any linear detector.
 
 from __future__ import annotations
 
+import einops
 import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 
 from .base import BaseProbe, ProbeInputError
+from .tags import ProbeTags
 
 
 class ConditionalProbe(BaseProbe):
@@ -38,6 +40,8 @@ class ConditionalProbe(BaseProbe):
     ``W_`` [k, k], ``u_`` [k], ``c_``, ``classes_``, ``n_features_in_``.
     """
 
+    probe_tags = ProbeTags(readout="bilinear")
+
     def __init__(self, n_components=96, C=0.1, max_iter=3000):
         self.n_components = n_components
         self.C = C
@@ -54,7 +58,8 @@ class ConditionalProbe(BaseProbe):
 
     @staticmethod
     def _features(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return np.hstack([np.einsum("ni,nj->nij", a, b).reshape(len(a), -1), b])
+        # every prompt-feature x response-feature product, flattened row-major as W is indexed
+        return np.hstack([einops.einsum(a, b, "n i, n j -> n i j").reshape(len(a), -1), b])
 
     def fit(self, X, y):
         X, y01 = self._validate_fit(X, y)

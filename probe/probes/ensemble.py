@@ -10,6 +10,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .base import BaseProbe, ProbeInputError, as_float_array, platt
 from .logistic import LogisticProbe
+from .tags import ProbeTags
 
 
 class EnsembleProbe(BaseProbe):
@@ -32,6 +33,8 @@ class EnsembleProbe(BaseProbe):
     ``direction_`` = ``coef_ / ||coef_||`` in the flattened space and ``directions_`` [k, d] the
     per-layer directions. Fitted layer probes are in ``estimators_``.
     """
+
+    probe_tags = ProbeTags()  # its base estimator (logistic by default) takes no extra fit arguments
 
     def __init__(self, base_estimator=None, aggregate="mean", n_blocks=None):
         self.base_estimator = base_estimator

@@ -8,6 +8,7 @@ import numpy as np
 from sklearn.utils import check_random_state
 
 from .base import BaseProbe, ProbeInputError, check_groups, pair_rows, small_lapack
+from .tags import ProbeTags
 
 
 class LATProbe(BaseProbe):
@@ -31,6 +32,8 @@ class LATProbe(BaseProbe):
     Fitted: ``components_`` [n_components, d] (first row oriented), ``explained_variance_ratio_``,
     ``coef_``, ``intercept_``, ``direction_``, ``classes_``.
     """
+
+    probe_tags = ProbeTags(fit_uses=("groups",), unpaired_negatives=False)  # without pairs: random differences
 
     def __init__(self, n_components=1, paired=True, random_state=0):
         self.n_components = n_components

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import BaseProbe, ProbeInputError, check_groups
+from .tags import ProbeTags
 
 
 class TTPDProbe(BaseProbe):
@@ -35,6 +36,8 @@ class TTPDProbe(BaseProbe):
     Fitted: ``t_G_`` [d], ``t_P_`` [d] (None in the fallback), ``coef_``, ``intercept_``,
     ``direction_``, ``classes_``.
     """
+
+    probe_tags = ProbeTags(fit_uses=("polarity",), unpaired_negatives=False)  # without polarity: t_G alone
 
     def fit(self, X, y, polarity=None, groups=None):
         X, y01 = self._validate_fit(X, y)
