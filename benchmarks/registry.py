@@ -16,6 +16,7 @@ ANALYSES: dict[str, tuple[str, str]] = {
     "deception_training_data": ("detection", "benchmarks.lib.deception_training_data:run_deception_training_data"),
     "benign_negatives": ("detection", "benchmarks.lib.benign_negatives:run_benign_negatives"),
     "guard_stream_calibration": ("detection", "benchmarks.lib.guard_stream_calibration:run_guard_stream_calibration"),
+    "by_source": ("detection", "benchmarks.lib.by_source:run_by_source"),
     "correction": ("correction", "benchmarks.lib.correction:run_correction"),
     "sycophancy_rewind_correction": ("correction", "benchmarks.lib.sycophancy_rewind:run_sycophancy_rewind_correction"),
     "sycophancy_guard_correction": ("correction", "benchmarks.lib.sycophancy_guard:run_sycophancy_guard_correction"),
