@@ -52,7 +52,9 @@ def truthfulqa(path: Path, n: int) -> LabelledDataset:
 
 
 def load_source(spec: str, n: int | None, datasets: Path) -> LabelledDataset:
-    """``recipe:NAME``, ``truthfulqa:FILE`` or any file ``load_data`` reads; at most ``n`` groups."""
+    """``recipe:NAME``, ``truthfulqa:FILE`` or any file ``load_data`` reads (``{datasets}`` expanded); at most
+    ``n`` groups."""
+    spec = spec.replace("{datasets}", str(datasets))
     if spec.startswith("truthfulqa:"):
         return truthfulqa(Path(spec.split(":", 1)[1]), n or 10**9)
     ds = load_data(spec)
