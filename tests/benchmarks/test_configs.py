@@ -37,6 +37,8 @@ TINY: dict[str, dict] = {
                             "sources": {"instructed": "recipe:deception/instructed",
                                         "concealment": "recipe:deception/concealment",
                                         "roleplay_1": "recipe:roleplay_lies"}},
+    "sycophancy_by_source": {"max_groups": 6, "n_alpaca": 4, "max_new_tokens": 8, "n_boot": 20, "controls": {},
+                             "train": {"n_control": 10}},
     "deception_regenerate": _REGEN, "deception_regenerate_always": _REGEN, "deception_regenerate_deployed": _REGEN,
 }
 #: configs whose parameters name artifacts of the embedded model: the test builds tiny ones (see ``_tiny_artifacts``)
