@@ -117,6 +117,8 @@ def run_by_source(ctx: Context) -> Result:
     for pool in p.pools:
         for held in sources:
             parts = [s for s in pools[pool] if s != held]
+            if not parts:  # the pool is this source alone: nothing to transfer from
+                continue
             train = LabelledDataset.concat(*[sources[s] for s in parts], name=f"{pool}-{held}")
             det = Detector.train(p.behaviour, model, data=train, **p.train)
             test = sources[held]
