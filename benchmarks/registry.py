@@ -27,6 +27,7 @@ ANALYSES: dict[str, tuple[str, str]] = {
     "truth_prompt_formats": ("detection", "benchmarks.lib.truth_prompt_formats:run_truth_prompt_formats"),
     "truth_training_sets": ("detection", "benchmarks.lib.truth_training_sets:run_truth_training_sets"),
     "truth_likelihood": ("detection", "benchmarks.lib.truth_likelihood:run_truth_likelihood"),
+    "by_source": ("detection", "benchmarks.lib.by_source:run_by_source"),
     "correction": ("correction", "benchmarks.lib.correction:run_correction"),
     "sycophancy_rewind_correction": ("correction", "benchmarks.lib.sycophancy_rewind:run_sycophancy_rewind_correction"),
     "sycophancy_guard_correction": ("correction", "benchmarks.lib.sycophancy_guard:run_sycophancy_guard_correction"),

@@ -32,6 +32,13 @@ TINY: dict[str, dict] = {
     "sycophancy_guard_correction": _SYC_GUARD, "sycophancy_rewind_correction": _SYC_GUARD,
     "deception_instruction_vector": _VECTOR, "deception_content_vector": _VECTOR, "deception_content_vector_2": _VECTOR,
     "deception_decline_vector": _VECTOR,
+    "deception_by_source": {"in_recipe": ["instructed", "concealment"], "max_groups": 6, "n_alpaca": 4, "max_new_tokens": 8, "n_boot": 20,
+                            "train": {"negatives": None, "n_control": 10}, "controls": {},
+                            "sources": {"instructed": "recipe:deception/instructed",
+                                        "concealment": "recipe:deception/concealment",
+                                        "roleplay_1": "recipe:roleplay_lies"}},
+    "sycophancy_by_source": {"max_groups": 6, "n_alpaca": 4, "max_new_tokens": 8, "n_boot": 20, "controls": {},
+                             "train": {"n_control": 10}},
     "deception_regenerate": _REGEN, "deception_regenerate_always": _REGEN, "deception_regenerate_deployed": _REGEN,
     "deception_layers": {"layers": [0, 1], "mixes": ["1|1", "0,1|0,1"]},
     "deception_lofo": {"layers": [0, 1]},
@@ -108,7 +115,16 @@ def _check_probes(res):
         assert lo <= s[key]["auroc"] <= hi
 
 
-CHECKS = {"probes": _check_probes}
+def _check_by_source(res):
+    rows = res.data["rows"]
+    assert {r["held_out"] for r in rows} == {"instructed", "concealment", "roleplay_1"}
+    for r in rows:  # a held-out source is never in the training pool it is scored against
+        assert 0.0 <= r["lo"] <= r["auroc"] <= r["hi"] <= 1.0 and 0.0 <= r["ceiling"] <= 1.0
+        assert r["in_pool"] == (r["held_out"] in ("instructed", "concealment"))
+    assert res.data["controls"] and all(0.0 <= c["fpr"] <= 1.0 for c in res.data["controls"])
+
+
+CHECKS = {"probes": _check_probes, "deception_by_source": _check_by_source}
 
 
 def test_unknown_parameter_and_missing_file_fail_before_any_model(tmp_path, monkeypatch):
