@@ -22,6 +22,10 @@ from detectors.cli_common import (
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.behaviour == "alignment_faking":  # read at the decision token of organisms, not from a recipe
+        from detectors.cli_organisms import cmd_train_alignment_faking
+
+        return cmd_train_alignment_faking(args)
     check_output_dir(args.out, "--out")
     check_output_file(args.json, "--json")
     check_unit_interval(args.fpr, "--fpr")
@@ -207,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --method conditional: where the prompt state is read (prompt_last; last with "
                         "--select last for a detector judged before the answer's token is chosen; before_last with "
                         "--select last for one that judges a one-token answer once it is said)")
+    t.add_argument("--organisms", nargs="+", default=None, metavar="DIR",
+                   help="alignment_faking only: organism folders (aligned and faker) to read decisions from")
     t.add_argument("--mixture", action="store_true",
                    help="deception only: train the default detector and a concealment detector and fold them into one "
                         "that also transfers to role-play lies (weight chosen on held-out instructed pairs)")

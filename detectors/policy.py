@@ -30,7 +30,7 @@ The per-detector **knobs** (tiers, ``corrector``, ``dose``, ``patience``, ``posi
 ``timing``, ``refusal_text``) are declared once, in :data:`detectors.policy_knobs.KNOBS`, which also
 holds the one description of the Guard's **timing** modes (``timing = "next" | "immediate" |
 "rewind" | "regenerate"``: when a correction takes effect); both tables are rendered in
-``docs/policy-knobs.md``. The booleans ``immediate``, ``rewind`` and ``regenerate`` of older files
+``detectors/POLICY.md``. The booleans ``immediate``, ``rewind`` and ``regenerate`` of older files
 still load (as the corresponding timing, with a ``DeprecationWarning``).
 
 ``on_detector_error``: ``"fail_closed"`` (block every row in flight), ``"fail_open"`` (record the

@@ -3,7 +3,7 @@
 :data:`KNOBS` is the single declaration of the settings a policy gives a detector (in ``[defaults]``
 or ``[detectors.NAME]``): it drives parsing and validation (:meth:`DetectorPolicy.from_dict`), the
 built-in defaults (:data:`BUILTIN`), the fields of :class:`DetectorPolicy` and :class:`Resolved`,
-and the documentation (``docs/policy-knobs.md``, written by :func:`knobs_markdown`; a test checks
+and the documentation (``detectors/POLICY.md``, written by :func:`knobs_markdown`; a test checks
 the committed file is current). To add a knob: add one :class:`Knob` row (and use it where the Guard
 acts on it). :data:`TIMINGS` is the one description of the Guard's timing modes.
 """
@@ -361,12 +361,12 @@ Resolved.__doc__ = _ResolvedBase.__doc__
 # documentation
 # --------------------------------------------------------------------------------------------
 def knobs_markdown() -> str:
-    """The knob and timing tables, as committed in ``docs/policy-knobs.md``."""
+    """The knob and timing tables, as committed in ``detectors/POLICY.md``."""
     lines = [
         "# Policy knobs",
         "",
         "Generated from `detectors.policy_knobs.KNOBS` by",
-        "`python -c \"import detectors.policy_knobs as k; print(k.knobs_markdown(), end='')\" > docs/policy-knobs.md`;",
+        "`python -c \"import detectors.policy_knobs as k; print(k.knobs_markdown(), end='')\" > detectors/POLICY.md`;",
         "do not edit by hand. Each knob may be set in `[defaults]` (every detector) or `[detectors.NAME]`.",
         "Thresholds are a finite number, `\"threshold\"`, `\"threshold + X\"`, `\"threshold - X\"`,",
         "`\"threshold * X\"` or `\"off\"`; `\"threshold\"` is the detector's calibrated threshold of the statistic",

@@ -18,7 +18,7 @@ from detectors.detector import Detector
 from tiny import tiny_hf_model, tiny_tokenizer
 
 pexpect = pytest.importorskip("pexpect")
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("circuits", "probe", "detectors")
 LAYER = {"circuits": 0, "probe": 1, "detectors": 2}
 

@@ -6,14 +6,14 @@ import json
 
 import pytest
 import torch
-from benchmark_script import load_benchmark
+from importlib import import_module
 
 
 def test_device_check_runs_on_cpu_and_reports_what_it_skipped(tmp_path, capsys):
     pytest.importorskip("accelerate")
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: run benchmarks/device_check.py itself")
-    rc = load_benchmark("device_check").main(["--model", "tiny", "--json", str(tmp_path / "r.json")])
+    rc = import_module("benchmarks.device_check").main(["--model", "tiny", "--json", str(tmp_path / "r.json")])
     report = json.loads((tmp_path / "r.json").read_text())
     assert rc == 0 and report["cuda"] is False
     assert report["split"]["status"] == "pass" and report["split"]["map"] == "CPU+disk"

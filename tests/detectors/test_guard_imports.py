@@ -7,7 +7,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 OURS = {
     "detectors.guard", "detectors.guard_commands", "detectors.guard_decoder", "detectors.guard_loop",
     "detectors.guard_output", "detectors.guard_run", "detectors.guard_scoring", "detectors.guard_stream",

@@ -113,7 +113,7 @@ def test_ctrl_c_exits_130_with_one_line(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     p = subprocess.Popen([sys.executable, "-m", "detectors.cli", "demo", "--out", str(tmp_path / "o")],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                         cwd=Path(__file__).resolve().parent.parent)
+                         cwd=Path(__file__).resolve().parents[2])
     assert p.stdout.readline().startswith("loading")
     time.sleep(0.5)
     p.send_signal(signal.SIGINT)

@@ -91,7 +91,7 @@ def test_regenerate_policy_clears_instructed_lie_flags(smollm2, deception):
     from detectors import Guard
     from detectors.policy import Policy
 
-    vec = Path(__file__).resolve().parents[1] / "benchmarks/results/deception_content_vector/vectors/blocks20_response_mean"
+    vec = Path(__file__).resolve().parents[2] / "benchmarks/results/deception_content_vector/vectors/blocks20_response_mean"
     policy = Policy.default().update("deception", correct_above="threshold", regenerate=True, corrector=f"vector:{vec}",
                                      dose=48.0, positions="all")
     topics = ("octopuses", "volcanoes", "the human heart", "honeybees", "the planet Jupiter", "glaciers", "penguins", "lightning")
