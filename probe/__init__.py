@@ -12,6 +12,8 @@ loading torch or transformers until something needs them.
 
 from __future__ import annotations
 
+import sys
+import types
 from importlib import import_module
 from typing import Any
 
@@ -52,3 +54,17 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_EXPORTS))
+
+
+class _Package(types.ModuleType):
+    """When a submodule shares its name with an export (``circuits.capture`` and the function
+    ``capture``), the import system binds the submodule on the package once it loads; keep the export,
+    as the eager ``from circuits.capture import capture`` of earlier versions did."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == value.__name__:
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
