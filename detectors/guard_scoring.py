@@ -116,17 +116,19 @@ class Scorer:
 
     def hook_fns(self, model: HookedModel, buffers: ScoreBuffers, dtype: torch.dtype) -> list[tuple[str, Callable[[Tensor, Any], None]]]:
         """``(hook name, fn)`` pairs writing into ``buffers`` (built once per run, attached per step)."""
-        device = model.device
         fns = []
         for h in self.hooks:
-            W = None
-            if h in self.weights:
-                key = (h, device, dtype)
-                if key not in self._cast:
-                    self._cast[key] = self.weights[h].to(device=device, dtype=dtype)
-                W = self._cast[key]
+            W = self._weights_on(h, model.device, dtype) if h in self.weights else None
             fns.append((h, self._make(h, W, h in self.custom_hooks, buffers)))
         return fns
+
+    def _weights_on(self, h: str, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """The read-out weights of hook ``h`` on ``device``, cast once and cached (a split model's hooks live
+        on different devices; the read-out follows the activation, the scores gather on the buffers' device)."""
+        key = (h, device, dtype)
+        if key not in self._cast:
+            self._cast[key] = self.weights[h].to(device=device, dtype=dtype)
+        return self._cast[key]
 
     def _make(self, h: str, W: Tensor | None, keep: bool, buffers: ScoreBuffers) -> Callable[[Tensor, Any], None]:
         cols = self.cols.get(h, [])
@@ -139,7 +141,8 @@ class Scorer:
             t = buffers.step
             if W is not None:
                 try:
-                    buffers.token_scores[t].add_(a @ W)
+                    Wd = W if a.device == W.device else self._weights_on(h, a.device, W.dtype)
+                    buffers.token_scores[t].add_((a @ Wd).to(buffers.token_scores.device))
                 except Exception as e:  # a failing read-out must not break the forward
                     buffers.failed(cols, e)
             for j, det in bound:
@@ -148,7 +151,7 @@ class Scorer:
                         w, b = det.readout(a)
                         buffers.bound_readouts[j] = (w.to(a.dtype), b.to(torch.float32))
                     w, b = buffers.bound_readouts[j]
-                    buffers.token_scores[t, :, j] = (a * w).sum(-1) + b
+                    buffers.token_scores[t, :, j] = ((a * w.to(a.device)).sum(-1) + b.to(a.device)).to(buffers.token_scores.device)
                 except Exception as e:
                     buffers.failed([j], e)
             if keep:
