@@ -1,4 +1,5 @@
 """A hooked model: one interface over an HF decoder and over TransformerLens models.
+(Over 400 lines: the one interface and its two adapters, HF and TransformerLens, are read together.)
 
 Everything above ``circuits`` talks to a :class:`HookedModel`. Two backends:
 
