@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from circuits.errors import CoalignError, InputError
 from detectors.cli_common import (
-    _model, _negatives, check_detector_dirs, check_input_files, check_output_dir, check_output_file,
+    _model, _negatives, check_detector_dirs, check_input_files, check_method, check_output_dir, check_output_file,
     check_unit_interval, print_table, write_json,
 )
 
@@ -30,13 +30,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_output_file(args.json, "--json")
     check_unit_interval(args.fpr, "--fpr")
     check_unit_interval(args.confidence, "--confidence", allow_zero=True)
-    from detectors.train_config import TrainingConfig
-    from detectors.training import retrain, train_from_config
+    check_method(args.method)
     if args.from_dir:
         if args.behaviour is not None or args.mixture or args.data or args.control:
             raise InputError("--from retrains exactly what the artifact records; it takes no behaviour, --data, "
                              "--control or --mixture")
-        from detectors.training import _recorded_config
+        from detectors.train_config import TrainingConfig
+        from detectors.training import _recorded_config, retrain
 
         TrainingConfig.from_dict(_recorded_config(args.from_dir), where=f"{args.from_dir}: training_config")
         model = _model(args.model, args.from_dir)
@@ -51,6 +51,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     negatives = _negatives(args.negatives)
     if isinstance(negatives, list):
         check_input_files(negatives, "--negatives")
+    from detectors.train_config import TrainingConfig
+    from detectors.training import train_from_config
     config = TrainingConfig(
         args.behaviour, data=args.data or None, method=args.method, layer=args.layer, fpr=args.fpr,
         n_control=args.n_control, control=args.control, confidence=None if args.confidence <= 0 else args.confidence,

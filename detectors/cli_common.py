@@ -112,6 +112,14 @@ def check_unit_interval(value: float | None, flag: str, allow_zero: bool = False
         raise InputError(f"{flag} must be a number {'in [0, 1)' if allow_zero else 'strictly between 0 and 1'}, got {value}")
 
 
+def check_method(name: str) -> None:
+    """``--method`` names a built-in probe kind (a CLI process has no user-registered ones)."""
+    from probe.probe_names import BUILTIN_PROBES
+
+    if name not in BUILTIN_PROBES:
+        raise InputError(f"unknown probe {name!r} (--method); valid names: {', '.join(BUILTIN_PROBES)}")
+
+
 def check_detector_dirs(paths: Sequence[str], flag: str = "detector") -> None:
     for d in paths:
         if not (Path(d) / "config.json").is_file():

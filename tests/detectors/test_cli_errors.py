@@ -120,3 +120,20 @@ def test_ctrl_c_exits_130_with_one_line(tmp_path):
     out, err = p.communicate(timeout=120)
     assert p.returncode == 130, err
     assert err.strip() == "coalign: interrupted"
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["train", "deception", "--out", "{dir}/o", "--fpr", "nan"], "--fpr"),
+    (["train", "deception", "--out", "{dir}/o", "--method", "bogus"], "unknown probe 'bogus'"),
+    (["train", "x", "--out", "{dir}/o", "--data", "{badrow}"], "line 1"),
+    (["train", "deception", "--out", "{hf}"], "not a coalign artifact"),
+    (["eval", "{dir}/none", "--data", "{data}"], "not a detector directory"),
+])
+def test_errors_appear_within_two_seconds_of_starting(argv, expected, files):
+    """From process start: the CLI parses and checks before importing torch or loading a model."""
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, "-m", "detectors.cli", *[a.format(**files) for a in argv]],
+                       capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2], timeout=60)
+    elapsed = time.perf_counter() - t0
+    assert p.returncode == 2 and p.stderr.startswith("coalign: error: ") and expected in p.stderr, p.stderr
+    assert elapsed < 2.0, f"{elapsed:.2f} s"

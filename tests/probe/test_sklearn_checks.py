@@ -75,3 +75,9 @@ def _expected(estimator) -> dict[str, str]:
 @parametrize_with_checks([make_probe(name) for name in sorted(PROBES)], expected_failed_checks=_expected, xfail_strict=True)
 def test_probe_kinds_follow_sklearn_conventions(estimator, check):
     check(estimator)
+
+
+def test_the_light_name_list_matches_the_registry():
+    from probe.probe_names import BUILTIN_PROBES
+
+    assert tuple(sorted(PROBES)) == BUILTIN_PROBES
