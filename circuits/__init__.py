@@ -3,16 +3,12 @@
 Knows nothing about deception or sycophancy: it reads and writes activations at TransformerLens
 hook names on any local causal LM.
 
-Names are imported on first use (PEP 562), so ``import circuits`` (and the CLI) starts without
-loading torch or transformers until something needs them.
+Names are imported on first use (see :mod:`circuits.lazy_exports`).
 """
 
 from __future__ import annotations
 
-import sys
-import types
-from importlib import import_module
-from typing import Any
+from circuits.lazy_exports import lazy_exports
 
 _EXPORTS = {
     "SELECTIONS": "circuits.capture",
@@ -45,29 +41,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'circuits' has no attribute {name!r}")
-    value = getattr(import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
-
-
-class _Package(types.ModuleType):
-    """When a submodule shares its name with an export (``circuits.capture`` and the function
-    ``capture``), the import system binds the submodule on the package once it loads; keep the export,
-    as the eager ``from circuits.capture import capture`` of earlier versions did."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == value.__name__:
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

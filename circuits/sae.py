@@ -143,13 +143,22 @@ class CoalignSAE:
     def cards(self) -> list[dict[str, Any]]:
         """Feature cards (one dict per latent); empty if the directory has none."""
         if self._cards is None:
-            from circuits.sae_cards import load_cards
-
             self._cards = load_cards(self.path) if self.path is not None else []
         return self._cards
 
     def __repr__(self) -> str:
         return f"CoalignSAE({self.name!r}, hook={self.hook!r}, d_in={self.d_in}, d_sae={self.d_sae}, fingerprint={self.fingerprint})"
+
+
+def load_cards(path: str | os.PathLike) -> list[dict[str, Any]]:
+    p = Path(path) / CARDS
+    if not p.exists():
+        return []
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+        return list(data["cards"])
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ArtifactError(f"{p}: not a feature-cards file ({e})") from e
 
 
 def load_sae(path: str | os.PathLike, model: HookedModel | None = None, dtype: str = "float32", device: str = "cpu") -> CoalignSAE:

@@ -18,9 +18,8 @@ from typing import Any, Sequence
 
 import torch
 
-from circuits.errors import ArtifactError
 from circuits.hooked_model import HookedModel
-from circuits.sae import CARDS, CoalignSAE
+from circuits.sae import CARDS, CoalignSAE, load_cards  # noqa: F401 (load_cards: re-exported)
 from circuits.sae_data import activation_batches
 
 _LEFT = 10
@@ -101,17 +100,6 @@ def save_cards(path: str | os.PathLike, cards: dict[str, Any]) -> Path:
     tmp.write_text(json.dumps(cards, ensure_ascii=False, separators=(",", ":")))
     os.replace(tmp, p)
     return p
-
-
-def load_cards(path: str | os.PathLike) -> list[dict[str, Any]]:
-    p = Path(path) / CARDS
-    if not p.exists():
-        return []
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-        return list(data["cards"])
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ArtifactError(f"{p}: not a feature-cards file ({e})") from e
 
 
 def card_excerpt(card: dict[str, Any] | None) -> str:
