@@ -3,7 +3,6 @@ duplicated when an actor dies mid-batch, and exactly-once output after a failed 
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -54,12 +53,11 @@ def test_ray_matches_local_and_an_actor_killed_mid_batch_loses_and_duplicates_no
     """One run covers both (each Ray run costs the actors' start-up): a run whose actor dies matching the
     local engine row for row also shows that an undisturbed run does."""
     marker = tmp_path / "killed"
-    t = time.time()
     m = scan(setup["detectors"], setup["corpus"], tmp_path / "out", model=setup["model"], engine="ray", actors=2,
              batch_size=20, progress=False, chaos={"die_after": 60, "marker": str(marker)})
     assert marker.exists()  # an actor process really died mid-run (and Ray restarted it)
     assert m["exact"] and (m["input_rows"], m["output_rows"], m["missing"], m["duplicated"]) == (N, N, 0, 0), m
-    assert m["versions"]["ray"] and time.time() - t < 150
+    assert m["versions"]["ray"]  # no wall-clock bound here: timings belong in benchmarks (the machine is shared)
     _same_as_local(read_scores(tmp_path / "out"), local, setup)
 
 
