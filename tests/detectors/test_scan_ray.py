@@ -70,5 +70,7 @@ def test_failed_ray_run_then_resume_is_exactly_once(setup, local, tmp_path):
     m = scan(setup["detectors"], setup["corpus"], out, model=setup["model"], engine="ray", actors=1, batch_size=20,
              progress=False, resume=True)
     assert m["exact"] and (m["output_rows"], m["missing"], m["duplicated"]) == (N, 0, 0), m
-    assert m["rows_scored_this_run"] == N - first and first > 0  # finished blocks were kept, not redone
+    # whatever the failed run wrote is kept, not redone; on a loaded machine Ray may fail before its first write
+    # task runs (first == 0): that keeping finished parts works is asserted deterministically in test_scan.py
+    assert m["rows_scored_this_run"] == N - first
     _same_as_local(read_scores(out), local, setup)
