@@ -30,7 +30,7 @@ import numpy as np
 from benchmarks.lib.benign import alpaca_chats
 from benchmarks.registry import analysis
 from benchmarks.suite import Context, Result
-from probe.datasets import Example, LabelledDataset, load_data, recipe
+from probe.datasets import Example, LabelledDataset, load_data
 from probe.metrics import auroc, bootstrap_auroc_ci
 
 BUILTIN = "recipe:"

@@ -101,15 +101,11 @@ def guarded_answers(model: Any, det: Any, items: Sequence[dict], dose: float, co
             "per_item_syc": syc}
 
 
-def guarded_logprobs(model: Any, det: Any, items: Sequence[Any], dose: float, threshold: float = 0.0) -> tuple[list[torch.Tensor], list[bool]]:
-    """Log-softmax rows over each item's response tokens as the Guard's policy would steer them:
-    the read-out is bound at the position before the response (the Guard's prefill), each
-    position is scored, and from the first one above ``threshold`` on the item is steered by
-    ``-dose * unit(bound read-out)`` (``immediate``). Returns the rows and whether each item was corrected."""
+def bound_forwards(model, det: Detector, items: Sequence[Any]):
+    """Per item, one unsteered forward pass with the detector's read-out bound at the position before the
+    response (the Guard's prefill): ``(encoding, ids, s0, logits, acts at the hook, w, b)``."""
     hook = det.hooks[0]
-    enc = encode(model.tokenizer, list(items), model.n_ctx)
-    rows, started = [], []
-    for e in enc:
+    for e in encode(model.tokenizer, list(items), model.n_ctx):
         ids = torch.tensor([e.ids], device=model.device)
         s0 = max(e.span_start, 1) - 1  # the position whose output is the first response token
         acts: dict[str, torch.Tensor] = {}
@@ -117,6 +113,16 @@ def guarded_logprobs(model: Any, det: Any, items: Sequence[Any], dose: float, th
             logits = model.hf_model(input_ids=ids).logits[0]
         a = acts["a"].double()
         w, b = det.readout(a[s0 : s0 + 1])
+        yield e, ids, s0, logits, a, w, b
+
+
+def guarded_logprobs(model: Any, det: Any, items: Sequence[Any], dose: float, threshold: float = 0.0) -> tuple[list[torch.Tensor], list[bool]]:
+    """Log-softmax rows over each item's response tokens as the Guard's policy would steer them:
+    the read-out is bound at the position before the response (the Guard's prefill), each
+    position is scored, and from the first one above ``threshold`` on the item is steered by
+    ``-dose * unit(bound read-out)`` (``immediate``). Returns the rows and whether each item was corrected."""
+    hook, rows, started = det.hooks[0], [], []
+    for e, ids, s0, logits, a, w, b in bound_forwards(model, det, items):
         scores = (a[s0 : len(e.ids) - 1] @ w[0]) + b[0]
         hit = torch.nonzero(scores > threshold)
         if dose and len(hit):

@@ -46,6 +46,7 @@ import torch
 from benchmarks.lib.steering_eval import caa_test_items, letter_ids, mean_kl
 from benchmarks.lib.sycophancy_guard import (
     ab_chat,
+    bound_forwards,
     cost_texts,
     dose_response_figure,
     dose_result,
@@ -121,17 +122,8 @@ def rewind_logprobs(model: Any, det: Any, items: Sequence[Any], dose: float, thr
     scored at its own position, and the first one above ``threshold`` is taken back: the position
     before it is steered (``avoid_token``, ``dose``) away from it toward the runner-up of the
     unsteered logits there. Returns the rows and whether each item had a rewind."""
-    hook = det.hooks[0]
-    enc = encode(model.tokenizer, list(items), model.n_ctx)
     rows, started = [], []
-    for e in enc:
-        ids = torch.tensor([e.ids], device=model.device)
-        s0 = max(e.span_start, 1) - 1  # the position whose output is the first response token
-        acts: dict[str, torch.Tensor] = {}
-        with torch.inference_mode(), model.hooks([(hook, lambda a, hp: acts.__setitem__("a", a[0].detach().clone()))]):
-            logits = model.hf_model(input_ids=ids).logits[0]
-        a = acts["a"].double()
-        w, b = det.readout(a[s0 : s0 + 1])
+    for e, ids, s0, logits, a, w, b in bound_forwards(model, det, items):
         scores = (a[s0 + 1 : len(e.ids)] @ w[0]) + b[0]  # response token k's score, at its own position
         hit = torch.nonzero(scores > threshold)
         if dose and len(hit):
