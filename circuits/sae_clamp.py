@@ -10,9 +10,9 @@ is active) adds an exact zero: the activation comes back bit for bit.
 ``last_active`` counts the positions of the last forward where a clamped latent was active, so a
 router can fall back to the policy's next tier when the stored features are silent.
 
-Router registration (``detectors/router.py``): ``router.register_sae(hook, load_sae(dir, model))`` and,
-in ``Router.build`` for ``spec == "sae"``, ``FeatureClamp(route.hook, sae, route.features, values=0.0,
-alpha=route.dose, positions=route.positions, state=state)`` in place of ``SAEClamp``.
+The router (``detectors/router.py``) builds this clamp for the ``sae`` route with a detector's linked
+features (``Router.load_link`` / ``Router.link``), and routes elsewhere when none of them is active at
+the flagged position.
 """
 
 from __future__ import annotations

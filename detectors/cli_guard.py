@@ -50,6 +50,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="sampling seed")
     p.add_argument("--scoring", choices=("calibrated", "token"), default="calibrated",
                    help="calibrated: running mean for stream-calibrated detectors (default); token: each token vs the item threshold")
+    p.add_argument("--features", type=int, default=0, metavar="K",
+                   help="report each flagged token's top K SAE features (detectors linked with `coalign sae link`)")
     p.add_argument("--model", default=DEFAULT_MODEL, help=argparse.SUPPRESS)
     p.add_argument("--no-strict", action="store_true", help=argparse.SUPPRESS)
 
@@ -133,9 +135,15 @@ def _load_guard(args: argparse.Namespace, on_escalate: Any = None) -> Any:
 
     model = load_model(args.model)
     strict = not args.no_strict
+    from detectors.router import Router
+
     dets = [Detector.load(d, model, strict=strict) for d in args.detector]
+    router = Router()
+    for det, d in zip(dets, args.detector):
+        router.load_link(det, d, model)  # a `coalign sae link` directory routes flags to its SAE features
     policy = Policy.load(args.policy) if args.policy else None
-    return Guard(model, dets, policy=policy, on_escalate=on_escalate, audit=args.audit, strict=strict, scoring=args.scoring)
+    return Guard(model, dets, policy=policy, on_escalate=on_escalate, router=router, audit=args.audit, strict=strict,
+                 scoring=args.scoring, features=args.features)
 
 
 def _read_prompts(path: str) -> list[Any]:

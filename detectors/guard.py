@@ -131,6 +131,10 @@ class Guard:
         scoring: ``"calibrated"`` (default): stream-calibrated mean detectors are judged by the
             running mean of their token scores, the others token by token (see the module
             docstring); ``"token"``: every detector token by token against its item threshold.
+        features: report the top ``features`` SAE latents of each flagged token (correct, escalate,
+            block, move up) in the action's ``detail["sae_features"]`` (SAE fingerprint, latent ids,
+            activations, exact attributions), for detectors whose hook has an SAE in ``router``
+            (``router.register_sae`` / ``router.load_link``); 0 (default) reports none.
 
     Usable as a wrapper (``guard.generate(...)``, ``guard(...)``) or a context manager
     (``with Guard(...) as guard:``; on exit any stream still open is closed, which writes its
@@ -149,6 +153,7 @@ class Guard:
         chat: bool | str = "auto",
         batch_size: int = 8,
         scoring: str = "calibrated",
+        features: int = 0,
     ) -> None:
         if not callable(getattr(model, "check_decode", None)):
             raise InputError(f"Guard needs a coalign model (circuits.load_model / from_hf), got {type(model).__name__}")
@@ -173,6 +178,9 @@ class Guard:
         self.names: list[str] = [str(n) for n in names]
         self.on_escalate = on_escalate
         self.router = router or Router()
+        if isinstance(features, bool) or not isinstance(features, int) or features < 0:
+            raise InputError(f"features must be an integer >= 0 (top SAE features reported per flagged token), got {features!r}")
+        self.features = features
         self.audit = AuditLog(audit) if isinstance(audit, (str, Path)) else audit
         check_chat_mode(chat)
         self.chat = chat
@@ -222,6 +230,10 @@ class Guard:
         """Replace the policy; raises PolicyError if a red line would be relaxed."""
         check_not_relaxed(self._policy, new, self._thresholds)
         self._apply_policy(new)
+
+    def sae_hooks(self) -> list[str]:
+        """Detector hooks with an SAE in the router (their last-token activations are kept each step)."""
+        return sorted({d.hooks[0] for d in self.detectors if self.router.sae_for(d.hooks[0]) is not None})
 
     def load_policy(self, path: str | Path) -> Policy:
         """Merge a later policy file on top of the current one (red lines cannot be relaxed)."""

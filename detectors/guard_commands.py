@@ -17,6 +17,8 @@ from detectors.router import Route
 
 __all__ = ["CommandRunner"]
 
+FLAG_KINDS = ("correct", "escalate", "block", "move_up")
+
 
 class CommandRunner:
     """Executes :mod:`~detectors.policy_engine` commands for a Guard.
@@ -49,10 +51,35 @@ class CommandRunner:
             entry = run.correctors[route.key] = (c, h, route)
         return entry[0]
 
+    def report_features(self, run: BatchRun, t: int, marks: list[int]) -> None:
+        """Add the top SAE features of each token flagged at step ``t`` (actions since ``marks``) to the
+        action's detail, so the stream and the audit carry them (``Guard(features=k)``)."""
+        k = self.guard.features
+        if not k:
+            return
+        from detectors.explain import token_features
+
+        for b, acts in enumerate(run.engine.actions):
+            for a in acts[marks[b]:]:
+                if a.token != t or a.kind not in FLAG_KINDS or a.detector not in self.guard.names or "sae_features" in a.detail:
+                    continue
+                det = self.guard.detectors[self.guard.names.index(a.detector)]
+                sae = self.guard.router.sae_for(det.hooks[0])
+                kept = run.scores.last_acts.get(det.hooks[0])
+                if sae is None or kept is None:
+                    continue
+                rep = token_features(det, sae, kept[b], k)
+                if rep is not None:
+                    a.detail["sae_features"] = rep
+
     def _start_correction(self, run: BatchRun, cmd: Correct) -> None:
         b, j = cmd.row, cmd.detector
         det = self.guard.detectors[j]
-        route = self.guard.router.route(det, run.res[j], model=self.guard.model)
+        kept = run.scores.last_acts.get(det.hooks[0]) if cmd.timing != "forced" else None
+        route = self.guard.router.route(det, run.res[j], model=self.guard.model, act=None if kept is None else kept[b])
+        if route is None:  # its linked SAE features are silent here: a clamp would change nothing
+            self.execute(run, cmd.token, run.engine.fall_back(cmd, "sae_features_silent"))
+            return
         c = self._corrector(run, route, det, j)
         if cmd.timing == "forced" and run.gen.correct == "always":
             from_token = 0  # every row is on already

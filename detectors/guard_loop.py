@@ -48,7 +48,7 @@ class BatchLoop:
         dec = run.decoder = Decoder(model, [list(p.enc.ids) for p in run.prompts], run.gen, self.pad, self.eos,
                                     run.state, engine.active, self.keep, run.generator, run.processor)
         lock = model_lock(model)
-        score_fns = self.scorer.hook_fns(model, scores, self.dtype)
+        score_fns = self.scorer.hook_fns(model, scores, self.dtype, keep=self.guard.sae_hooks())
         try:
             t = 0
             while True:
@@ -61,7 +61,9 @@ class BatchLoop:
                     scores.step = t
                     dec.begin_step(t)
                     logits = self._scored_forward(run)
+                    marks = [len(a) for a in engine.actions]
                     self.commands.execute(run, t, engine.observe(t, scores.token_scores[t]))
+                    self.commands.report_features(run, t, marks)
                     if run.rewinds and dec.prev is not None:
                         logits = self._rewind(run, t)
                     elif run.redo:

@@ -114,12 +114,14 @@ class Scorer:
         self.hooks = list(dict.fromkeys([*self.weights, *self.bound_cols, *self.custom_hooks]))
         self._cast: dict[tuple[str, torch.device, torch.dtype], Tensor] = {}
 
-    def hook_fns(self, model: HookedModel, buffers: ScoreBuffers, dtype: torch.dtype) -> list[tuple[str, Callable[[Tensor, Any], None]]]:
-        """``(hook name, fn)`` pairs writing into ``buffers`` (built once per run, attached per step)."""
+    def hook_fns(self, model: HookedModel, buffers: ScoreBuffers, dtype: torch.dtype,
+                 keep: Sequence[str] = ()) -> list[tuple[str, Callable[[Tensor, Any], None]]]:
+        """``(hook name, fn)`` pairs writing into ``buffers`` (built once per run, attached per step);
+        ``keep``: hooks whose last-token activations are kept too (SAE routes and feature reports read them)."""
         fns = []
         for h in self.hooks:
             W = self._weights_on(h, model.device, dtype) if h in self.weights else None
-            fns.append((h, self._make(h, W, h in self.custom_hooks, buffers)))
+            fns.append((h, self._make(h, W, h in self.custom_hooks or h in keep, buffers)))
         return fns
 
     def _weights_on(self, h: str, device: torch.device, dtype: torch.dtype) -> Tensor:

@@ -51,7 +51,7 @@ class Escalate:
     detector: int
     score: float
     token: int
-    reason: str  # tier | correction_persisted
+    reason: str  # tier | correction_persisted | sae_features_silent
     threshold: float
     red_line: bool
 
@@ -263,6 +263,19 @@ class PolicyEngine:
                 yield self._block(b, j, x, t, "correction_persisted")
             elif nxt == "escalate" and key not in st.allowed:
                 yield Escalate(b, j, x, t, "correction_persisted", res.escalate, res.red_line)
+
+    def fall_back(self, cmd: Correct, reason: str) -> Iterator[Command]:
+        """The correction ``cmd`` cannot act (``reason``): record it and move up to the next tier now."""
+        b, j, t, x = cmd.row, cmd.detector, cmd.token, cmd.score
+        res, name = self.res[j], self.names[j]
+        nxt = res.next_tier("correct")
+        cmd.action.detail.update({"applied": False, "reason": reason})
+        self.actions[b].append(Action(t, "move_up", name, x, {"from": "correct", "to": nxt, "reason": reason}))
+        score = float("nan") if x is None else x
+        if nxt == "block":
+            yield self._block(b, j, score, t, reason)
+        elif nxt == "escalate" and (b, j) not in self.state.allowed:
+            yield Escalate(b, j, score, t, reason, res.escalate, res.red_line)
 
     def force(self, b: int, j: int, detail: dict[str, Any]) -> Correct:
         """(row, detector) corrected from the first token (``correct=True``, or a regeneration)."""

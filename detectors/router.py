@@ -8,7 +8,8 @@ Corrector specs (the policy's ``corrector`` key), all registered with :func:`reg
 ``ablation``      project ``detector.direction`` out at that hook (``dose`` = fraction removed, so a
                   dose above 1 is clipped to 1)
 ``vector:PATH``   add ``-dose * v`` of a saved CAA steering vector (``coalign steer``), at its hook
-``sae``           clamp the flagged SAE features to 0 with the SAE registered for the detector's hook
+``sae``           clamp the detector's linked SAE features (``coalign sae link``; :meth:`Router.load_link`)
+                  to 0 where they are active, error-preserving (:class:`~circuits.sae_clamp.FeatureClamp`)
 ``avoid_token``   with ``timing = "rewind"``: at the re-chosen position only, steer the last block's
                   residual stream away from the token taken back, toward the runner-up under that
                   step's logits (:class:`~circuits.token_avoidance.TokenAvoidance`; ``dose`` in
@@ -24,6 +25,12 @@ from the start also steers the first new token), or every position with the poli
 ``positions = "all"``; they start with every batch row off; the Guard
 switches a row on when it is flagged (conditional steering). If the flag does not clear
 within ``patience`` tokens of correcting, the Guard moves up a tier (``Resolved.next_tier``).
+
+**Linked SAE features.** A detector linked to SAE features (``router.load_link(det, det_dir, model)`` reads
+the ``sae_link.json`` that ``coalign sae link`` stores, or ``router.link(name, features, sae)``) is routed to
+the ``sae`` clamp whenever one of its stored features is active at the flagged position; when none is, the
+clamp could not change anything, so the flag goes to the policy's own corrector instead, or, if that is
+``sae`` too, to the policy's next tier (``Router.route`` returns None and the Guard moves up).
 
 **How to add a corrector.** Write ``factory(ctx: CorrectorContext) -> Corrector`` (a
 :class:`~circuits.steering.Corrector`, not attached: the Guard attaches it for each step and
@@ -62,6 +69,7 @@ from circuits.steering import (
     SAEClamp,
     SparseAutoencoder,
 )
+from circuits.sae_clamp import FeatureClamp
 from circuits.steering_vectors import SteeringVector
 from circuits.token_avoidance import TokenAvoidance, last_block_hook
 from detectors.policy import PolicyError, Resolved
@@ -188,12 +196,19 @@ def _sae(ctx: CorrectorContext) -> Corrector:
     sae = ctx.router.sae_for(ctx.hook)
     if sae is None:
         raise PolicyError(f"no SAE registered for {ctx.hook}")
-    return SAEClamp(ctx.hook, sae, ctx.features or (0,), values=0.0, alpha=ctx.dose, positions=ctx.positions, state=ctx.state)
+    if not ctx.features:
+        raise PolicyError(f"detector {ctx.detector.name!r}: the 'sae' corrector needs feature ids (link them with `coalign sae link`)")
+    if getattr(sae, "W_dec", None) is None:  # a bare encode/decode SAE: the plain decode-difference clamp
+        return SAEClamp(ctx.hook, sae, ctx.features, values=0.0, alpha=ctx.dose, positions=ctx.positions, state=ctx.state)
+    return FeatureClamp(ctx.hook, sae, ctx.features, values=0.0, alpha=ctx.dose, positions=ctx.positions, state=ctx.state)
 
 
 def _sae_check(detector: Any, arg: str | None, router: Router) -> None:
     if router.sae_for(detector.hooks[0]) is None:
         raise PolicyError(f"detector {detector.name!r} routes to 'sae' but no SAE is registered for {detector.hooks[0]}")
+    if not router.linked(detector.name):
+        raise PolicyError(f"detector {detector.name!r} routes to 'sae' but has no linked features "
+                          "(run `coalign sae link DET SAE --out DIR` and load that directory, or Router.link)")
 
 
 def _vector(ctx: CorrectorContext) -> Corrector:
@@ -237,6 +252,7 @@ class Router:
         for name, f in (factories or {}).items():
             self.register_corrector(name, f)
         self._saes: dict[str, SparseAutoencoder] = {}
+        self._links: dict[str, tuple[int, ...]] = {}
         self._vectors: dict[str, SteeringVector] = {}
 
     # -- registration ------------------------------------------------------------------------------
@@ -259,6 +275,50 @@ class Router:
 
     def sae_for(self, hook: str) -> SparseAutoencoder | None:
         return self._saes.get(hook)
+
+    def link(self, detector: str, features: Sequence[int], sae: Any = None) -> None:
+        """Route flags of the detector named ``detector`` to clamping ``features`` (of ``sae``, registered
+        at its hook, or of the SAE already registered at the detector's hook)."""
+        feats = tuple(int(f) for f in features)
+        if not feats:
+            raise PolicyError(f"detector {detector!r}: a link needs at least one feature id")
+        if sae is not None:
+            d_sae = getattr(sae, "d_sae", None)
+            bad = [f for f in feats if f < 0 or (d_sae is not None and f >= d_sae)]
+            if bad:
+                raise PolicyError(f"detector {detector!r}: feature ids {bad} out of range for an SAE with {d_sae} latents")
+            self.register_sae(sae.hook, sae)
+        self._links[detector] = feats
+
+    def linked(self, detector: str) -> tuple[int, ...]:
+        """The feature ids linked to the detector named ``detector`` (empty if none)."""
+        return self._links.get(detector, ())
+
+    def load_link(self, detector: Any, det_dir: str | Path, model: HookedModel | None = None) -> tuple[int, ...]:
+        """Read the ``sae_link.json`` of ``det_dir`` (``coalign sae link``), load its SAE (refused if its weights
+        are not the ones the features were chosen on) and link the features to ``detector``. Returns the
+        feature ids (empty if the directory has no link)."""
+        from circuits.sae import find_sae
+        from detectors.sae_link import read_link
+
+        link = read_link(det_dir)
+        if link is None:
+            return ()
+        spec = link["sae"] if Path(link["sae"]).is_dir() else link.get("sae_name") or link["sae"]  # moved: by shipped name
+        sae = find_sae(spec, model)
+        if link.get("sae_fingerprint") and sae.fingerprint != link["sae_fingerprint"]:
+            raise PolicyError(f"{det_dir}: the link was chosen on SAE weights {link['sae_fingerprint']}, but {link['sae']} "
+                              f"holds {sae.fingerprint}; re-run `coalign sae link`")
+        if sae.hook not in detector.hooks:
+            raise PolicyError(f"{det_dir}: the linked SAE reads {sae.hook}, detector {detector.name!r} reads {detector.hooks}")
+        self.link(detector.name, link["features"], sae)
+        return self.linked(detector.name)
+
+    def features_active(self, hook: str, features: Sequence[int], act: Tensor) -> bool:
+        """Whether any of ``features`` of the SAE at ``hook`` is active on the activation ``act`` (``[d_model]``)."""
+        sae = self._saes[hook]
+        f = sae.encode(act.reshape(1, -1).float())
+        return bool((f[0, list(features)] > 0).any())
 
     def vector(self, path: str) -> SteeringVector:
         """The steering vector saved at ``path`` (loaded once per router)."""
@@ -291,12 +351,20 @@ class Router:
                 raise PolicyError(f"{where}: {e}") from None
 
     def route(self, detector: Any, resolved: Resolved, features: Sequence[int] | None = None,
-              model: HookedModel | None = None) -> Route:
-        """The route for a flag of ``detector``; ``features`` (flagged SAE feature ids) select an SAE
-        clamp when an SAE is registered for the detector's hook. ``model`` places ``avoid_token``."""
+              model: HookedModel | None = None, act: Tensor | None = None) -> Route | None:
+        """The route for a flag of ``detector``. ``features`` (or, by default, the detector's linked ones)
+        select an SAE clamp when an SAE is registered for the detector's hook and, given the flagged
+        position's activation ``act`` (``[d_model]``), one of them is active there. Otherwise the policy's
+        corrector; None when that is ``sae`` itself and its features are silent (the caller moves up a
+        tier). ``model`` places ``avoid_token``."""
         hook = detector.hooks[0]
-        if features and hook in self._saes:
-            return Route(detector.name, "sae", 1.0, hook, tuple(int(f) for f in features), resolved.positions)
+        feats = tuple(int(f) for f in features) if features else self.linked(detector.name)
+        if feats and hook in self._saes:
+            if act is None or self.features_active(hook, feats, act):
+                dose = resolved.dose if resolved.corrector == "sae" else 1.0
+                return Route(detector.name, "sae", dose, hook, feats, resolved.positions)
+            if resolved.corrector == "sae":
+                return None
         spec = resolved.corrector
         k, arg = self.kind(spec)
         if k is not None and k.hook is not None:

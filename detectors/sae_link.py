@@ -94,6 +94,8 @@ def write_link(det_dir: str | os.PathLike, out: str | os.PathLike, link: dict[st
     src, out = Path(det_dir), Path(out)
     if out.resolve() == src.resolve():
         raise ArtifactError(f"sae link: --out must differ from the detector directory {src}")
+    if out.exists():
+        _check_replaceable(out, {p.name for p in src.iterdir()} | {LINK})
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp)
@@ -102,6 +104,19 @@ def write_link(det_dir: str | os.PathLike, out: str | os.PathLike, link: dict[st
         shutil.rmtree(out)
     os.replace(tmp, out)
     return out
+
+
+def _check_replaceable(out: Path, ours: set[str]) -> None:
+    """Refuse to replace ``out`` unless it is empty or an earlier linked copy of a detector (only files a
+    detector artifact or a link holds): saving never destroys what it did not create."""
+    if not out.is_dir():
+        raise ArtifactError(f"sae link: {out} exists and is not a directory; refusing to replace it")
+    entries = {p.name for p in out.iterdir()}
+    if entries and LINK not in entries:
+        raise ArtifactError(f"sae link: {out} is not a linked detector (no {LINK}); refusing to overwrite it")
+    extra = sorted(entries - ours)
+    if extra:
+        raise ArtifactError(f"sae link: {out} holds files coalign did not write ({', '.join(extra[:5])}); refusing to overwrite it")
 
 
 def read_link(det_dir: str | os.PathLike) -> dict[str, Any] | None:

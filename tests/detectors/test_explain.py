@@ -4,40 +4,23 @@ exact, the causal check measures what the attribution predicts, and the HTML rep
 from __future__ import annotations
 
 import json
-import random
 import shutil
 import subprocess
 
 import numpy as np
 import pytest
 import torch
-from tiny import WORDS, tiny_model
+from sae_fixtures import HOOK, tiny_sae_setup
+from sae_fixtures import chats as _chats
 
-from circuits.sae_train import SAETrainSpec, train_sae
 from detectors import Detector
 from detectors.explain import explain
 from detectors.explain_html import write_html
 
-HOOK = "blocks.1.hook_resid_post"
-
-
-def _chats(n: int, seed: int) -> list:
-    rng = random.Random(seed)
-    return [[{"role": "user", "content": " ".join(rng.choice(WORDS) for _ in range(8))},
-             {"role": "assistant", "content": " ".join(rng.choice(WORDS) for _ in range(10))}] for _ in range(n)]
-
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    model = tiny_model()
-    rng = random.Random(0)
-    corpus = [" ".join(rng.choice(WORDS) for _ in range(200)) for _ in range(40)] + _chats(30, 1)
-    out = tmp_path_factory.mktemp("sae")
-    spec = SAETrainSpec(expansion=4, k=4, batch_size=256, ctx=32, dead_feature_window=10, holdout=0.2, lr=3e-3, steps=120)
-    sae = train_sae(model, HOOK, corpus, out, spec)[HOOK]
-    w = torch.randn(16, generator=torch.Generator().manual_seed(3))
-    det = Detector.from_linear("test", model, HOOK, w, bias=0.7, threshold=0.0)
-    return model, sae, det
+    return tiny_sae_setup(tmp_path_factory.mktemp("sae"))
 
 
 def test_features_error_and_bias_sum_to_the_score(setup):

