@@ -3,6 +3,7 @@ escalations put to a person (internals of :mod:`detectors.guard`)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -52,25 +53,39 @@ class CommandRunner:
         return entry[0]
 
     def report_features(self, run: BatchRun, t: int, marks: list[int]) -> None:
-        """Add the top SAE features of each token flagged at step ``t`` (actions since ``marks``) to the
-        action's detail, so the stream and the audit carry them (``Guard(features=k)``)."""
+        """The top SAE features of each token flagged at step ``t`` (``Guard(features=k)``): added to the
+        detail of the engine's actions since ``marks`` (correct, escalate, block, move up; streamed and
+        audited), and kept for the tokens where a statistic rises above its monitor tier (the output's
+        ``monitor`` actions are assembled from them when the row finishes)."""
         k = self.guard.features
         if not k:
             return
         from detectors.explain import token_features
 
+        def report(b: int, j: int) -> dict[str, Any] | None:
+            det = self.guard.detectors[j]
+            sae = self.guard.router.sae_for(det.hooks[0])
+            kept = run.scores.last_acts.get(det.hooks[0])
+            return None if sae is None or kept is None else token_features(det, sae, kept[b], k)
+
         for b, acts in enumerate(run.engine.actions):
             for a in acts[marks[b]:]:
-                if a.token != t or a.kind not in FLAG_KINDS or a.detector not in self.guard.names or "sae_features" in a.detail:
-                    continue
-                det = self.guard.detectors[self.guard.names.index(a.detector)]
-                sae = self.guard.router.sae_for(det.hooks[0])
-                kept = run.scores.last_acts.get(det.hooks[0])
-                if sae is None or kept is None:
-                    continue
-                rep = token_features(det, sae, kept[b], k)
+                if a.token == t and a.kind in FLAG_KINDS and a.detector in self.guard.names and "sae_features" not in a.detail:
+                    rep = report(b, self.guard.names.index(a.detector))
+                    if rep is not None:
+                        a.detail["sae_features"] = rep
+        stat = run.engine.statistic
+        for j, name in enumerate(self.guard.names):
+            thr = run.res[j].monitor
+            if not math.isfinite(thr) or self.guard.router.sae_for(self.guard.detectors[j].hooks[0]) is None:
+                continue
+            now = stat[t][:, j].nan_to_num(nan=-math.inf) > thr
+            if t > 0:
+                now &= ~(stat[t - 1][:, j].nan_to_num(nan=-math.inf) > thr)
+            for b in now.nonzero().flatten().tolist():
+                rep = report(b, j)
                 if rep is not None:
-                    a.detail["sae_features"] = rep
+                    run.feature_reports[(b, t, name)] = rep
 
     def _start_correction(self, run: BatchRun, cmd: Correct) -> None:
         b, j = cmd.row, cmd.detector

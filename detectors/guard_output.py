@@ -74,7 +74,7 @@ class OutputAssembler:
             n_sc = min(n_sc, n)
             scores = {name: buf[:n_sc, b, j].copy() for j, name in enumerate(self.names)}
             policy_scores = {name: stat[:n_sc, b, j].copy() for j, name in enumerate(self.names)}
-            actions = self.monitor_actions(run, policy_scores) + run.actions[b]
+            actions = self.monitor_actions(run, policy_scores, b) + run.actions[b]
             actions.sort(key=lambda a: a.token)
             generated = tok.decode(ids, skip_special_tokens=True)
             blocked = run.blocked_at[b] is not None
@@ -126,7 +126,9 @@ class OutputAssembler:
             )
             self.audit.write(rec)
 
-    def monitor_actions(self, run: BatchRun, scores: dict[str, np.ndarray]) -> list[Action]:
+    def monitor_actions(self, run: BatchRun, scores: dict[str, np.ndarray], row: int = 0) -> list[Action]:
+        """One ``monitor`` action where each detector's statistic rises above its monitor tier (with the
+        token's SAE features when the Guard reported them, ``Guard(features=k)``)."""
         out = []
         for j, name in enumerate(self.names):
             thr = run.res[j].monitor
@@ -135,7 +137,9 @@ class OutputAssembler:
             s = scores[name]
             above = np.nan_to_num(s, nan=-np.inf) > thr
             rises = np.nonzero(above & ~np.concatenate([[False], above[:-1]]))[0]
-            out.extend(Action(int(i), "monitor", name, float(s[i])) for i in rises)
+            for i in rises:
+                rep = run.feature_reports.get((row, int(i), name))
+                out.append(Action(int(i), "monitor", name, float(s[i]), {"sae_features": rep} if rep else {}))
         return out
 
     def write_audit(self, run: BatchRun) -> None:

@@ -58,6 +58,7 @@ class BatchRun:
         self.processor: Callable[[Tensor, Tensor], Tensor] | None = None
         self.correctors: dict[tuple, tuple[Corrector, CorrectorHandle, Route]] = {}
         self.row_correctors: list[list[dict[str, Any]]] = [[] for _ in prompts]
+        self.feature_reports: dict[tuple[int, int, str], dict[str, Any]] = {}  # (row, token, detector) -> SAE features
         self.hooks: list[HookHandle] = []  # the scoring hooks, while a step runs
         self.redo = False  # a correction with timing "immediate" started this step: re-run it corrected
         self.redos = 0

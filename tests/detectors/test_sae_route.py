@@ -146,3 +146,18 @@ def test_load_link_checks_the_sae_and_write_link_never_overwrites_foreign_files(
     with pytest.raises(ArtifactError, match="refusing to overwrite"):
         write_link(tmp_path / "det", mine, link)
     assert (mine / "notes.txt").read_text() == "keep me" and not (mine / "sae_link.json").exists()
+
+
+def test_monitor_only_guard_reports_features_where_a_flag_rises(setup):
+    model, sae, live, *_ = setup
+    det = _det(model, threshold=-1e9)  # the packaged default policy monitors it: a flag rises at token 0
+    router = Router()
+    router.register_sae(HOOK, sae)  # no link needed to explain, only to route
+    out = Guard(model, [det], router=router, features=3, scoring="token").generate("hello world", max_new_tokens=3)[0]
+    mon = [a for a in out.actions if a.kind == "monitor"]
+    assert [a.token for a in mon] == [0]
+    rep = mon[0].detail["sae_features"]
+    assert rep["sae"] == sae.fingerprint and 1 <= len(rep["features"]) <= 3
+    assert all(f["activation"] > 0 for f in rep["features"])
+    plain = Guard(model, [det], router=router).generate("hello world", max_new_tokens=3)[0]
+    assert plain.token_ids == out.token_ids and "sae_features" not in plain.actions[0].detail  # reporting changes nothing else
