@@ -73,25 +73,33 @@ def feature_attribution(det: Detector, sae: CoalignSAE, rows: dict[str, np.ndarr
 
 
 @torch.no_grad()
-def token_features(det: Any, sae: Any, act: torch.Tensor, k: int = 5) -> dict[str, Any] | None:
+def token_features(det: Any, sae: Any, act: torch.Tensor, k: int = 5, cache: dict | None = None) -> dict[str, Any] | None:
     """One token's score ``act . w + b`` split over ``sae``'s latents (the Guard's per-token report).
 
     Returns ``{"sae": fingerprint, "features": [{"id", "activation", "attribution"}] (top ``k`` by |attribution|),
     "error", "bias"}`` where every latent's attribution + error + bias is the token's score at this hook
-    (exact); None for a detector without a linear read-out at the SAE's hook.
+    (exact: ``x.w = f.(W_dec w) + b_dec.w + e.w``); None for a detector without a linear read-out at the SAE's
+    hook. ``cache`` (any dict kept by the caller) holds ``W_dec w`` per detector and SAE between tokens.
     """
     if not isinstance(det, Detector) or sae.hook not in det.hooks:
         return None
-    w = det.weight[det.hooks.index(sae.hook)].double()
-    x = act.reshape(-1).double()
+    key = (id(det), id(sae))
+    if cache is None or key not in cache:
+        w = det.weight[det.hooks.index(sae.hook)].double()
+        entry = (w, sae.W_dec.detach().double() @ w, float(sae.b_dec.detach().double() @ w))
+        if cache is not None:
+            cache[key] = entry
+    else:
+        entry = cache[key]
+    w, dw, bw = entry
+    x = act.reshape(-1)
     f = sae.encode(x.float().unsqueeze(0))[0].double()
-    W_dec, b_dec = sae.W_dec.detach().double(), sae.b_dec.detach().double()
-    attr = f * (W_dec @ w)
-    err = float((x - (f @ W_dec + b_dec)) @ w)
+    attr = f * dw
+    err = float(x.double() @ w) - float(attr.sum()) - bw
     order = [int(i) for i in torch.argsort(attr.abs(), descending=True)[:k] if f[i] > 0]
     return {"sae": getattr(sae, "fingerprint", None), "hook": sae.hook,
             "features": [{"id": i, "activation": round(float(f[i]), 6), "attribution": round(float(attr[i]), 6)} for i in order],
-            "error": round(err, 6), "bias": round(float(det.bias) + float(b_dec @ w), 6)}
+            "error": round(err, 6), "bias": round(float(det.bias) + bw, 6)}
 
 
 def nearest_sae(det: Detector, saes: Sequence[CoalignSAE]) -> CoalignSAE:

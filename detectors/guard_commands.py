@@ -33,6 +33,7 @@ class CommandRunner:
     def __init__(self, guard: Any, eos: set[int]) -> None:
         self.guard = guard
         self.eos = eos
+        self._attr_cache: dict = {}  # W_dec @ w per (detector, SAE), for feature reports
 
     def execute(self, run: BatchRun, t: int, commands: Iterator[Command]) -> None:
         for cmd in commands:
@@ -66,7 +67,7 @@ class CommandRunner:
             det = self.guard.detectors[j]
             sae = self.guard.router.sae_for(det.hooks[0])
             kept = run.scores.last_acts.get(det.hooks[0])
-            return None if sae is None or kept is None else token_features(det, sae, kept[b], k)
+            return None if sae is None or kept is None else token_features(det, sae, kept[b], k, self._attr_cache)
 
         for b, acts in enumerate(run.engine.actions):
             for a in acts[marks[b]:]:
