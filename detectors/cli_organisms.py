@@ -14,6 +14,7 @@ command is run again.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from circuits.errors import InputError
@@ -37,6 +38,18 @@ def _layers(text: str | None) -> list[int] | None:
         return out
     except ValueError:
         raise InputError(f"--layers: expected block indices like 18-29 or 3,5,7, got {text!r}") from None
+
+
+def organism_dir(spec: str) -> str:
+    """An organism folder, or the folder of the shipped organism named ``spec`` (``coalign organisms list``)."""
+    from detectors.organisms.organism import shipped
+
+    if Path(spec).is_dir():
+        return spec
+    for row in shipped():
+        if row["name"] == spec:
+            return row["path"]
+    raise InputError(f"{spec}: no organism folder and no shipped organism of that name (see `coalign organisms list`)")
 
 
 def _base(args: argparse.Namespace, organism_dir: str | None = None) -> Any:
@@ -98,6 +111,7 @@ def cmd_organisms_validate(args: argparse.Namespace) -> int:
     from detectors.organisms.validate import validate_organism
 
     check_output_file(args.json, "--json")
+    args.organism = organism_dir(args.organism)
     org = Organism.load(args.organism)
     if args.data:
         held, generic = load_scenarios(args.data)
@@ -144,6 +158,7 @@ def cmd_unmask(args: argparse.Namespace) -> int:
         raise InputError(f"--strategies: unknown strategy {unknown[0]!r}; expected some of {', '.join(STRATEGIES)}")
     if args.data:
         check_input_files([args.data], "--data")
+    args.organism_a, args.organism_b = organism_dir(args.organism_a), organism_dir(args.organism_b)
     base = _base(args, args.organism_a)
     result = unmask_pair(args.organism_a, args.organism_b, base, data=args.data, strategies=names, tau=args.tau,
                          seed=args.seed)
@@ -162,7 +177,7 @@ def cmd_train_alignment_faking(args: argparse.Namespace) -> int:
     """
     from detectors.organisms.runtime import train_alignment_faking
 
-    dirs = list(getattr(args, "organisms", None) or [])
+    dirs = [organism_dir(d) for d in getattr(args, "organisms", None) or []]
     if not dirs:
         raise InputError("train alignment_faking needs --organisms DIR... (aligned organisms and fakers)")
     check_output_dir(args.out, "--out")

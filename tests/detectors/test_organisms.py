@@ -180,3 +180,14 @@ def test_cli_train_validate_list_and_unmask_end_to_end(base, tmp_path, capsys):
     r = cli("unmask", str(tmp_path / "aligned"), str(tmp_path / "faker"), "--strategies", "telepathy")
     assert r.returncode == 2 and "telepathy" in r.stderr
     assert issubclass(InputError, CoalignError)
+
+
+def test_organism_names_resolve_to_folders_or_fail_clearly(tmp_path):
+    from detectors.cli_organisms import organism_dir
+    from detectors.organisms.organism import shipped
+
+    assert organism_dir(str(tmp_path)) == str(tmp_path)
+    for row in shipped():
+        assert organism_dir(row["name"]) == row["path"]
+    with pytest.raises(InputError, match="no shipped organism of that name"):
+        organism_dir("no-such-organism")
