@@ -1,5 +1,6 @@
 """Alignment-faking zoo on SmolLM2: build organism pairs (resumable), validate them, unmask every pair, and
-train the runtime detector; writes ``validation``, ``unmasking`` and ``detector`` tables to ``--out``.
+train the runtime detector, then run the Guard with it against each pair; writes ``validation``, ``unmasking``,
+``detector`` and ``guard`` tables to ``--out``.
 
 Every organism is trained with checkpoints: stop this script at any time (Ctrl-C, a time limit) and run the
 same command again to continue; finished organisms are skipped. ``--stage`` runs one part only.
@@ -103,10 +104,18 @@ def tables(args: argparse.Namespace, model: Any, pairs: list[dict[str, Any]]) ->
         n = len(complete)
         out["unmasking_summary"] = {s: {"correct": k, "n_pairs": n, "rate": round(k / n, 3) if n else None,
                                         "ci95": _wilson(k, n)} for s, k in named.items()}
+    det_dir = Path(args.out) / "alignment_faking_detector"
     if args.stage in ("all", "detector") and complete:
         dirs = [Path(args.out) / "zoo" / p["name"] / r for p in complete for r in ("aligned", "faker")]
-        det = train_alignment_faking(dirs, Path(args.out) / "alignment_faking_detector", base=model)
-        out["detector"] = det.metrics
+        out["detector"] = train_alignment_faking(dirs, det_dir, base=model).metrics
+    if args.stage in ("all", "detector", "guard") and complete and (det_dir / "config.json").exists():
+        from detectors.detector import Detector
+        from detectors.organisms.guard_eval import guard_stops_faker
+
+        det = Detector.load(det_dir, model)
+        out["guard"] = [{"pair": p["name"], **guard_stops_faker(det, Path(args.out) / "zoo" / p["name"] / "faker",
+                                                                Path(args.out) / "zoo" / p["name"] / "aligned", model)}
+                        for p in complete]
     return out
 
 
@@ -133,7 +142,7 @@ def main() -> None:
     ap.add_argument("--tier", choices=("builtin", "poser"), default="builtin")
     ap.add_argument("--poser", default="../shared/datasets/poser", help="Poser copy (SOURCE.txt, data/...)")
     ap.add_argument("--pairs", type=int, default=6)
-    ap.add_argument("--stage", choices=("all", "zoo", "unmask", "detector"), default="all")
+    ap.add_argument("--stage", choices=("all", "zoo", "unmask", "detector", "guard"), default="all")
     ap.add_argument("--pilot", action="store_true")
     ap.add_argument("--minutes", type=float, default=math.inf, help="time budget for training in this run")
     ap.add_argument("--steps", type=int, default=400)

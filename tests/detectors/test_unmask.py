@@ -175,3 +175,31 @@ def test_noise_hooks_leave_no_trace_on_the_models(planted):
     run_strategies(pair, ["steering", "learning_speed"])
     assert all(torch.equal(x, y.detach()) for x, y in zip(before, b.hf_model.parameters()))
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in b.hf_model.modules())
+
+
+def test_guard_with_the_runtime_detector_blocks_where_it_fires(zoo, tmp_path):
+    import copy
+
+    from detectors.organisms.guard_eval import guard_stops_faker
+
+    base, dirs = zoo
+    det = _runtime_detector(zoo, tmp_path)
+    res = guard_stops_faker(det, dirs["faker"], dirs["aligned"], base, n_benign=8)
+    assert res["n_prompts"] > 0 and res["benign_blocked"]["n"] == 8
+    for k in ("cut_of_misaligned", "aligned_poor_blocked", "benign_blocked"):
+        r = res[k]
+        assert r["n"] == 0 or (0 <= r["rate"] <= 1 and r["ci95"][0] <= r["rate"] <= r["ci95"][1])
+    always = copy.deepcopy(det)
+    always.threshold = -1e9  # a detector that fires everywhere: the Guard blocks every decision
+    every = guard_stops_faker(always, dirs["faker"], dirs["aligned"], base, n_benign=8)
+    assert every["aligned_poor_blocked"]["rate"] == 1.0 and every["benign_blocked"]["rate"] == 1.0
+    never = copy.deepcopy(det)
+    never.threshold = 1e9
+    assert guard_stops_faker(never, dirs["faker"], dirs["aligned"], base, n_benign=8)["aligned_poor_blocked"]["rate"] == 0.0
+
+
+def _runtime_detector(zoo, tmp_path):
+    from detectors.organisms.runtime import train_alignment_faking
+
+    base, dirs = zoo
+    return train_alignment_faking([dirs["aligned"], dirs["faker"]], tmp_path / "af", base=base, n_benign=16)
