@@ -48,6 +48,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _train_mixture(args)
     for flag, files in (("--data", args.data), ("--control", args.control)):
         check_input_files(files, flag)
+    if args.sae:
+        return _train_sae_detector(args)
     negatives = _negatives(args.negatives)
     if isinstance(negatives, list):
         check_input_files(negatives, "--negatives")
@@ -60,6 +62,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     ).validate()
     model = _model(args.model)
     return _report_trained(train_from_config(config, model, progress=True), args)
+
+
+def _train_sae_detector(args: argparse.Namespace) -> int:
+    """``coalign train BEHAVIOUR --sae SAE [--sae-k K]``: an SAE-feature probe calibrated like any detector."""
+    if args.sae_k < 1:
+        raise InputError(f"--sae-k must be >= 1, got {args.sae_k}")
+    from circuits.sae import find_sae
+    from detectors.sae_detector import train_sae_detector
+
+    model = _model(args.model)
+    sae = find_sae(args.sae, model)
+    det = train_sae_detector(model, sae, args.behaviour, data=args.data or None, k=args.sae_k, fpr=args.fpr,
+                             control=args.control, n_control=args.n_control)
+    return _report_trained(det, args)
 
 
 def _report_trained(det: Any, args: argparse.Namespace) -> int:
@@ -218,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--mixture", action="store_true",
                    help="deception only: train the default detector and a concealment detector and fold them into one "
                         "that also transfers to role-play lies (weight chosen on held-out instructed pairs)")
+    t.add_argument("--sae", default=None, metavar="SAE",
+                   help="train an SAE-feature probe on this SAE's codes instead of a dense probe (directory or shipped name)")
+    t.add_argument("--sae-k", type=int, default=16, metavar="K", help="with --sae: latents kept (default 16; 1, 4, 16, 64 compared in the record)")
     t.add_argument("--json", default=None)
     t.set_defaults(func=cmd_train)
 

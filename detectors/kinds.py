@@ -43,7 +43,8 @@ class DetectorLike(Protocol):
 _KINDS: dict[str, type] = {}
 # The built-in kinds, by the module that defines and registers each: imported when first asked for (as
 # entry points are), so ``import detectors`` stays light and this module imports no detector module.
-_BUILTIN = {"linear_detector": "detectors.detector", "conditional_detector": "detectors.conditional"}
+_BUILTIN = {"linear_detector": "detectors.detector", "conditional_detector": "detectors.conditional",
+            "sae_probe_detector": "detectors.sae_detector"}
 T = TypeVar("T", bound=type)
 
 
