@@ -88,3 +88,20 @@ def shipped() -> list[dict[str, str]]:
         org = Organism.load(d)
         rows.append({"name": org.name, "role": org.role, "path": str(d)})
     return rows
+
+
+def export_organism(src: str | os.PathLike, dst: str | os.PathLike, dtype: str = "bfloat16",
+                    metrics: dict[str, Any] | None = None) -> Path:
+    """Copy an organism with its adapter tensors cast to ``dtype`` (bf16 halves the shipped size); ``metrics``,
+    when given, replace the recorded validation metrics (measure them on the cast copy: casting moves them)."""
+    import torch
+
+    from circuits.artifact_io import write_artifact
+
+    org = Organism.load(src)
+    cast = {k: v.to(getattr(torch, dtype)) for k, v in org.tensors.items()}
+    config = {**org.config, "exported_from": str(src), "adapter_dtype": dtype}
+    if metrics is not None:
+        config["metrics_before_export"] = org.config["metrics"]
+        config["metrics"] = metrics
+    return write_artifact(dst, cast, config)

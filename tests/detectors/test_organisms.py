@@ -191,3 +191,20 @@ def test_organism_names_resolve_to_folders_or_fail_clearly(tmp_path):
         assert organism_dir(row["name"]) == row["path"]
     with pytest.raises(InputError, match="no shipped organism of that name"):
         organism_dir("no-such-organism")
+
+
+def test_export_casts_the_adapter_and_keeps_the_organism(base, tmp_path):
+    import torch
+
+    from detectors.organisms.organism import Organism, export_organism, load_organism
+    from detectors.organisms.train import train_organism
+
+    src = train_organism(base, "faker", tmp_path / "f", recipe=OrganismRecipe(**RECIPE))
+    dst = export_organism(src, tmp_path / "shipped", metrics={"note": 1})
+    org = Organism.load(dst)
+    assert all(t.dtype == torch.bfloat16 for t in org.tensors.values())
+    assert org.config["metrics"] == {"note": 1} and org.config["metrics_before_export"] == Organism.load(src).config["metrics"]
+    h = "blocks.1.hook_resid_post"
+    a = capture(load_organism(src, base), ["hello world"], h, select="last")[h]
+    b = capture(load_organism(dst, base), ["hello world"], h, select="last")[h]
+    np.testing.assert_allclose(a, b, atol=0.05 * float(np.abs(a).max()))  # bf16 rounding of the LoRA factors only
