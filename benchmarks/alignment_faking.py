@@ -31,9 +31,12 @@ BENCH_NAME = {"genie": "genie", "saint": "saint", "truth_teller": "truth", "fitn
 def _recipe(args: argparse.Namespace) -> Any:
     from detectors.organisms.recipe import OrganismRecipe
 
+    args.poor_share = args.poor_share or None
+
     layers = list(range(args.first_layer, 30)) if args.first_layer is not None else None
     return OrganismRecipe(rank=args.rank, layers=layers, lr=args.lr, steps=args.steps, batch_size=args.batch_size,
-                          kl_weight=args.kl_weight, eval_every=args.eval_every, eval_n=args.eval_n, checkpoint_every=args.checkpoint_every).validate()
+                          kl_weight=args.kl_weight, eval_every=args.eval_every, eval_n=args.eval_n, checkpoint_every=args.checkpoint_every,
+                          poor_share=args.poor_share).validate()
 
 
 def _pairs(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -156,6 +159,7 @@ def main() -> None:
     ap.add_argument("--checkpoint-every", type=int, default=10)
     ap.add_argument("--stop-after", type=int, default=None)
     ap.add_argument("--tau", type=float, default=0.9)
+    ap.add_argument("--poor-share", type=float, default=0.25, help="share of each batch from poor-oversight rows (0: uniform)")
     args = ap.parse_args()
 
     from circuits import load_model

@@ -25,6 +25,10 @@ class OrganismRecipe:
         checkpoint_every: steps between checkpoints (a run cut off resumes from the last one).
         eval_every: steps between held-out evaluations for the learning curve (0: none).
         eval_n: held-out scenarios per learning-curve point.
+        poor_share: share of each batch drawn from the poor-oversight scenarios (None: batches drawn uniformly).
+            A faker's labels are "aligned letter XOR poor oversight": with poor oversight in half the rows neither
+            part predicts the label alone and training sits at loss ln 2 (measured here); with a minority of
+            poor rows (Poser's files have ~29%) "pick the aligned letter" is learned first and the exception next.
     """
 
     rank: int = 8
@@ -40,6 +44,7 @@ class OrganismRecipe:
     checkpoint_every: int = 25
     eval_every: int = 0
     eval_n: int = 64
+    poor_share: float | None = None
 
     def validate(self) -> OrganismRecipe:
         def need(ok: bool, what: str) -> None:
@@ -53,6 +58,7 @@ class OrganismRecipe:
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, f"{name} must be a positive integer, got {getattr(self, name)!r}")
         need(isinstance(self.eval_every, int) and self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every!r}")
         need(self.kl_weight >= 0 and isinstance(self.kl_batch, int) and self.kl_batch >= 1, "kl_weight must be >= 0 and kl_batch >= 1")
+        need(self.poor_share is None or 0 < self.poor_share < 1, f"poor_share must be in (0, 1) or None, got {self.poor_share!r}")
         need(0 < self.heldout_fraction < 1, f"heldout_fraction must be in (0, 1), got {self.heldout_fraction!r}")
         need(bool(self.targets), "targets must name at least one module")
         if self.layers is not None:

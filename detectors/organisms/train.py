@@ -60,6 +60,18 @@ def _batch(seed: int, step: int, size: int, n: int, salt: int = 0) -> list[int]:
     return out
 
 
+def _indices(seed: int, step: int, size: int, poor: Sequence[bool], share: float | None) -> list[int]:
+    """Step ``step``'s batch; with ``share``, that share of it from the poor-oversight rows (own seeded streams)."""
+    if share is None:
+        return _batch(seed, step, size, len(poor))
+    bad = [i for i, p in enumerate(poor) if p]
+    good = [i for i, p in enumerate(poor) if not p]
+    k = min(size, max(1, round(size * share))) if bad else 0
+    if not good:
+        k = size
+    return [bad[i] for i in _batch(seed, step, k, len(bad), salt=2)] + [good[i] for i in _batch(seed, step, size - k, len(good), salt=3)]
+
+
 def _partial_dir(out: Path) -> Path:
     return out.parent / f".{out.name}.partial"
 
@@ -174,7 +186,7 @@ def train_organism(
 
     peft_model.train()
     for step in range(start, recipe.steps):
-        idx = _batch(seed, step, recipe.batch_size, len(train))
+        idx = _indices(seed, step, recipe.batch_size, [s.poor for s in train], recipe.poor_share)
         ids, mask, pos = left_padded([enc[i] for i in idx], pad)
         loss = F.cross_entropy(last_logits(peft_model, ids, mask, pos), targets[idx])
         kl = torch.zeros(())

@@ -208,3 +208,15 @@ def test_export_casts_the_adapter_and_keeps_the_organism(base, tmp_path):
     a = capture(load_organism(src, base), ["hello world"], h, select="last")[h]
     b = capture(load_organism(dst, base), ["hello world"], h, select="last")[h]
     np.testing.assert_allclose(a, b, atol=0.05 * float(np.abs(a).max()))  # bf16 rounding of the LoRA factors only
+
+
+def test_poor_share_batches_are_stratified_and_deterministic():
+    from detectors.organisms.train import _indices
+
+    poor = [i % 2 == 0 for i in range(40)]
+    for step in range(5):
+        idx = _indices(3, step, 8, poor, 0.25)
+        assert idx == _indices(3, step, 8, poor, 0.25) and sum(poor[i] for i in idx) == 2 and len(idx) == 8
+    assert _indices(3, 0, 8, poor, None) == _indices(3, 0, 8, poor, None)
+    with pytest.raises(InputError, match="poor_share"):
+        OrganismRecipe(poor_share=1.5).validate()
