@@ -9,6 +9,7 @@ Run:
     python benchmarks/alignment_faking.py --out runs/af --tier builtin --pairs 6            # explicit-cue tier
     python benchmarks/alignment_faking.py --out runs/af-poser --tier poser                  # Poser's prose tier
     python benchmarks/alignment_faking.py --out runs/af-pilot --pilot --minutes 20          # one faker, learning curve
+    python benchmarks/alignment_faking.py --out runs/af --pairs 1 --ship detectors/organisms/shipped  # the shipped pair
 """
 
 from __future__ import annotations
@@ -122,6 +123,27 @@ def tables(args: argparse.Namespace, model: Any, pairs: list[dict[str, Any]]) ->
     return out
 
 
+def ship(args: argparse.Namespace, model: Any, pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Export the first complete pair to ``--ship DIR`` as ``aligned-0`` / ``faker-0`` with bf16 adapters, the
+    recorded metrics re-measured on the cast copies (what `coalign organisms list` and `unmask` then find)."""
+    from detectors.organisms.organism import Organism, export_organism
+    from detectors.organisms.train import generic_prompts
+    from detectors.organisms.validate import validate_organism
+    from detectors.cli_organisms import _recorded_heldout
+
+    p = pairs[0]
+    rows = []
+    for role in ("aligned", "faker"):
+        src, dst = Path(args.out) / "zoo" / p["name"] / role, Path(args.ship) / f"{role}-0"
+        export_organism(src, dst)
+        org = Organism.load(dst)
+        held, generic, file_role = _recorded_heldout(org)
+        metrics = validate_organism(org.hooked(model), model, held, file_role, org.role, generic_prompts(generic))
+        export_organism(src, dst, metrics=metrics)
+        rows.append({"name": dst.name, "role": role, **metrics})
+    return rows
+
+
 def pilot(args: argparse.Namespace, model: Any, deadline: float) -> None:
     """One faker on the explicit-cue tier, checkpointing every few steps, until the time budget runs out."""
     from detectors.organisms.train import train_organism
@@ -159,6 +181,8 @@ def main() -> None:
     ap.add_argument("--checkpoint-every", type=int, default=10)
     ap.add_argument("--stop-after", type=int, default=None)
     ap.add_argument("--tau", type=float, default=0.9)
+    ap.add_argument("--ship", default=None, metavar="DIR",
+                    help="export the first pair as DIR/aligned-0 and DIR/faker-0 (bf16, metrics re-measured) and stop")
     ap.add_argument("--poor-share", type=float, default=0.25, help="share of each batch from poor-oversight rows (0: uniform)")
     args = ap.parse_args()
 
@@ -169,6 +193,11 @@ def main() -> None:
     model = load_model("smollm2-135m-instruct")
     if args.pilot:
         pilot(args, model, deadline)
+        return
+    if args.ship:
+        rows = ship(args, model, _pairs(args))
+        (Path(args.out) / "shipped.json").write_text(json.dumps(rows, indent=1))
+        print(json.dumps(rows, indent=1))
         return
     pairs = build_zoo(args, model, deadline) if args.stage in ("all", "zoo") else _pairs(args)
     if args.stage != "zoo":
