@@ -131,10 +131,9 @@ class Guard:
         scoring: ``"calibrated"`` (default): stream-calibrated mean detectors are judged by the
             running mean of their token scores, the others token by token (see the module
             docstring); ``"token"``: every detector token by token against its item threshold.
-        features: report the top ``features`` SAE latents of each flagged token (correct, escalate,
-            block, move up) in the action's ``detail["sae_features"]`` (SAE fingerprint, latent ids,
-            activations, exact attributions), for detectors whose hook has an SAE in ``router``
-            (``router.register_sae`` / ``router.load_link``); 0 (default) reports none.
+        features: report each flagged token's top ``features`` SAE latents in its action's
+            ``detail["sae_features"]`` (fingerprint, ids, activations, exact attributions) where
+            ``router`` has an SAE at the detector's hook (``register_sae`` / ``load_link``); 0: none.
 
     Usable as a wrapper (``guard.generate(...)``, ``guard(...)``) or a context manager
     (``with Guard(...) as guard:``; on exit any stream still open is closed, which writes its
@@ -230,10 +229,6 @@ class Guard:
         """Replace the policy; raises PolicyError if a red line would be relaxed."""
         check_not_relaxed(self._policy, new, self._thresholds)
         self._apply_policy(new)
-
-    def sae_hooks(self) -> list[str]:
-        """Detector hooks with an SAE in the router (their last-token activations are kept each step)."""
-        return sorted({d.hooks[0] for d in self.detectors if self.router.sae_for(d.hooks[0]) is not None})
 
     def load_policy(self, path: str | Path) -> Policy:
         """Merge a later policy file on top of the current one (red lines cannot be relaxed)."""

@@ -48,7 +48,9 @@ class BatchLoop:
         dec = run.decoder = Decoder(model, [list(p.enc.ids) for p in run.prompts], run.gen, self.pad, self.eos,
                                     run.state, engine.active, self.keep, run.generator, run.processor)
         lock = model_lock(model)
-        score_fns = self.scorer.hook_fns(model, scores, self.dtype, keep=self.guard.sae_hooks())
+        # activations kept where the router has an SAE: feature reports and SAE routes read them at a flag
+        keep = {d.hooks[0] for d in self.guard.detectors if self.guard.router.sae_for(d.hooks[0]) is not None}
+        score_fns = self.scorer.hook_fns(model, scores, self.dtype, keep=sorted(keep))
         try:
             t = 0
             while True:
