@@ -99,6 +99,7 @@ from detectors.guard_types import (
     HumanDecision,
     Prompt,
     TokenEvent,
+    check_count,
     check_processor,
 )
 from detectors.policy import TIERS, Policy, PolicyError, Resolved, check_not_relaxed
@@ -131,9 +132,8 @@ class Guard:
         scoring: ``"calibrated"`` (default): stream-calibrated mean detectors are judged by the
             running mean of their token scores, the others token by token (see the module
             docstring); ``"token"``: every detector token by token against its item threshold.
-        features: report each flagged token's top ``features`` SAE latents in its action's
-            ``detail["sae_features"]`` (fingerprint, ids, activations, exact attributions) where
-            ``router`` has an SAE at the detector's hook (``register_sae`` / ``load_link``); 0: none.
+        features: top SAE latents reported per flagged token in ``detail["sae_features"]`` (exact
+            attributions) where ``router`` has an SAE at the detector's hook; 0: none.
 
     Usable as a wrapper (``guard.generate(...)``, ``guard(...)``) or a context manager
     (``with Guard(...) as guard:``; on exit any stream still open is closed, which writes its
@@ -177,15 +177,11 @@ class Guard:
         self.names: list[str] = [str(n) for n in names]
         self.on_escalate = on_escalate
         self.router = router or Router()
-        if isinstance(features, bool) or not isinstance(features, int) or features < 0:
-            raise InputError(f"features must be an integer >= 0 (top SAE features reported per flagged token), got {features!r}")
-        self.features = features
+        self.features = check_count(features, "features (top SAE latents reported per flagged token)", 0)
         self.audit = AuditLog(audit) if isinstance(audit, (str, Path)) else audit
         check_chat_mode(chat)
         self.chat = chat
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        self.batch_size = int(batch_size)
+        self.batch_size = check_count(batch_size, "batch_size", 1)
         self._scorer = Scorer(self.detectors, model.d_model)
         hf = model.hf_model
         self._dtype = next(hf.parameters()).dtype
@@ -312,9 +308,7 @@ class Guard:
         """
         gen = GenerationSettings.resolve(settings, max_new_tokens, min_new_tokens, do_sample, temperature, top_k, top_p, seed, correct)
         check_processor(logits_processor)
-        bs = self.batch_size if batch_size is None else batch_size
-        if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
-            raise InputError(f"batch_size must be an integer >= 1, got {bs!r}")
+        bs = check_count(self.batch_size if batch_size is None else batch_size, "batch_size", 1)
         prompts = self._prepare(as_items(items), gen)
         generator = gen.rng(self.model.device)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].enc.ids))

@@ -87,6 +87,13 @@ class GenerationSettings:
         return dict(self.__dict__)
 
 
+def check_count(value: Any, what: str, minimum: int) -> int:
+    """``value`` if it is an integer >= ``minimum`` (not a bool), else a one-line InputError naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InputError(f"{what} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
 def check_processor(fn: Any) -> Any:
     if fn is not None and not callable(fn):
         raise InputError(f"logits_processor must be callable (input_ids, scores) -> scores, got {type(fn).__name__}")
