@@ -397,4 +397,3 @@ class Guard:
 
     def _judge(self, run: BatchRun, b: int, out: GuardOutput) -> GuardOutput:
         return judge_end(self, run, b, out) if self._res_end else out
-
