@@ -111,9 +111,11 @@ def test_train_from_refuses_what_it_cannot_replay(files, tiny, no_model, capsys)
 def test_ctrl_c_exits_130_with_one_line(tmp_path):
     """SIGINT while the embedded model loads: exit 130, one line, no traceback."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # a suite started in the background by a shell inherits SIGINT ignored, and so would the child: restore it
     p = subprocess.Popen([sys.executable, "-m", "detectors.cli", "demo", "--out", str(tmp_path / "o")],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                         cwd=Path(__file__).resolve().parents[2])
+                         cwd=Path(__file__).resolve().parents[2],
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert p.stdout.readline().startswith("loading")
     time.sleep(0.5)
     p.send_signal(signal.SIGINT)
