@@ -276,6 +276,14 @@ def shipped_saes(root: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     return out
 
 
+def find_recorded_sae(path: str | None, name: str | None, model: HookedModel | None = None) -> CoalignSAE:
+    """An SAE an artifact recorded: its directory if it is still there, else the shipped SAE of that name."""
+    spec = path if path and Path(path).is_dir() else name or path
+    if not spec:
+        raise ArtifactError("the recorded SAE has neither a directory nor a name")
+    return find_sae(spec, model)
+
+
 def find_sae(spec: str | os.PathLike, model: HookedModel | None = None) -> CoalignSAE:
     """Load an SAE by directory, by shipped name (``model_id/hook``) or, given a model, by hook name."""
     p = Path(spec)

@@ -59,8 +59,6 @@ class CommandRunner:
         audited), and kept for the tokens where a statistic rises above its monitor tier (the output's
         ``monitor`` actions are assembled from them when the row finishes)."""
         k = self.guard.features
-        if not k:
-            return
         from detectors.explain import token_features
 
         def report(b: int, j: int) -> dict[str, Any] | None:

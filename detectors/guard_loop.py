@@ -63,9 +63,10 @@ class BatchLoop:
                     scores.step = t
                     dec.begin_step(t)
                     logits = self._scored_forward(run)
-                    marks = [len(a) for a in engine.actions]
+                    marks = [len(a) for a in engine.actions] if self.guard.features else None
                     self.commands.execute(run, t, engine.observe(t, scores.token_scores[t]))
-                    self.commands.report_features(run, t, marks)
+                    if marks is not None:
+                        self.commands.report_features(run, t, marks)
                     if run.rewinds and dec.prev is not None:
                         logits = self._rewind(run, t)
                     elif run.redo:

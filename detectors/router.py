@@ -298,14 +298,13 @@ class Router:
         """Read the ``sae_link.json`` of ``det_dir`` (``coalign sae link``), load its SAE (refused if its weights
         are not the ones the features were chosen on) and link the features to ``detector``. Returns the
         feature ids (empty if the directory has no link)."""
-        from circuits.sae import find_sae
+        from circuits.sae import find_recorded_sae
         from detectors.sae_link import read_link
 
         link = read_link(det_dir)
         if link is None:
             return ()
-        spec = link["sae"] if Path(link["sae"]).is_dir() else link.get("sae_name") or link["sae"]  # moved: by shipped name
-        sae = find_sae(spec, model)
+        sae = find_recorded_sae(link["sae"], link.get("sae_name"), model)
         if link.get("sae_fingerprint") and sae.fingerprint != link["sae_fingerprint"]:
             raise PolicyError(f"{det_dir}: the link was chosen on SAE weights {link['sae_fingerprint']}, but {link['sae']} "
                               f"holds {sae.fingerprint}; re-run `coalign sae link`")

@@ -33,14 +33,11 @@ EACH = {"response_mean": "response_each", "all_mean": "all_each"}
 
 
 def _find(ref: dict[str, Any], model: HookedModel | None) -> Any:
-    from circuits.sae import find_sae
+    from circuits.sae import find_recorded_sae
 
-    spec = ref.get("path") if ref.get("path") and Path(ref["path"]).is_dir() else ref.get("name")
-    if not spec:
-        raise ArtifactError(f"SAE detector: the SAE it reads ({ref}) is neither a directory here nor a shipped SAE")
-    sae = find_sae(spec, model)
+    sae = find_recorded_sae(ref.get("path"), ref.get("name"), model)
     if ref.get("fingerprint") and sae.fingerprint != ref["fingerprint"]:
-        raise ArtifactError(f"SAE detector: it was trained on SAE weights {ref['fingerprint']}, {spec} holds {sae.fingerprint}")
+        raise ArtifactError(f"SAE detector: it was trained on SAE weights {ref['fingerprint']}, {sae.path} holds {sae.fingerprint}")
     return sae
 
 
