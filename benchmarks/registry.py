@@ -35,6 +35,7 @@ ANALYSES: dict[str, tuple[str, str]] = {
     "sycophancy_letter_steering": ("correction", "benchmarks.lib.sycophancy_letter_steering:run_sycophancy_letter_steering"),
     "deception_vector": ("correction", "benchmarks.lib.deception_vectors:run_deception_vector"),
     "deception_regenerate": ("correction", "benchmarks.lib.deception_regenerate:run_deception_regenerate"),
+    "sae_correction": ("correction", "benchmarks.lib.sae_correction:run_sae_correction"),
     "pytest_benchmark": ("speed", "benchmarks.lib.speed:run_pytest_benchmark"),
 }
 

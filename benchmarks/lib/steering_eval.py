@@ -215,13 +215,13 @@ def addition(hook: str, unit: torch.Tensor, dose: float, positions: str) -> list
 # deception
 # ------------------------------------------------------------------------------------------------
 def guard_run(model: Any, det: Any, prompts: Sequence[str], policy: Any, correct: bool | None, max_new: int, batch_size: int,
-              neutral: Sequence[str] | None = None, keep_outputs: bool = False) -> dict[str, Any]:
+              neutral: Sequence[str] | None = None, keep_outputs: bool = False, router: Any = None) -> dict[str, Any]:
     """Guarded greedy generation; flag = the detector's item score of the generated chat (re-read
     without correction) above its threshold. With ``neutral`` prompts, the same responses are also
-    scored after those (``flag_rate_neutral_context``)."""
+    scored after those (``flag_rate_neutral_context``). ``router``: e.g. one with SAE latents linked."""
     from detectors import Guard
 
-    guard = Guard(model, [det], policy=policy, batch_size=batch_size)
+    guard = Guard(model, [det], policy=policy, batch_size=batch_size, router=router)
     t0 = time.perf_counter()
     outs = guard.generate(list(prompts), max_new_tokens=max_new, correct=correct)
     secs = time.perf_counter() - t0

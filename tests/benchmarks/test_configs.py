@@ -54,6 +54,7 @@ TINY: dict[str, dict] = {
 }
 #: configs whose parameters name artifacts of the embedded model: the test builds tiny ones (see ``_tiny_artifacts``)
 NEEDS_VECTOR = ("deception_regenerate", "deception_regenerate_always", "deception_regenerate_deployed")
+NEEDS_SAE = ("sae_clamp_vs_addition",)
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +77,27 @@ def _tiny_vector(model, path) -> str:
     return str(path)
 
 
+def _tiny_sae_and_detector(model, tmp_path) -> dict:
+    """A tiny SAE at H1 and a linear detector there that flags everything (a random model's detector flags
+    nothing at a calibrated threshold, and the link needs flagged items); any latent may cost KL."""
+    import random
+
+    import torch
+    from tiny import WORDS
+
+    from circuits.sae_train import SAETrainSpec, train_sae
+    from detectors import Detector
+
+    rng = random.Random(0)
+    corpus = [" ".join(rng.choice(WORDS) for _ in range(200)) for _ in range(30)]
+    spec = SAETrainSpec(expansion=4, k=4, batch_size=256, ctx=32, dead_feature_window=10, holdout=0.2, lr=3e-3, steps=60)
+    train_sae(model, H1, corpus, tmp_path / "sae", spec)
+    w = torch.randn(model.d_model, generator=torch.Generator().manual_seed(3))
+    Detector.from_linear("deception", model, H1, w, bias=0.0, threshold=-1e6).save(tmp_path / "det")
+    return {"sae": str(tmp_path / "sae" / H1), "detector": str(tmp_path / "det"), "max_kl": 1e9, "n_windows": 2,
+            "window_tokens": 16, "n_lie": 2, "n_dev": 4, "n_benign": 2, "max_new_tokens": 6}
+
+
 def _finite_numbers(d):
     if isinstance(d, dict):
         for v in d.values():
@@ -90,6 +112,8 @@ def test_config_runs_quick_on_the_tiny_model(name, model, cache, tmp_path, monke
     over = dict(TINY.get(name, {}))
     if name in NEEDS_VECTOR:
         over["vectors"] = [_tiny_vector(model, tmp_path / "vector")]
+    if name in NEEDS_SAE:
+        over |= _tiny_sae_and_detector(model, tmp_path)
     cfg = Config.load(name, quick=True, overrides=over)
     if cfg.entry == "speed":
         pytest.skip("speed configs time SmolLM2 (pytest-benchmark); not run on the tiny model")
@@ -124,7 +148,15 @@ def _check_by_source(res):
     assert res.data["controls"] and all(0.0 <= c["fpr"] <= 1.0 for c in res.data["controls"])
 
 
-CHECKS = {"probes": _check_probes, "deception_by_source": _check_by_source}
+def _check_sae_clamp(res):
+    link = res.data["link"]
+    assert link["features"] and set(res.data["random_latents"]).isdisjoint(link["features"])
+    for sets in res.data["sets"].values():  # every corrector, the clamps included, was applied to every row
+        assert all(sets[c]["rows_corrected"] == 2 for c in ("sae_clamp", "sae_random", "addition@16"))
+    assert set(res.figures["mean_drop_pct"]) == {"addition@16", "sae_clamp", "sae_random"}
+
+
+CHECKS = {"probes": _check_probes, "deception_by_source": _check_by_source, "sae_clamp_vs_addition": _check_sae_clamp}
 
 
 def test_unknown_parameter_and_missing_file_fail_before_any_model(tmp_path, monkeypatch):
