@@ -75,7 +75,7 @@ def build_zoo(args: argparse.Namespace, model: Any, deadline: float) -> list[dic
 
 
 def _wilson(k: int, n: int) -> list[float]:
-    from detectors.organisms.validate import wilson
+    from probe.metrics import wilson
 
     return list(wilson(k, n))
 

@@ -77,6 +77,17 @@ def pair_accuracy(y, scores, groups) -> tuple[float, int]:
     return (wins / n if n else float("nan")), n
 
 
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson interval of a proportion k/n (nan, nan for n = 0)."""
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return (round(max(0.0, c - h), 4), round(min(1.0, c + h), 4))
+
+
 def fpr_at_threshold(negative_scores, threshold: float) -> float:
     """Fraction of negative (control) scores strictly above ``threshold``."""
     return float((_scores(negative_scores, "negative_scores") > threshold).mean())

@@ -31,7 +31,7 @@ from benchmarks.lib.benign import alpaca_chats
 from benchmarks.registry import analysis
 from benchmarks.suite import Context, Result
 from probe.datasets import Example, LabelledDataset, load_data
-from probe.metrics import auroc, bootstrap_auroc_ci
+from probe.metrics import auroc, bootstrap_auroc_ci, wilson
 
 BUILTIN = "recipe:"
 
@@ -113,7 +113,6 @@ def run_by_source(ctx: Context) -> Result:
     recipe_parts = [s for s in p.in_recipe if s in sources]
     pools = {"recipe": recipe_parts, "all": list(sources)}
     rows, data = [], {"sources": {k: {"n": len(v), "n_positive": int(v.labels.sum())} for k, v in sources.items()}}
-    deployed = None
     for pool in p.pools:
         for held in sources:
             parts = [s for s in pools[pool] if s != held]
@@ -131,10 +130,11 @@ def run_by_source(ctx: Context) -> Result:
             rows.append(row)
             ctx.log(f"{pool} without {held}: {row['auroc']:.3f} [{row['lo']:.2f}, {row['hi']:.2f}] ceiling "
                     f"{row['ceiling']:.3f} naive {row['naive']:.3f} honest above thr {row['honest_above']:.0%}")
-        if pool == "recipe":  # the shipped detector: trained on the whole recipe
-            deployed = Detector.train(p.behaviour, model, data=LabelledDataset.concat(*[sources[s] for s in recipe_parts]), **p.train)
     data["rows"] = rows
-    controls = control_rates(ctx, deployed) if deployed is not None else []
+    controls = []
+    if recipe_parts:  # the shipped detector, trained on the whole recipe (``pools=[]`` measures only this table)
+        deployed = Detector.train(p.behaviour, model, data=LabelledDataset.concat(*[sources[s] for s in recipe_parts]), **p.train)
+        controls = control_rates(ctx, deployed)
     data["controls"] = controls
     figures = {}
     for pool in p.pools:
@@ -166,6 +166,8 @@ def control_rates(ctx: Context, det) -> list[dict[str, Any]]:
     out = []
     for name, items in forms.items():
         s = det.score(model, items)
-        out.append({"control": name, "n": len(items), "fpr": float(np.mean(s > det.threshold))})
-        ctx.log(f"control {name}: FPR {out[-1]['fpr']:.1%} (n={len(items)})")
+        k = int(np.sum(s > det.threshold))
+        lo, hi = wilson(k, len(items))
+        out.append({"control": name, "n": len(items), "fpr": k / len(items), "lo": lo, "hi": hi})
+        ctx.log(f"control {name}: FPR {out[-1]['fpr']:.1%} [{lo:.1%}, {hi:.1%}] (n={len(items)})")
     return out

@@ -23,7 +23,7 @@ from circuits import HookedModel
 from circuits.errors import InputError
 from detectors.organisms.decisions import chat, letter_logits, log_odds
 from detectors.organisms.poser import aligned_letters, load_scenarios, split
-from detectors.organisms.validate import wilson
+from probe.metrics import wilson
 
 
 def benign_prompts(n: int) -> list[str]:

@@ -115,3 +115,12 @@ def test_pair_accuracy_hand_example_ties_and_no_pairs():
     assert n == 0 and np.isnan(acc)
     with pytest.raises(ValueError, match="inconsistent shapes"):
         pair_accuracy([0, 1], [0.1, 0.2], ["a"])
+
+
+def test_wilson_interval_brackets_the_proportion_and_matches_a_known_value():
+    from probe.metrics import wilson
+
+    lo, hi = wilson(1, 100)  # the textbook value for 1/100: 0.0018-0.0545
+    assert abs(lo - 0.0018) < 1e-4 and abs(hi - 0.0545) < 1e-4
+    assert wilson(0, 20)[0] == 0.0 and wilson(20, 20)[1] == 1.0
+    assert all(v != v for v in wilson(0, 0))
