@@ -211,7 +211,7 @@ class Guard:
         self._meta_dets = detector_records(self.names, self.detectors, self._thresholds, mean)
         # the parts a batch is run with (composition: each is its own module)
         eos_set = set(self._eos.tolist())
-        self._outputs = OutputAssembler(self.names, model.tokenizer, eos_set, self.audit, self._meta_model, self._meta_dets)
+        self._outputs = OutputAssembler(self.names, model.tokenizer, eos_set, self.audit, self._meta_model, self._meta_dets, self.detectors)
         self._loop = BatchLoop(self, self._scorer, CommandRunner(self, eos_set), self._outputs, self._judge,
                                self._dtype, self._pad, self._eos, self._keep)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -14,6 +14,7 @@ import torch
 
 from circuits.inputs import encode, render
 from detectors.audit import AuditLog, build_record
+from detectors.guard_drift import DriftMonitor
 from detectors.guard_run import BatchRun
 from detectors.guard_types import Action, GuardOutput
 
@@ -39,12 +40,14 @@ class OutputAssembler:
     Args:
         names: detector names; ``tokenizer``: to decode; ``eos``: end-of-turn ids.
         audit: the audit log or None; ``meta_model``, ``meta_dets``: what every record says of them.
+        detectors: the detectors, for the drift warning over finished responses (:mod:`detectors.guard_drift`).
     """
 
     def __init__(self, names: list[str], tokenizer: Any, eos: set[int], audit: AuditLog | None,
-                 meta_model: dict[str, Any], meta_dets: list[dict[str, Any]]) -> None:
+                 meta_model: dict[str, Any], meta_dets: list[dict[str, Any]], detectors: Sequence[Any] = ()) -> None:
         self.names, self.tokenizer, self.eos, self.audit = names, tokenizer, eos, audit
         self.meta_model, self.meta_dets = meta_model, meta_dets
+        self.drift = DriftMonitor(names, detectors)
 
     def finish(self, run: BatchRun, judge: Callable[[BatchRun, int, GuardOutput], GuardOutput] | None = None) -> None:
         """Fill ``run.outputs`` (one per row) and write the audit records; ``judge``: the end-of-response
@@ -101,6 +104,8 @@ class OutputAssembler:
             if judge is not None:
                 out = judge(run, b, out)
             run.outputs.append(out)
+            for name in self.names:
+                self.drift.observe(name, out.scores[name])
         if self.audit is not None:
             self.write_audit(run)
 

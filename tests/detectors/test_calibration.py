@@ -83,3 +83,29 @@ def test_small_batches_and_uncalibrated_detectors_say_nothing(det):
     assert drift_warning(det, np.full(5, 1e9)) is None
     det.metrics.pop("control_summary")
     assert drift_warning(det, np.full(50, 1e9)) is None
+
+
+def test_the_guard_warns_once_when_its_responses_drift_and_again_after_they_recover(det, tiny):
+    from detectors import Guard
+    from detectors.guard_drift import DriftMonitor
+
+    far = Detector.from_linear("x", tiny, HOOK, det.weight[0], threshold=-1e6, fpr=0.01)
+    far.metrics["control_summary"] = det.metrics["control_summary"]
+    prompts = [c[:1] for c in _chats(25, 6)]
+    with pytest.warns(RuntimeWarning, match="Guard, over its last 20 responses:.*100% of these 20 items") as rec:
+        Guard(tiny, [far]).generate(prompts, max_new_tokens=3)
+    assert sum("Guard, over" in str(w.message) for w in rec) == 1  # once per turn, not once per response
+
+    median = np.array([0.0, float(det.metrics["control_summary"]["q50"])])
+    mon = DriftMonitor(["x"], [far])
+    with pytest.warns(RuntimeWarning):
+        said = [mon.observe("x", median) for _ in range(21)]
+    assert [i for i, m in enumerate(said) if m] == [19]  # at the 20th response, then quiet while it drifts
+    far.threshold = 1e6  # the same scores are now plausible: the window recovers ...
+    assert mon.observe("x", median) is None and mon.drifting == {"x": False}
+    far.threshold = -1e6  # ... and a new drift is told again
+    with pytest.warns(RuntimeWarning):
+        assert mon.observe("x", median) is not None
+    token_level = Detector.from_linear("t", tiny, HOOK, det.weight[0], threshold=-1e6, select="last")
+    token_level.metrics["control_summary"] = det.metrics["control_summary"]
+    assert DriftMonitor(["t"], [token_level]).detectors == {}  # a token-level read-out has no response mean to judge
