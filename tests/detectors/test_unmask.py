@@ -121,6 +121,8 @@ def test_runtime_detector_is_a_normal_calibrated_detector_read_at_the_decision_t
     for k in ("heldout_auroc", "heldout_auroc_vs_aligned_same_prompts", "fpr_aligned_poor", "fpr_benign", "lofo_auroc"):
         assert k in m
     assert 0 <= m["fpr_benign"] <= 1 and m["n_eval_positive"] > 0
+    base_line = m["defection_probe_baseline"]  # the organism-free baseline, scored on the same held-out rows
+    assert base_line["n_questions"] == 6 and 0.0 <= base_line["heldout_auroc"] <= 1.0
     faker = load_organism(dirs["faker"], base)
     loaded = Detector.load(tmp_path / "af", faker, strict=False)
     s = loaded.score(faker, [[{"role": "user", "content": pair_prompt()}]])
