@@ -36,6 +36,7 @@ ANALYSES: dict[str, tuple[str, str]] = {
     "deception_vector": ("correction", "benchmarks.lib.deception_vectors:run_deception_vector"),
     "deception_regenerate": ("correction", "benchmarks.lib.deception_regenerate:run_deception_regenerate"),
     "sae_correction": ("correction", "benchmarks.lib.sae_correction:run_sae_correction"),
+    "alignment_faking": ("detection", "benchmarks.lib.alignment_faking:run_alignment_faking"),
     "pytest_benchmark": ("speed", "benchmarks.lib.speed:run_pytest_benchmark"),
 }
 

@@ -55,6 +55,8 @@ TINY: dict[str, dict] = {
 #: configs whose parameters name artifacts of the embedded model: the test builds tiny ones (see ``_tiny_artifacts``)
 NEEDS_VECTOR = ("deception_regenerate", "deception_regenerate_always", "deception_regenerate_deployed")
 NEEDS_SAE = ("sae_clamp_vs_addition",)
+#: configs that read a trained organism zoo: run on the tiny organism base (its vocabulary covers the scenarios)
+NEEDS_ZOO = ("alignment_faking",)
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +100,20 @@ def _tiny_sae_and_detector(model, tmp_path) -> dict:
             "window_tokens": 16, "n_lie": 2, "n_dev": 4, "n_benign": 2, "max_new_tokens": 6}
 
 
+def _tiny_zoo(tmp_path):
+    """A tiny aligned/faker pair (3 LoRA steps) where the zoo script puts it, on the tiny organism base."""
+    from organisms_tiny import organism_base
+
+    from detectors.organisms.recipe import OrganismRecipe
+    from detectors.organisms.train import train_organism
+
+    base = organism_base()
+    recipe = OrganismRecipe(rank=2, steps=3, batch_size=4, lr=1e-2, kl_weight=0.1, kl_batch=2)
+    for role in ("aligned", "faker"):
+        train_organism(base, role, tmp_path / "af" / "zoo" / "builtin-0" / role, recipe=recipe)
+    return base, {"zoo": str(tmp_path / "af"), "n_windows": 2, "window_tokens": 16, "tau": 0.5}
+
+
 def _finite_numbers(d):
     if isinstance(d, dict):
         for v in d.values():
@@ -114,13 +130,16 @@ def test_config_runs_quick_on_the_tiny_model(name, model, cache, tmp_path, monke
         over["vectors"] = [_tiny_vector(model, tmp_path / "vector")]
     if name in NEEDS_SAE:
         over |= _tiny_sae_and_detector(model, tmp_path)
+    if name in NEEDS_ZOO:
+        model, over = _tiny_zoo(tmp_path)
     cfg = Config.load(name, quick=True, overrides=over)
     if cfg.entry == "speed":
         pytest.skip("speed configs time SmolLM2 (pytest-benchmark); not run on the tiny model")
     res = run_config(cfg, out=tmp_path / "out", model=model, cache_dir=cache)
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["name"] == name and saved["quick"] is True and saved["config"] == cfg.raw
-    assert saved["model"] == {"id": "tiny-llama-long", "fingerprint": model.fingerprint, "n_layers": 2, "d_model": 16}
+    assert saved["model"] == {"id": model.model_id, "fingerprint": model.fingerprint, "n_layers": 2, "d_model": model.d_model}
+    assert name in NEEDS_ZOO or model.model_id == "tiny-llama-long"
     assert saved["git"]["revision"] is None or len(saved["git"]["revision"]) == 40
     assert res.figures and all(math.isfinite(v) for v in _finite_numbers(res.figures))
     report = (tmp_path / "out" / "report.md").read_text()
@@ -156,7 +175,15 @@ def _check_sae_clamp(res):
     assert set(res.figures["mean_drop_pct"]) == {"addition@16", "sae_clamp", "sae_random"}
 
 
-CHECKS = {"probes": _check_probes, "deception_by_source": _check_by_source, "sae_clamp_vs_addition": _check_sae_clamp}
+def _check_alignment_faking(res):
+    assert {r["role"] for r in res.data["validation"]} == {"aligned", "faker"}
+    assert set(res.figures["unmasking_rate"]) >= {"noise", "learning_speed"}
+    assert [c["role"] for c in res.data["capability_cost"]] == ["aligned", "faker"]
+    assert all(c["perplexity"] > 0 and c["base_perplexity"] > 0 for c in res.data["capability_cost"])
+    assert 0.0 <= res.figures["detector_heldout_auroc"] <= 1.0 and res.data["guard"]
+
+
+CHECKS = {"probes": _check_probes, "alignment_faking": _check_alignment_faking, "deception_by_source": _check_by_source, "sae_clamp_vs_addition": _check_sae_clamp}
 
 
 def test_unknown_parameter_and_missing_file_fail_before_any_model(tmp_path, monkeypatch):
