@@ -30,8 +30,17 @@ import numpy as np
 from benchmarks.lib.steering_eval import NEUTRAL, PROMPT_SETS, TOPICS, corpus_windows, guard_run, mean_kl, perplexity, response_logprob_rows
 from benchmarks.registry import analysis
 from benchmarks.suite import Context, Result
+from probe.metrics import wilson
 
 KEYS = ("flag_rate", "flag_rate_neutral_context", "mean_item_score", "rows_corrected", "empty_responses")
+
+
+def paired_p(before: np.ndarray, after: np.ndarray) -> float:
+    """Two-sided exact McNemar p-value: the same prompts flagged before and after a correction."""
+    from scipy.stats import binomtest
+
+    down, up = int(np.sum(before & ~after)), int(np.sum(~before & after))
+    return 1.0 if down + up == 0 else float(binomtest(down, down + up, 0.5).pvalue)
 
 
 def dev_lies(n: int, seed: int) -> list[Any]:
@@ -114,7 +123,7 @@ def run_sae_correction(ctx: Context) -> Result:
     for set_name, (lie_t, _) in PROMPT_SETS.items():
         lies = [lie_t.format(t=t) for t in topics]
         base = guard_run(model, det, lies, base_policy, False, p.max_new_tokens, 8, neutral)
-        sets[set_name] = {"uncorrected": {k: base[k] for k in KEYS} | {"samples": base["samples"]}}
+        sets[set_name] = {"uncorrected": {k: base[k] for k in KEYS} | {"item_scores": base["item_scores"], "samples": base["samples"]}}
         log(f"[{set_name}] uncorrected flag rate {base['flag_rate']:.2f}")
         for label, (corrector, dose, ids, _) in specs.items():
             router = None
@@ -124,9 +133,14 @@ def run_sae_correction(ctx: Context) -> Result:
             pol = base_policy.update(det.name, corrector=corrector, dose=dose, positions="response")
             g = guard_run(model, det, lies, pol, True, p.max_new_tokens, 8, neutral, router=router)
             drop = 100.0 * (1.0 - g["flag_rate"] / base["flag_rate"]) if base["flag_rate"] > 0 else float("nan")
-            sets[set_name][label] = {k: g[k] for k in KEYS} | {"drop_pct": drop, "samples": g["samples"]}
+            flags = np.asarray(g["item_scores"]) > det.threshold
+            lo, hi = wilson(int(flags.sum()), len(lies))
+            pval = paired_p(np.asarray(base["item_scores"]) > det.threshold, flags)
+            sets[set_name][label] = {k: g[k] for k in KEYS} | {"drop_pct": drop, "ci95": [lo, hi], "paired_p": pval,
+                                                                "item_scores": g["item_scores"], "samples": g["samples"]}
             rows.append({"prompt set": set_name, "corrector": label, "n": len(lies), "flag rate": g["flag_rate"],
-                         "uncorrected": base["flag_rate"], "drop %": drop, **cost[label]})
+                         "95% CI": f"{lo:.2f}-{hi:.2f}", "uncorrected": base["flag_rate"], "drop %": drop,
+                         "paired p": pval, **cost[label]})
             log(f"[{set_name}] {label}: flag rate {g['flag_rate']:.2f} (drop {drop:.0f}%), neutral ctx {g['flag_rate_neutral_context']:.2f}")
     mean_drop = {lab: float(np.nanmean([r["drop %"] for r in rows if r["corrector"] == lab])) for lab in specs}
     ok = [lab for lab in specs if cost[lab]["ppl_rise_pct"] <= 5.0]
@@ -138,4 +152,5 @@ def run_sae_correction(ctx: Context) -> Result:
             "link": link, "random_latents": rand, "n_active_pool": int(len(pool)), "baseline_ppl": ppl0, "cost": cost, "sets": sets}
     return Result(figures=figures, data=data, tables={"behaviour rate and capability cost per corrector": rows},
                   notes=["flag rate: the detector's item score of the generated chat, re-read without correction, above its threshold",
-                         "winner: the largest mean drop among correctors with perplexity rise <= 5% (ties: lower benign KL)"])
+                         "winner: the largest mean drop among correctors with perplexity rise <= 5% (ties: lower benign KL); "
+                         "paired p: exact McNemar test against the uncorrected run on the same prompts"])

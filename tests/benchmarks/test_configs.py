@@ -173,6 +173,9 @@ def _check_sae_clamp(res):
     for sets in res.data["sets"].values():  # every corrector, the clamps included, was applied to every row
         assert all(sets[c]["rows_corrected"] == 2 for c in ("sae_clamp", "sae_random", "addition@16"))
     assert set(res.figures["mean_drop_pct"]) == {"addition@16", "sae_clamp", "sae_random"}
+    for sets in res.data["sets"].values():
+        assert all(0.0 <= sets[c]["ci95"][0] <= sets[c]["flag_rate"] <= sets[c]["ci95"][1] and 0 < sets[c]["paired_p"] <= 1
+                   for c in ("sae_clamp", "sae_random", "addition@16"))
 
 
 def _check_alignment_faking(res):

@@ -369,3 +369,17 @@ def test_configs_reproduce_the_records_settings():
     assert Config.load("sycophancy_rewind_correction").params["doses"] == [2, 4, 8, 16]
     dtd = Config.load("deception_training_data").params
     assert list(dtd["mixes"]) == ["mixture", "mixture_2", "mixture_3"] and len(dtd["eval_sets"]) == 9 and len(dtd["setups"]) == 6
+
+
+def test_paired_p_counts_only_the_prompts_that_changed():
+    import numpy as np
+
+    from benchmarks.lib.sae_correction import paired_p
+
+    before = np.array([True] * 10 + [False] * 20)
+    assert paired_p(before, before.copy()) == 1.0
+    after = before.copy()
+    after[:8] = False  # 8 flags removed, none added: p = 2 * 0.5**8
+    assert abs(paired_p(before, after) - 2 * 0.5**8) < 1e-12
+    after[10:18] = True  # and 8 added: no evidence either way
+    assert paired_p(before, after) == 1.0
