@@ -131,11 +131,13 @@ def run_by_source(ctx: Context) -> Result:
             ctx.log(f"{pool} without {held}: {row['auroc']:.3f} [{row['lo']:.2f}, {row['hi']:.2f}] ceiling "
                     f"{row['ceiling']:.3f} naive {row['naive']:.3f} honest above thr {row['honest_above']:.0%}")
     data["rows"] = rows
-    controls = []
-    if recipe_parts:  # the shipped detector, trained on the whole recipe (``pools=[]`` measures only this table)
+    controls, lofo = [], []
+    if recipe_parts:  # the shipped detector, trained on the whole recipe (``pools=[]`` measures only these tables)
         deployed = Detector.train(p.behaviour, model, data=LabelledDataset.concat(*[sources[s] for s in recipe_parts]), **p.train)
-        controls = control_rates(ctx, deployed)
-    data["controls"] = controls
+        controls, form_scores = control_rates(ctx, deployed)
+        lies = [e.item for src in sources.values() for e in src.examples if e.label == 1]
+        lofo = form_held_out_calibration(deployed, form_scores, deployed.score(model, lies), ctx.log)
+    data["controls"], data["form_held_out_calibration"] = controls, lofo
     figures = {}
     for pool in p.pools:
         out = [r for r in rows if r["pool"] == pool and not r["in_pool"]]
@@ -145,9 +147,14 @@ def run_by_source(ctx: Context) -> Result:
         figures[f"{pool}_within_0.05_of_ceiling"] = f"{sum(r['auroc'] >= r['ceiling'] - 0.05 for r in every if r['ceiling'] >= 0.85)}" \
             f"/{sum(r['ceiling'] >= 0.85 for r in every)}"
     figures["max_control_fpr"] = max((c["fpr"] for c in controls), default=None)
+    if lofo:
+        figures["max_fpr_form_held_out_calibration"] = max(r["fpr"] for r in lofo[1:])
+        figures["recall_shipped_vs_min_form_held_out"] = [lofo[0]["recall"], min(r["recall"] for r in lofo[1:])]
     table = [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
     return Result(figures=figures, data=data, tables={"held-out source: transfer AUROC (95% CI), ceiling, naive": table,
-                                                      "deployed threshold: FPR per control source": controls})
+                                                      "deployed threshold: FPR per control source": controls,
+                                                      "threshold calibrated on the other forms: the held-out form's FPR, "
+                                                      "recall on every source's lies": lofo})
 
 
 def control_rates(ctx: Context, det) -> list[dict[str, Any]]:
@@ -163,11 +170,31 @@ def control_rates(ctx: Context, det) -> list[dict[str, Any]]:
     for name, spec in p.controls.items():
         ds = load_source(spec, p.max_groups, ctx.datasets)
         forms[name] = [e.item for e in ds.examples if e.label == 0]
-    out = []
+    out, scores = [], {}
     for name, items in forms.items():
-        s = det.score(model, items)
+        s = scores[name] = det.score(model, items)
         k = int(np.sum(s > det.threshold))
         lo, hi = wilson(k, len(items))
         out.append({"control": name, "n": len(items), "fpr": k / len(items), "lo": lo, "hi": hi})
         ctx.log(f"control {name}: FPR {out[-1]['fpr']:.1%} [{lo:.1%}, {hi:.1%}] (n={len(items)})")
-    return out
+    return out, scores
+
+
+def form_held_out_calibration(det, scores: dict[str, np.ndarray], positives: np.ndarray, log) -> list[dict[str, Any]]:
+    """Calibration that spans forms, judged on a form it never saw: for each control form, the threshold is set
+    (at the detector's FPR, 95% confidence, as ``coalign calibrate`` does) on every *other* form, and the held-out
+    form's FPR is read at it; ``recall`` is the share of the sources' lies above that threshold (what it costs)."""
+    from probe.trainer import calibrate_threshold
+
+    if len(scores) < 2:
+        return []
+    rows = [{"held-out form": "(none: shipped threshold)", "threshold": det.threshold, "n": None, "fpr": None, "lo": None,
+             "hi": None, "recall": float(np.mean(positives > det.threshold))}]
+    for held, s in scores.items():
+        thr = calibrate_threshold(np.concatenate([v for k, v in scores.items() if k != held]), det.fpr)
+        k = int(np.sum(s > thr))
+        lo, hi = wilson(k, len(s))
+        rows.append({"held-out form": held, "threshold": thr, "n": len(s), "fpr": k / len(s), "lo": lo, "hi": hi,
+                     "recall": float(np.mean(positives > thr))})
+        log(f"calibrated without {held}: threshold {thr:+.3f}, its FPR {k / len(s):.1%} [{lo:.1%}, {hi:.1%}], recall {rows[-1]['recall']:.1%}")
+    return rows

@@ -165,6 +165,9 @@ def _check_by_source(res):
         assert 0.0 <= r["lo"] <= r["auroc"] <= r["hi"] <= 1.0 and 0.0 <= r["ceiling"] <= 1.0
         assert r["in_pool"] == (r["held_out"] in ("instructed", "concealment"))
     assert res.data["controls"] and all(0.0 <= c["fpr"] <= 1.0 for c in res.data["controls"])
+    lofo = res.data["form_held_out_calibration"]  # one row per control form, each calibrated without that form
+    assert [r["held-out form"] for r in lofo[1:]] == [c["control"] for c in res.data["controls"]]
+    assert all(0.0 <= r["lo"] <= r["fpr"] <= r["hi"] <= 1.0 and 0.0 <= r["recall"] <= 1.0 for r in lofo[1:])
 
 
 def _check_sae_clamp(res):
