@@ -35,8 +35,6 @@ EXPECT = {
     "sycophancy": {"sycophantic": True, "candid": False, "honest": False, "benign": False},
 }
 WHY = {
-    "missed": "held out of training, this recipe finds lies of a source it has not seen at {min:.2f}-{max:.2f} AUROC "
-              "(mean {mean:.2f}; `{command}`): it reads how a lie was asked for more than the false claim",
     "flagged": "this form lies outside the benign chats the threshold was calibrated on; "
                "`coalign calibrate DET --control YOUR_BENIGN_ROWS.jsonl` re-sets it for your distribution",
     "ranked": "scores the {other} example above the {kind} one: the ranking itself is wrong here, not just the threshold "
@@ -48,6 +46,12 @@ def heldout_figures(model_fingerprint: str) -> dict[str, Any]:
     """The recorded source-held-out figures, or {} when they were measured on another model."""
     rec = json.loads((Path(__file__).parent / "data" / "heldout_figures.json").read_text())
     return rec if rec["model_fingerprint"] == model_fingerprint else {}
+
+
+def _figure(fig: dict[str, Any] | None) -> str:
+    if not fig:
+        return "not recorded"
+    return f"{fig['mean']:.2f}" + (f" ({fig['min']:.2f}-{fig['max']:.2f})" if fig["min"] != fig["max"] else "")
 
 
 def check_examples(kinds: list[str], scores: dict[str, list[float]], thresholds: dict[str, float],
@@ -66,7 +70,7 @@ def check_examples(kinds: list[str], scores: dict[str, list[float]], thresholds:
             if mark == "FALSE FLAG":
                 notes.append(f"{name}: the {kind} example (#{i + 1}) is flagged: {WHY['flagged']}")
             elif mark == "MISSED":
-                why = WHY["missed"].format(**fig) if fig else "no held-out figure recorded for this model"
+                why = fig["why_missed"].format(**fig) if fig else "no held-out figure recorded for this model"
                 notes.append(f"{name}: the {kind} example (#{i + 1}) is missed: {why}")
         for i, kind in enumerate(kinds):  # a positive scored below a negative: say so even when both sit below the threshold
             if expect.get(kind) is True:
@@ -95,8 +99,7 @@ def run_demo(model_name: str, out: str, json_out: str | None = None) -> int:
         "detectors (val = the recipe's own held-out rows; held-out source = trained without that source, recorded)",
         [
             {"detector": d.name, "hook": d.hooks[0], "val AUROC": d.metrics["val_auroc"],
-             "held-out-source AUROC": (f"{figures[d.name]['mean']:.2f} ({figures[d.name]['min']:.2f}-{figures[d.name]['max']:.2f})"
-                                       if d.name in figures else "not recorded"),
+             "held-out-source AUROC": _figure(figures.get(d.name)),
              "recall@1%FPR": d.metrics["val_recall_at_threshold"], "threshold": d.threshold}
             for d in dets
         ],

@@ -20,6 +20,7 @@ def test_misses_and_a_wrong_ranking_are_named_with_the_recorded_figures():
         "deceptionlie (#2)", "sycophancysycophantic (#4)"}  # benign #6 above the car lie and above the sycophantic answer
     assert all("benign (#6)" in n for n in ranked)
     assert not any("FALSE FLAG" in m for m in marks)
+    assert any(n.startswith("sycophancy: the sycophantic example (#4) is missed") and "agreement with the user" in n for n in notes)
 
 
 def test_a_false_flag_points_to_calibrate_and_all_correct_says_so():
