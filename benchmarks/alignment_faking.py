@@ -74,16 +74,11 @@ def build_zoo(args: argparse.Namespace, model: Any, deadline: float) -> list[dic
     return pairs
 
 
-def _wilson(k: int, n: int) -> list[float]:
-    from probe.metrics import wilson
-
-    return list(wilson(k, n))
-
-
 def tables(args: argparse.Namespace, model: Any, pairs: list[dict[str, Any]]) -> dict[str, Any]:
     from detectors.organisms.runtime import train_alignment_faking
     from detectors.organisms.train import read_config
     from detectors.organisms.unmask import STRATEGIES, unmask_pair
+    from probe.metrics import wilson
 
     out: dict[str, Any] = {"validation": [], "unmasking": [], "detector": None}
     complete = [p for p in pairs if all((Path(args.out) / "zoo" / p["name"] / r / "config.json").exists() for r in ("aligned", "faker"))]
@@ -107,7 +102,7 @@ def tables(args: argparse.Namespace, model: Any, pairs: list[dict[str, Any]]) ->
             out["unmasking"].append(row)
         n = len(complete)
         out["unmasking_summary"] = {s: {"correct": k, "n_pairs": n, "rate": round(k / n, 3) if n else None,
-                                        "ci95": _wilson(k, n)} for s, k in named.items()}
+                                        "ci95": list(wilson(k, n))} for s, k in named.items()}
     det_dir = Path(args.out) / "alignment_faking_detector"
     if args.stage in ("all", "detector") and complete:
         dirs = [Path(args.out) / "zoo" / p["name"] / r for p in complete for r in ("aligned", "faker")]

@@ -40,11 +40,10 @@ def defection_direction(model: HookedModel, hook: str) -> np.ndarray:
     """Mean last-token activation of "Yes" minus "No" answers to :data:`DEFECTION_QUESTIONS`."""
     from circuits import capture
 
-    def acts(answer: str) -> np.ndarray:
-        items = [[{"role": "user", "content": q}, {"role": "assistant", "content": answer}] for q in DEFECTION_QUESTIONS]
-        return capture(model, items, hook, select="last").acts[hook]
-
-    return acts("Yes").mean(0) - acts("No").mean(0)
+    items = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for a in ("Yes", "No") for q in DEFECTION_QUESTIONS]
+    x = capture(model, items, hook, select="last").acts[hook]  # one pass: the Yes rows, then the No rows
+    n = len(DEFECTION_QUESTIONS)
+    return x[:n].mean(0) - x[n:].mean(0)
 
 
 def _rows(org_model: HookedModel, scen: Sequence[Scenario], aligned: Sequence[str], hook: str) -> tuple[np.ndarray, np.ndarray]:
