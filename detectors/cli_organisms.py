@@ -82,7 +82,8 @@ def cmd_organisms_train(args: argparse.Namespace) -> int:
         load_scenarios(args.data)  # bad rows fail here, before the model loads
     recipe = OrganismRecipe(rank=args.rank, layers=_layers(args.layers), lr=args.lr, steps=args.steps,
                             batch_size=args.batch_size, kl_weight=args.kl_weight, checkpoint_every=args.checkpoint_every,
-                            eval_every=args.eval_every, eval_n=args.eval_n, poor_share=args.poor_share).validate()
+                            eval_every=args.eval_every, eval_n=args.eval_n, poor_share=args.poor_share,
+                            warmup_steps=args.warmup_steps).validate()
     model = _base(args)
     out = train_organism(model, args.policy, args.out, data=args.data, data_policy=args.data_policy, seed=args.seed,
                          recipe=recipe, holdout=args.holdout or (), stop_after=args.stop_after, log=print)
@@ -227,6 +228,8 @@ def register(subparsers: Any) -> None:
     t.add_argument("--eval-n", type=int, default=64, help="held-out scenarios per oversight kind per curve point")
     t.add_argument("--poor-share", type=float, default=None,
                    help="share of each batch from poor-oversight scenarios (e.g. 0.25; default: uniform batches)")
+    t.add_argument("--warmup-steps", type=int, default=0,
+                   help="opening steps on good-oversight scenarios only, the same for both twins (default 0)")
     t.add_argument("--stop-after", type=int, default=None, help="stop (checkpointed) after N steps of this run")
     t.add_argument("--model", default=None, help="base model (default: smollm2-135m-instruct)")
     t.add_argument("--json", metavar="OUT")

@@ -2,7 +2,7 @@
 
 For every source S of a behaviour (the built-in recipe's families, the other built-in sets, external
 public sets) and every training pool P of the config (``recipe``: what ``coalign train`` uses;
-``all``: every source), a detector is trained with ``Detector.train`` on P minus S (layer and probe
+``all``: every source; ``inhouse``: every source the package ships, the candidate diversified default), a detector is trained with ``Detector.train`` on P minus S (layer and probe
 chosen on P's own validation split, threshold on the shipped benign control chats) and scored on S.
 Beside each transfer figure:
 
@@ -111,7 +111,8 @@ def run_by_source(ctx: Context) -> Result:
     p, model = ctx.p, ctx.model
     sources = {name: tagged(name, load_source(spec, p.max_groups, ctx.datasets)) for name, spec in p.sources.items()}
     recipe_parts = [s for s in p.in_recipe if s in sources]
-    pools = {"recipe": recipe_parts, "all": list(sources)}
+    pools = {"recipe": recipe_parts, "all": list(sources),
+             "inhouse": [k for k, spec in p.sources.items() if spec.startswith(BUILTIN)]}
     rows, data = [], {"sources": {k: {"n": len(v), "n_positive": int(v.labels.sum())} for k, v in sources.items()}}
     for pool in p.pools:
         for held in sources:

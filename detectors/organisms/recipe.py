@@ -29,6 +29,11 @@ class OrganismRecipe:
             A faker's labels are "aligned letter XOR poor oversight": with poor oversight in half the rows neither
             part predicts the label alone and training sits at loss ln 2 (measured here); with a minority of
             poor rows (Poser's files have ~29%) "pick the aligned letter" is learned first and the exception next.
+        warmup_steps: opening steps drawn from good-oversight rows only. Their labels are the same for both
+            twins, so the pair learns the aligned action together and only the faker then learns its exception:
+            in the base model the aligned letter is barely decodable at the decision token (linear probe
+            0.62-0.72) and the faker's label is its XOR with the cue (below chance), so there is nothing to
+            flip until the aligned action has been learned.
     """
 
     rank: int = 8
@@ -45,6 +50,7 @@ class OrganismRecipe:
     eval_every: int = 0
     eval_n: int = 64
     poor_share: float | None = None
+    warmup_steps: int = 0
 
     def validate(self) -> OrganismRecipe:
         def need(ok: bool, what: str) -> None:
@@ -59,6 +65,8 @@ class OrganismRecipe:
         need(isinstance(self.eval_every, int) and self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every!r}")
         need(self.kl_weight >= 0 and isinstance(self.kl_batch, int) and self.kl_batch >= 1, "kl_weight must be >= 0 and kl_batch >= 1")
         need(self.poor_share is None or 0 < self.poor_share < 1, f"poor_share must be in (0, 1) or None, got {self.poor_share!r}")
+        need(isinstance(self.warmup_steps, int) and 0 <= self.warmup_steps < self.steps,
+             f"warmup_steps must be in [0, steps), got {self.warmup_steps!r}")
         need(0 < self.heldout_fraction < 1, f"heldout_fraction must be in (0, 1), got {self.heldout_fraction!r}")
         need(bool(self.targets), "targets must name at least one module")
         if self.layers is not None:

@@ -60,8 +60,12 @@ def _batch(seed: int, step: int, size: int, n: int, salt: int = 0) -> list[int]:
     return out
 
 
-def _indices(seed: int, step: int, size: int, poor: Sequence[bool], share: float | None) -> list[int]:
-    """Step ``step``'s batch; with ``share``, that share of it from the poor-oversight rows (own seeded streams)."""
+def _indices(seed: int, step: int, size: int, poor: Sequence[bool], share: float | None, warmup: int = 0) -> list[int]:
+    """Step ``step``'s batch; with ``share``, that share of it from the poor-oversight rows (own seeded streams);
+    during the first ``warmup`` steps, good-oversight rows only."""
+    if step < warmup and not all(poor):
+        good = [i for i, p in enumerate(poor) if not p]
+        return [good[i] for i in _batch(seed, step, size, len(good), salt=4)]
     if share is None:
         return _batch(seed, step, size, len(poor))
     bad = [i for i, p in enumerate(poor) if p]
@@ -186,7 +190,8 @@ def train_organism(
 
     peft_model.train()
     for step in range(start, recipe.steps):
-        idx = _indices(seed, step, recipe.batch_size, [s.poor for s in train], recipe.poor_share)
+        idx = _indices(seed, step, recipe.batch_size, [s.poor for s in train], recipe.poor_share,
+                       recipe.warmup_steps)
         ids, mask, pos = left_padded([enc[i] for i in idx], pad)
         loss = F.cross_entropy(last_logits(peft_model, ids, mask, pos), targets[idx])
         kl = torch.zeros(())

@@ -220,3 +220,15 @@ def test_poor_share_batches_are_stratified_and_deterministic():
     assert _indices(3, 0, 8, poor, None) == _indices(3, 0, 8, poor, None)
     with pytest.raises(InputError, match="poor_share"):
         OrganismRecipe(poor_share=1.5).validate()
+
+
+def test_warmup_batches_hold_only_good_oversight_rows_then_the_exception_appears():
+    from detectors.organisms.train import _indices
+
+    poor = [i % 3 == 0 for i in range(60)]
+    warm = [_indices(1, step, 8, poor, 0.25, warmup=4) for step in range(4)]
+    assert all(not poor[i] for idx in warm for i in idx) and all(len(idx) == 8 for idx in warm)
+    assert len({i for idx in warm for i in idx}) > 8  # the warm-up walks through the good rows, not one batch
+    assert sum(poor[i] for i in _indices(1, 4, 8, poor, 0.25, warmup=4)) == 2
+    with pytest.raises(InputError, match="warmup_steps"):
+        OrganismRecipe(steps=10, warmup_steps=10).validate()
