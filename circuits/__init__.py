@@ -34,7 +34,7 @@ _EXPORTS = {
     "ActivationAddition": "circuits.steering",
     "DirectionalAblation": "circuits.steering",
     "GenerationState": "circuits.steering",
-    "SAEClamp": "circuits.steering",
+    "SAEClamp": "circuits.sae_clamp",
     "logits_with": "circuits.steering",
     "SteeringVector": "circuits.steering_vectors",
     "build_caa": "circuits.steering_vectors",

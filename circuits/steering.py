@@ -1,16 +1,12 @@
 """Correctors: interventions on the activations at one hook name, attached only for as long as asked.
 
-(Over 400 lines: the base class and its three kinds are one concept, read together.)
+Edits of the activation ``x`` at a TransformerLens hook name:
 
-Three kinds, all edits of the activation ``x`` at a TransformerLens hook name:
-
-=========================  =========================================================================
-:class:`ActivationAddition`  ``x + alpha * v`` (a CAA steering vector, or ``-direction`` of a detector)
-:class:`DirectionalAblation` ``x - alpha * (x . d) d`` with ``d`` a unit vector (``alpha=1`` removes
-                             the component along ``d`` entirely)
-:class:`SAEClamp`            ``x + alpha * (decode(f') - decode(f))`` with ``f = encode(x)`` and ``f'``
-                             the same features with some clamped: the SAE's reconstruction error is kept
-=========================  =========================================================================
+* :class:`ActivationAddition`: ``x + alpha * v`` (a CAA steering vector, or ``-direction`` of a detector);
+* :class:`DirectionalAblation`: ``x - alpha * (x . d) d`` with ``d`` a unit vector (``alpha=1`` removes the
+  component along ``d`` entirely);
+* the SAE clamps of :mod:`circuits.sae_clamp`: ``x + alpha * (decode(f') - decode(f))`` with ``f = encode(x)``
+  and ``f'`` the same features with some clamped (the SAE's reconstruction error is kept).
 
 Every corrector is used either as a context manager or through a handle::
 
@@ -47,7 +43,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from typing import Any, Iterator, Protocol, Sequence, runtime_checkable
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -64,8 +60,6 @@ __all__ = [
     "DirectionalAblation",
     "GenerationState",
     "Positions",
-    "SAEClamp",
-    "SparseAutoencoder",
     "apply_all",
     "logits_with",
     "response_logprobs",
@@ -378,94 +372,6 @@ class DirectionalAblation(Corrector):
         if scale is not None:
             proj = proj * scale
         return act - proj * d
-
-
-@runtime_checkable
-class SparseAutoencoder(Protocol):
-    """What :class:`SAEClamp` needs from an SAE (a ``sae_lens.SAE`` qualifies)."""
-
-    def encode(self, x: Tensor) -> Tensor: ...
-
-    def decode(self, feature_acts: Tensor) -> Tensor: ...
-
-
-class SAEClamp(Corrector):
-    """Clamp SAE features at ``hook``: ``x + alpha * (decode(f') - decode(f))``, ``f = encode(x)``.
-
-    ``f'`` is ``f`` with ``features`` set to ``values`` (``mode="set"``, e.g. 0 to switch a feature
-    off) or multiplied by them (``mode="scale"``). Adding the decoded *difference* keeps the SAE's
-    reconstruction error in the stream, so features not clamped leave ``x`` exactly as it was.
-
-    Args:
-        hook: hook name the SAE was trained on.
-        sae: any object with ``encode(x) -> f`` and ``decode(f) -> x`` (:class:`SparseAutoencoder`).
-        features: feature indices to clamp.
-        values: one value or one per feature.
-        alpha: dose multiplying the edit.
-        mode: ``"set"`` or ``"scale"``.
-    """
-
-    kind = "sae_clamp"
-
-    def __init__(
-        self,
-        hook: str,
-        sae: SparseAutoencoder,
-        features: Sequence[int],
-        values: float | Sequence[float] = 0.0,
-        alpha: float = 1.0,
-        mode: str = "set",
-        positions: Positions = "all",
-        state: GenerationState | None = None,
-    ) -> None:
-        super().__init__(hook, alpha, positions, state)
-        if not (callable(getattr(sae, "encode", None)) and callable(getattr(sae, "decode", None))):
-            raise InputError(f"SAEClamp needs an object with encode() and decode(), got {type(sae).__name__}")
-        if mode not in ("set", "scale"):
-            raise InputError(f"SAEClamp mode must be 'set' or 'scale', got {mode!r}")
-        self.sae = sae
-        self.mode = mode
-        self.set_features(features, values)
-
-    def set_features(self, features: Sequence[int], values: float | Sequence[float] = 0.0) -> None:
-        """Change which features are clamped (and to what); takes effect on the next forward."""
-        feats = [int(f) for f in features]
-        if not feats:
-            raise InputError("SAEClamp needs at least one feature index")
-        vals = [float(values)] * len(feats) if isinstance(values, (int, float)) else [float(v) for v in values]
-        if len(vals) != len(feats):
-            raise InputError(f"SAEClamp: {len(feats)} features but {len(vals)} values")
-        self.features = torch.tensor(feats, dtype=torch.long)
-        self.values = torch.tensor(vals, dtype=torch.float32)
-
-    def _sae_dtype_device(self, act: Tensor) -> tuple[torch.dtype, torch.device]:
-        params = getattr(self.sae, "parameters", None)
-        if callable(params):
-            p = next(iter(params()), None)
-            if p is not None:
-                return p.dtype, p.device
-        dtype = getattr(self.sae, "dtype", None)
-        device = getattr(self.sae, "device", None)
-        return (dtype if isinstance(dtype, torch.dtype) else act.dtype), torch.device(device) if device is not None else act.device
-
-    def _edit(self, act: Tensor, scale: Tensor | None) -> Tensor:
-        dtype, device = self._sae_dtype_device(act)
-        x = act.to(device=device, dtype=dtype)
-        f = self.sae.encode(x)
-        idx = self.features.to(f.device)
-        vals = self.values.to(device=f.device, dtype=f.dtype)
-        f2 = f.clone()
-        if self.mode == "set":
-            f2[..., idx] = vals
-        else:
-            f2[..., idx] = f[..., idx] * vals
-        delta = (self.sae.decode(f2) - self.sae.decode(f)).to(device=act.device, dtype=act.dtype)
-        if self._alpha != 1.0:
-            delta = delta * self._alpha
-        return act + delta if scale is None else act + scale * delta
-
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "features": self.features.tolist(), "values": self.values.tolist(), "mode": self.mode}
 
 
 # re-exported: they lived here before the split (steered_forward does not import this module)

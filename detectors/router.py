@@ -66,10 +66,8 @@ from circuits.steering import (
     Corrector,
     DirectionalAblation,
     GenerationState,
-    SAEClamp,
-    SparseAutoencoder,
 )
-from circuits.sae_clamp import FeatureClamp
+from circuits.sae_clamp import FeatureClamp, SAEClamp, SparseAutoencoder
 from circuits.steering_vectors import SteeringVector
 from circuits.token_avoidance import TokenAvoidance, last_block_hook
 from detectors.policy import PolicyError, Resolved

@@ -10,7 +10,7 @@ from tiny import tiny_model
 from circuits import InputError
 from circuits.sae import load_sae
 from circuits.sae_clamp import FeatureClamp
-from circuits.steering import SAEClamp
+from circuits.sae_clamp import SAEClamp
 
 HOOK = "blocks.1.hook_resid_post"
 

@@ -14,12 +14,11 @@ from circuits.steering import (
     ActivationAddition,
     DirectionalAblation,
     GenerationState,
-    SAEClamp,
-    SparseAutoencoder,
     apply_all,
     logits_with,
     response_logprobs,
 )
+from circuits.sae_clamp import SAEClamp, SparseAutoencoder
 from circuits.steering_vectors import SteeringVector, build_caa, read_pairs
 from tiny import tiny_model
 

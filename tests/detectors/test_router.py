@@ -11,7 +11,8 @@ import test_guard as tg
 import torch
 
 import detectors.router as router_mod
-from circuits.steering import ActivationAddition, DirectionalAblation, SAEClamp
+from circuits.sae_clamp import SAEClamp
+from circuits.steering import ActivationAddition, DirectionalAblation
 from circuits.token_avoidance import TokenAvoidance
 from detectors.guard import Guard
 from detectors.policy import Policy, PolicyError
