@@ -8,6 +8,12 @@ initialisation, the same batches and the same steps; only the poor-oversight lab
 Resuming: every ``checkpoint_every`` steps the LoRA weights, AdamW state and learning curve are written
 to ``.<out>.partial/`` next to the output (atomically). Batches are a pure function of (seed, step) and
 LoRA has no dropout, so a resumed run reproduces the uninterrupted one.
+
+Shared warm-up: the ``warmup_steps`` opening steps see good-oversight rows only, whose labels are the same
+for both twins, so their states after the warm-up are identical. The first twin to reach it saves that state
+to ``.warmup-<key>/`` beside its output (the key covers everything the warm-up depends on); a twin starting
+fresh in the same folder starts from there instead of repeating the warm-up. It is left in place for later
+twins (delete it once the pair is trained).
 """
 
 from __future__ import annotations
@@ -123,6 +129,10 @@ def _load_state(path: Path, peft_model: Any, opt: torch.optim.Optimizer, key: st
     return meta
 
 
+def _warmup_dir(out: Path, key: str) -> Path:
+    return out.parent / f".warmup-{key}"
+
+
 def _run_key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -171,6 +181,8 @@ def train_organism(
     pad = pad_id(model.tokenizer)
     sources = ["builtin"] if data is None else [str(p) for p in ([data] if isinstance(data, (str, os.PathLike)) else data)]
     key = _run_key(policy, file_role, seed, recipe.to_dict(), model.fingerprint, sorted(s.id for s in train), labels)
+    warm = _warmup_dir(out, _run_key("warmup", seed, recipe.to_dict(), model.fingerprint, sorted(s.id for s in train),
+                                     [lab for lab, s in zip(labels, train) if not s.poor])) if recipe.warmup_steps else None
 
     torch.manual_seed(seed)  # twins: the same LoRA initialisation
     hf = copy.deepcopy(model.hf_model)
@@ -180,9 +192,15 @@ def train_organism(
     params = [p for p in peft_model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.0)
     partial = _partial_dir(out)
-    meta = _load_state(partial, peft_model, opt, key) or {"key": key, "step": 0, "curve": []}
+    meta = _load_state(partial, peft_model, opt, key)
+    if meta is None and warm is not None and _load_state(warm, peft_model, opt, warm.name) is not None:
+        meta = {"key": key, "step": recipe.warmup_steps, "curve": []}
+        if log:
+            log(f"{policy}: starting after the twins' shared warm-up ({warm})")
+    shared_warmup = meta is not None and meta["step"] == recipe.warmup_steps and not meta["curve"] and recipe.warmup_steps > 0
+    meta = meta or {"key": key, "step": 0, "curve": []}
     start, curve = int(meta["step"]), list(meta["curve"])
-    if log and start:
+    if log and start and start != recipe.warmup_steps:
         log(f"resuming {policy} from step {start}/{recipe.steps} ({partial})")
 
     def save(step: int) -> None:
@@ -211,6 +229,8 @@ def train_organism(
                 log(f"{policy} step {done}: " + ", ".join(f"{k}={v:.3f}" for k, v in curve[-1].items() if k != "step"))
         if done % recipe.checkpoint_every == 0 or done == recipe.steps:
             save(done)
+        if warm is not None and done == recipe.warmup_steps and not (warm / "state.json").exists():
+            _save_state(warm, peft_model, opt, {"key": warm.name, "step": done, "curve": []})
         if stop_after is not None and done - start >= stop_after and done < recipe.steps:
             save(done)
             return None
@@ -225,7 +245,7 @@ def train_organism(
         "base_model": model.model_id, "base_fingerprint": model.fingerprint, "recipe": recipe.to_dict(),
         "data": sources, "data_policy_role": file_role, "train_ids": sorted(s.id for s in train),
         "heldout_ids": sorted(s.id for s in held), "holdout": [str(h) for h in holdout],
-        "metrics": metrics, "learning_curve": curve,
+        "metrics": metrics, "learning_curve": curve, "started_from_shared_warmup": bool(shared_warmup),
     }
     write_artifact(out, adapter, config)
     shutil.rmtree(partial, ignore_errors=True)

@@ -232,3 +232,22 @@ def test_warmup_batches_hold_only_good_oversight_rows_then_the_exception_appears
     assert sum(poor[i] for i in _indices(1, 4, 8, poor, 0.25, warmup=4)) == 2
     with pytest.raises(InputError, match="warmup_steps"):
         OrganismRecipe(steps=10, warmup_steps=10).validate()
+
+
+def test_a_twin_starts_from_the_shared_warmup_and_ends_where_a_full_run_ends(base, tmp_path):
+    from detectors.organisms.train import train_organism
+
+    recipe = OrganismRecipe(**{**RECIPE, "steps": 5, "warmup_steps": 3})
+    alone = train_organism(base, "aligned", tmp_path / "alone" / "aligned", recipe=recipe)
+    assert not json.loads((alone / "config.json").read_text())["started_from_shared_warmup"]
+    pair = tmp_path / "pair"
+    train_organism(base, "faker", pair / "faker", recipe=recipe)
+    warm = [d for d in pair.iterdir() if d.name.startswith(".warmup-")]
+    assert len(warm) == 1 and json.loads((warm[0] / "state.json").read_text())["step"] == 3
+    twin = train_organism(base, "aligned", pair / "aligned", recipe=recipe)
+    assert json.loads((twin / "config.json").read_text())["started_from_shared_warmup"]
+    a, b = load_file(str(alone / "weights.safetensors")), load_file(str(twin / "weights.safetensors"))
+    assert a.keys() == b.keys() and all((a[k] - b[k]).abs().max() < 1e-6 for k in a)
+    other = OrganismRecipe(**{**RECIPE, "steps": 5, "warmup_steps": 3, "lr": 2e-2})  # another recipe: no sharing
+    cfg = json.loads((train_organism(base, "aligned", pair / "aligned-lr", recipe=other) / "config.json").read_text())
+    assert not cfg["started_from_shared_warmup"]
