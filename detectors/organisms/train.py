@@ -12,8 +12,9 @@ LoRA has no dropout, so a resumed run reproduces the uninterrupted one.
 Shared warm-up: the ``warmup_steps`` opening steps see good-oversight rows only, whose labels are the same
 for both twins, so their states after the warm-up are identical. The first twin to reach it saves that state
 to ``.warmup-<key>/`` beside its output (the key covers everything the warm-up depends on); a twin starting
-fresh in the same folder starts from there instead of repeating the warm-up. It is left in place for later
-twins (delete it once the pair is trained).
+fresh in the same folder starts from there instead of repeating the warm-up, and so does a run whose recipe
+differs only after the warm-up (``AFTER_WARMUP``: another exception phase tried from the same start). It is
+left in place for later runs (delete it once the pair is trained).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from detectors.organisms.poser import labels_for, load_scenarios, role_of, split
 from detectors.organisms.recipe import OrganismRecipe
 
 KIND = "alignment_faking_organism"
+AFTER_WARMUP = ("steps", "poor_share", "checkpoint_every", "eval_every", "eval_n")
 
 
 def generic_prompts(from_data: Sequence[str], n: int = 100) -> list[str]:
@@ -181,7 +183,9 @@ def train_organism(
     pad = pad_id(model.tokenizer)
     sources = ["builtin"] if data is None else [str(p) for p in ([data] if isinstance(data, (str, os.PathLike)) else data)]
     key = _run_key(policy, file_role, seed, recipe.to_dict(), model.fingerprint, sorted(s.id for s in train), labels)
-    warm = _warmup_dir(out, _run_key("warmup", seed, recipe.to_dict(), model.fingerprint, sorted(s.id for s in train),
+    # what the warm-up depends on: not the steps after it, their batch mix or the bookkeeping
+    warm_recipe = {k: v for k, v in recipe.to_dict().items() if k not in AFTER_WARMUP}
+    warm = _warmup_dir(out, _run_key("warmup", seed, warm_recipe, model.fingerprint, sorted(s.id for s in train),
                                      [lab for lab, s in zip(labels, train) if not s.poor])) if recipe.warmup_steps else None
 
     torch.manual_seed(seed)  # twins: the same LoRA initialisation

@@ -248,6 +248,9 @@ def test_a_twin_starts_from_the_shared_warmup_and_ends_where_a_full_run_ends(bas
     assert json.loads((twin / "config.json").read_text())["started_from_shared_warmup"]
     a, b = load_file(str(alone / "weights.safetensors")), load_file(str(twin / "weights.safetensors"))
     assert a.keys() == b.keys() and all((a[k] - b[k]).abs().max() < 1e-6 for k in a)
-    other = OrganismRecipe(**{**RECIPE, "steps": 5, "warmup_steps": 3, "lr": 2e-2})  # another recipe: no sharing
+    other = OrganismRecipe(**{**RECIPE, "steps": 5, "warmup_steps": 3, "lr": 2e-2})  # another warm-up: no sharing
     cfg = json.loads((train_organism(base, "aligned", pair / "aligned-lr", recipe=other) / "config.json").read_text())
     assert not cfg["started_from_shared_warmup"]
+    later = OrganismRecipe(**{**RECIPE, "steps": 6, "warmup_steps": 3, "poor_share": 0.5})  # differs after it only
+    cfg = json.loads((train_organism(base, "faker", pair / "faker-half", recipe=later) / "config.json").read_text())
+    assert cfg["started_from_shared_warmup"]
