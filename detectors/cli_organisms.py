@@ -83,7 +83,7 @@ def cmd_organisms_train(args: argparse.Namespace) -> int:
     recipe = OrganismRecipe(rank=args.rank, layers=_layers(args.layers), lr=args.lr, steps=args.steps,
                             batch_size=args.batch_size, kl_weight=args.kl_weight, checkpoint_every=args.checkpoint_every,
                             eval_every=args.eval_every, eval_n=args.eval_n, poor_share=args.poor_share,
-                            warmup_steps=args.warmup_steps).validate()
+                            warmup_steps=args.warmup_steps, decay=args.decay).validate()
     model = _base(args)
     out = train_organism(model, args.policy, args.out, data=args.data, data_policy=args.data_policy, seed=args.seed,
                          recipe=recipe, holdout=args.holdout or (), stop_after=args.stop_after, log=print)
@@ -230,6 +230,8 @@ def register(subparsers: Any) -> None:
                    help="share of each batch from poor-oversight scenarios (e.g. 0.25; default: uniform batches)")
     t.add_argument("--warmup-steps", type=int, default=0,
                    help="opening steps on good-oversight scenarios only, the same for both twins (default 0)")
+    t.add_argument("--decay", choices=("none", "linear"), default="none",
+                   help="learning rate after the warm-up: constant, or linear down to lr/20 at the last step")
     t.add_argument("--stop-after", type=int, default=None, help="stop (checkpointed) after N steps of this run")
     t.add_argument("--model", default=None, help="base model (default: smollm2-135m-instruct)")
     t.add_argument("--json", metavar="OUT")

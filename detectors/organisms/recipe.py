@@ -34,6 +34,9 @@ class OrganismRecipe:
             in the base model the aligned letter is barely decodable at the decision token (linear probe
             0.62-0.72) and the faker's label is its XOR with the cue (below chance), so there is nothing to
             flip until the aligned action has been learned.
+        decay: learning rate schedule: ``"none"`` (constant) or ``"linear"`` (constant for the first 70% of the
+            steps, or the warm-up if longer, then down to ``lr / 20`` at the last step). Measured here: at a constant 1e-3 a faker that had learned its
+            exception (0.97 / 0.97 held out at step 400) spiked at step 450 (0.31 / 0.53, KL to base x10).
     """
 
     rank: int = 8
@@ -51,6 +54,7 @@ class OrganismRecipe:
     eval_n: int = 64
     poor_share: float | None = None
     warmup_steps: int = 0
+    decay: str = "none"
 
     def validate(self) -> OrganismRecipe:
         def need(ok: bool, what: str) -> None:
@@ -67,6 +71,7 @@ class OrganismRecipe:
         need(self.poor_share is None or 0 < self.poor_share < 1, f"poor_share must be in (0, 1) or None, got {self.poor_share!r}")
         need(isinstance(self.warmup_steps, int) and 0 <= self.warmup_steps < self.steps,
              f"warmup_steps must be in [0, steps), got {self.warmup_steps!r}")
+        need(self.decay in ("none", "linear"), f"decay must be 'none' or 'linear', got {self.decay!r}")
         need(0 < self.heldout_fraction < 1, f"heldout_fraction must be in (0, 1), got {self.heldout_fraction!r}")
         need(bool(self.targets), "targets must name at least one module")
         if self.layers is not None:
@@ -74,7 +79,17 @@ class OrganismRecipe:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if d["decay"] == "none":  # recipes recorded before ``decay`` existed keep their run keys
+            del d["decay"]
+        return d
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of optimiser step ``step`` (0-based)."""
+        start = max(self.warmup_steps, int(0.7 * self.steps))
+        if self.decay == "none" or step < start:
+            return self.lr
+        return self.lr * (1.0 - 0.95 * (step - start) / max(1, self.steps - 1 - start))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> OrganismRecipe:

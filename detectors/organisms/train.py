@@ -46,7 +46,7 @@ from detectors.organisms.poser import labels_for, load_scenarios, role_of, split
 from detectors.organisms.recipe import OrganismRecipe
 
 KIND = "alignment_faking_organism"
-AFTER_WARMUP = ("steps", "poor_share", "checkpoint_every", "eval_every", "eval_n")
+AFTER_WARMUP = ("steps", "poor_share", "decay", "checkpoint_every", "eval_every", "eval_n")
 
 
 def generic_prompts(from_data: Sequence[str], n: int = 100) -> list[str]:
@@ -223,6 +223,8 @@ def train_organism(
             with torch.no_grad(), peft_model.disable_adapter():
                 base_lp = F.log_softmax(last_logits(peft_model, *g), -1)
             kl = F.kl_div(F.log_softmax(last_logits(peft_model, *g), -1), base_lp, log_target=True, reduction="batchmean")
+        for group in opt.param_groups:
+            group["lr"] = recipe.lr_at(step)
         opt.zero_grad(set_to_none=True)
         (loss + recipe.kl_weight * kl).backward()
         opt.step()

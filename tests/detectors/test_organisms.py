@@ -254,3 +254,12 @@ def test_a_twin_starts_from_the_shared_warmup_and_ends_where_a_full_run_ends(bas
     later = OrganismRecipe(**{**RECIPE, "steps": 6, "warmup_steps": 3, "poor_share": 0.5})  # differs after it only
     cfg = json.loads((train_organism(base, "faker", pair / "faker-half", recipe=later) / "config.json").read_text())
     assert cfg["started_from_shared_warmup"]
+
+
+def test_linear_decay_holds_the_rate_then_falls_to_a_twentieth_and_old_recipes_keep_their_keys():
+    r = OrganismRecipe(lr=1e-3, steps=100, warmup_steps=20, decay="linear").validate()
+    assert r.lr_at(0) == r.lr_at(69) == 1e-3 and r.lr_at(99) == pytest.approx(5e-5)
+    assert 5e-5 < r.lr_at(85) < 1e-3
+    assert "decay" not in OrganismRecipe().to_dict() and OrganismRecipe.from_dict(r.to_dict()) == r
+    with pytest.raises(InputError, match="decay"):
+        OrganismRecipe(decay="cosine").validate()
