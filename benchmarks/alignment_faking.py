@@ -37,7 +37,7 @@ def _recipe(args: argparse.Namespace) -> Any:
     layers = list(range(args.first_layer, 30)) if args.first_layer is not None else None
     return OrganismRecipe(rank=args.rank, layers=layers, lr=args.lr, steps=args.steps, batch_size=args.batch_size,
                           kl_weight=args.kl_weight, eval_every=args.eval_every, eval_n=args.eval_n, checkpoint_every=args.checkpoint_every,
-                          poor_share=args.poor_share).validate()
+                          poor_share=args.poor_share, warmup_steps=args.warmup_steps, decay=args.decay).validate()
 
 
 def _pairs(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -165,9 +165,11 @@ def main() -> None:
     ap.add_argument("--stage", choices=("all", "zoo", "unmask", "detector", "guard"), default="all")
     ap.add_argument("--pilot", action="store_true")
     ap.add_argument("--minutes", type=float, default=math.inf, help="time budget for training in this run")
-    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--steps", type=int, default=500)
+    ap.add_argument("--warmup-steps", type=int, default=150, help="opening steps on good-oversight rows, shared by the twins")
+    ap.add_argument("--decay", choices=("none", "linear"), default="linear")
     ap.add_argument("--rank", type=int, default=8)
-    ap.add_argument("--first-layer", type=int, default=18, help="LoRA on blocks FIRST..29 (lower blocks need no backward)")
+    ap.add_argument("--first-layer", type=int, default=None, help="LoRA on blocks FIRST..29 only (default: all blocks)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--kl-weight", type=float, default=1.0)
@@ -178,7 +180,7 @@ def main() -> None:
     ap.add_argument("--tau", type=float, default=0.9)
     ap.add_argument("--ship", default=None, metavar="DIR",
                     help="export the first pair as DIR/aligned-0 and DIR/faker-0 (bf16, metrics re-measured) and stop")
-    ap.add_argument("--poor-share", type=float, default=0.25, help="share of each batch from poor-oversight rows (0: uniform)")
+    ap.add_argument("--poor-share", type=float, default=0.3, help="share of each batch from poor-oversight rows (0: uniform)")
     args = ap.parse_args()
 
     from circuits import load_model
