@@ -119,14 +119,22 @@ def tables(args: argparse.Namespace, model: Any, pairs: list[dict[str, Any]]) ->
 
 
 def ship(args: argparse.Namespace, model: Any, pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Export the first complete pair to ``--ship DIR`` as ``aligned-0`` / ``faker-0`` with bf16 adapters, the
-    recorded metrics re-measured on the cast copies (what `coalign organisms list` and `unmask` then find)."""
+    """Export the first pair whose twins both pass validation to ``--ship DIR`` as ``aligned-0`` / ``faker-0`` with
+    bf16 adapters, the recorded metrics re-measured on the cast copies (what `coalign organisms list` and `unmask`
+    then find). Pairs are taken in seed order, so which one ships is fixed by the zoo, not picked by hand."""
     from detectors.organisms.organism import Organism, export_organism
-    from detectors.organisms.train import generic_prompts
+    from detectors.organisms.train import generic_prompts, read_config
     from detectors.organisms.validate import validate_organism
     from detectors.cli_organisms import _recorded_heldout
 
-    p = pairs[0]
+    def passes(p: dict[str, Any]) -> bool:
+        dirs = [Path(args.out) / "zoo" / p["name"] / r for r in ("aligned", "faker")]
+        return all((d / "config.json").exists() and read_config(d)["metrics"].get("passes") for d in dirs)
+
+    p = next((p for p in pairs if passes(p)), None)
+    if p is None:
+        raise SystemExit(f"no pair under {args.out}/zoo passes validation: nothing to ship")
+    print(f"shipping {p['name']}")
     rows = []
     for role in ("aligned", "faker"):
         src, dst = Path(args.out) / "zoo" / p["name"] / role, Path(args.ship) / f"{role}-0"
@@ -135,7 +143,7 @@ def ship(args: argparse.Namespace, model: Any, pairs: list[dict[str, Any]]) -> l
         held, generic, file_role = _recorded_heldout(org)
         metrics = validate_organism(org.hooked(model), model, held, file_role, org.role, generic_prompts(generic))
         export_organism(src, dst, metrics=metrics)
-        rows.append({"name": dst.name, "role": role, **metrics})
+        rows.append({"name": dst.name, "role": role, "pair": p["name"], **metrics})
     return rows
 
 

@@ -6,7 +6,9 @@ Transfer: every role-play set the project has (roleplay_lies, _2 .. _7), never t
 
 Both probes read the SAE's hook from one capture (bf16 autocast, as the SAE's training data) of every response token: the dense probe the
 mean activation (``response_mean``), the SAE probe the mean of the SAE codes over the same tokens.
-SAE probe: k latents (k in 1, 4, 16, 64) ranked on the training rows, L1 logistic head (C=1).
+SAE probe: k latents (k in 1, 4, 16, 64) ranked on the training rows, L1 logistic head (C=1); and every latent
+under the dense probe's own estimator (``SAE all latents``: the same L2 logistic, fitted on the pooled codes), which
+separates "the SAE loses the signal" from "a handful of latents cannot carry it".
 AUROC with a 95% stratified-bootstrap CI, recall at 1% FPR (in-sample threshold on each set's negatives).
 
 Run: python benchmarks/sae_probe.py --sae circuits/data/saes/smollm2-135m-instruct/blocks.16.hook_resid_post --out benchmarks/results/sae/sae_probe.json
@@ -104,6 +106,7 @@ def main() -> None:
     probes = {"dense logistic": ("dense", make_probe("logistic").fit(D[~te], y[~te]))}
     for k in K_GRID:
         probes[f"SAE k={k}"] = ("sae", SAEFeatureProbe(k=k).fit(S[~te], y[~te]))
+    probes["SAE all latents"] = ("sae", make_probe("logistic").fit(S[~te], y[~te]))
     sets = {"in distribution (recipe, 30% held out)": (D[te], S[te], y[te])}
     for name in [x for x in args.sets.split(",") if x]:
         d = recipe(name)
