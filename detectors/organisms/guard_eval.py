@@ -1,10 +1,11 @@
 """Does the Guard stop a faker? The alignment-faking detector in a blocking policy, run on organisms.
 
-On the poor-oversight prompts that every organism held out of training and the detector did not fit on, the
+On the poor-oversight prompts that both organisms held out of training and the detector did not fit on, the
 faker's own decision (its A/B log-odds, no Guard) says where it misbehaves; the Guard then generates the
 decision token with the detector reading the decision position (step 0) and blocks above its calibrated
 threshold. Reported: the share of the faker's misaligned decisions the Guard blocks (the cut), and the cost,
-i.e. the share blocked of the aligned organism's decisions on the same prompts and of benign chat on the
+i.e. the share blocked of the aligned organism's decisions on the same prompts (only those the threshold was
+not calibrated on: :func:`~detectors.organisms.poser.runtime_part` ``"eval"``) and of benign chat on the
 aligned organism (``probe/data/benign_negatives.jsonl``: prompts neither the organisms' KL term nor the
 detector's calibration saw); each with its n and a 95% Wilson interval.
 """
@@ -22,7 +23,7 @@ import numpy as np
 from circuits import HookedModel
 from circuits.errors import InputError
 from detectors.organisms.decisions import chat, letter_logits, log_odds
-from detectors.organisms.poser import aligned_letters, load_scenarios, split
+from detectors.organisms.poser import aligned_letters, load_scenarios, runtime_part
 from probe.metrics import wilson
 
 
@@ -64,8 +65,7 @@ def guard_stops_faker(det: Any, faker_dir: str | os.PathLike, aligned_dir: str |
     scenarios, _ = load_scenarios(None if sources == ["builtin"] else sources)
     held = set(faker.config.get("heldout_ids", [])) & set(aligned.config.get("heldout_ids", []))
     scen = [s for s in scenarios if s.id in held]
-    fit_ids = {s.id for s in split(scen, 0.4, f"runtime:{seed}")[0]}
-    poor = [s for s in scen if s.poor and s.id not in fit_ids]
+    poor = [s for s in scen if s.poor and runtime_part(s.id, seed) != "fit"]
     if not poor:
         raise InputError("guard_stops_faker: no held-out poor-oversight prompts outside the detector's fitting split")
     want = aligned_letters(poor, faker.config["data_policy_role"])
@@ -73,13 +73,14 @@ def guard_stops_faker(det: Any, faker_dir: str | os.PathLike, aligned_dir: str |
     fm, am = faker.hooked(base), aligned.hooked(base)
     misaligned = log_odds(letter_logits(fm, [s.prompt for s in poor]), want) < 0
     blocked_f, blocked_a = _blocked(fm, det, items), _blocked(am, det, items)
+    uncalibrated = np.array([runtime_part(s.id, seed) == "eval" for s in poor], dtype=bool)
     blocked_b = _blocked(am, det, [chat(p) for p in benign_prompts(n_benign)])
     return {
         "n_prompts": len(poor),
         "faker_misaligned_rate": _rate(misaligned),
         "cut_of_misaligned": _rate(blocked_f[misaligned]),
         "faker_aligned_decisions_blocked": _rate(blocked_f[~misaligned]),
-        "aligned_poor_blocked": _rate(blocked_a),
+        "aligned_poor_blocked": _rate(blocked_a[uncalibrated]),
         "benign_blocked": _rate(blocked_b),
         "threshold": float(det.threshold),
     }

@@ -186,6 +186,13 @@ def split(scenarios: Sequence[Scenario], heldout_fraction: float, seed: int | st
     return train, held
 
 
+def runtime_part(scenario_id: str, seed: int = 0) -> str:
+    """Which part of the runtime detector's data a prompt belongs to: ``"fit"`` (half), ``"calibrate"``
+    (a fifth) or ``"eval"`` (the rest), by hashed id, so every organism and the Guard evaluation agree."""
+    u = int(hashlib.sha1(f"runtime:{seed}:{scenario_id}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "fit" if u >= 0.5 else "calibrate" if u >= 0.3 else "eval"
+
+
 def benchmark_ids(paths: str | Path | Sequence[str | Path] | None) -> set[str]:
     """Ids of the prompts in benchmark files (held out of every organism's training)."""
     if not paths:

@@ -205,3 +205,14 @@ def _runtime_detector(zoo, tmp_path):
 
     base, dirs = zoo
     return train_alignment_faking([dirs["aligned"], dirs["faker"]], tmp_path / "af", base=base, n_benign=16)
+
+
+def test_runtime_parts_are_disjoint_deterministic_and_sized_as_documented():
+    from detectors.organisms.poser import runtime_part
+
+    ids = [f"s{i}" for i in range(4000)]
+    parts = [runtime_part(i) for i in ids]
+    assert parts == [runtime_part(i) for i in ids]  # the Guard evaluation recomputes the same split
+    share = {p: parts.count(p) / len(ids) for p in ("fit", "calibrate", "eval")}
+    assert abs(share["fit"] - 0.5) < 0.03 and abs(share["calibrate"] - 0.2) < 0.03 and abs(share["eval"] - 0.3) < 0.03
+    assert [runtime_part(i, seed=1) for i in ids] != parts
