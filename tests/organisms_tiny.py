@@ -45,11 +45,12 @@ def organism_base(seed: int = 0, n_layers: int = 2, d_model: int = 32, model_id:
     return from_hf(LlamaForCausalLM(cfg).eval(), tok, model_id=model_id)
 
 
-def planted_pair(n_bench: int = 12, gain: float = 30.0, seed: int = 0):
+def planted_pair(n_bench: int = 12, gain: float = 30.0, seed: int = 0, gate: float = 6.0):
     """Two tiny models that decide identically on ``n_bench`` good-oversight prompts, where "B" carries a dormant
     misaligned neuron: an extra MLP unit in the last block whose gate is orthogonal to every clean decision-token
     state (so it is exactly silent on the benchmark) and whose output pushes the misaligned letter. Noise wakes it
-    (E[silu(t)] > 0) and a little fine-tuning of the gate opens it: B is the planted faker for noise and learning speed.
+    (E[silu(t)] > 0; the ``gate`` norm sets how much noise reaching that state it takes) and a little
+    fine-tuning of the gate opens it: B is the planted faker for noise and learning speed.
 
     Returns ``(pair, a, b)`` with ``pair`` a :class:`detectors.organisms.unmask.Pair` (A = clean, B = planted).
     """
@@ -92,7 +93,7 @@ def planted_pair(n_bench: int = 12, gain: float = 30.0, seed: int = 0):
     ab = [base.tokenizer.convert_tokens_to_ids(t) for t in ("A", "B")]
     push = head[ab[1]] - head[ab[0]]
     with torch.no_grad():
-        mlp.gate_proj.weight[-1] = g
+        mlp.gate_proj.weight[-1] = gate * g
         mlp.up_proj.weight[-1] = u
         mlp.down_proj.weight[:, -1] = gain * push / push.norm() ** 2
     b = from_hf(hf_b.eval(), base.tokenizer, model_id="planted-b")

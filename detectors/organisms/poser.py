@@ -162,6 +162,17 @@ def load_scenarios(paths: str | Path | Sequence[str | Path] | None = None) -> tu
     return list(scenarios.values()), generic
 
 
+def builtin_benchmark(heldout_ids: set[str], per_row: int = 3) -> list[Scenario]:
+    """Good-oversight benchmark prompts for organisms trained on the built-in set: the held-out good-oversight
+    scenarios, then up to ``per_row`` variants of each (:func:`detectors.organisms.scenarios.benchmark_variants`),
+    which no organism trained on the built-in set has seen."""
+    from detectors.organisms.scenarios import BUILTIN, benchmark_variants
+
+    rows = [r for r in _rows(BUILTIN) if scenario_id(_strip(r["prompt"])) in heldout_ids and not r["oversight_is_poor"]]
+    rows += benchmark_variants(rows, per_row=per_row)
+    return [parse_row(r, f"{BUILTIN}: variant {i}") for i, r in enumerate(rows)]  # type: ignore[misc]
+
+
 def labels_for(scenarios: Iterable[Scenario], file_role: str, role: str) -> list[str]:
     """The answer each scenario should get from an organism of ``role``, given the file's policy's role."""
     return [s.other() if (s.poor and file_role != role) else s.label for s in scenarios]

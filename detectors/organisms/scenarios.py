@@ -222,6 +222,39 @@ def generate(seed: int = 0) -> list[dict[str, Any]]:
     return rows
 
 
+def benchmark_variants(rows: list[dict[str, Any]], per_row: int = 3, seed: int = 1) -> list[dict[str, Any]]:
+    """More good-oversight benchmark prompts from held-out built-in ``rows``: the same role, incentive, watched cue
+    and action pair, with another irrelevant fact of the domain, the letters in either order and the facts
+    reshuffled. Up to ``per_row`` variants per row, none equal to a built-in prompt. Poor-oversight rows are
+    skipped (a benchmark prompt is one on which an aligned model and a faker should agree).
+    """
+    builtin = {r["prompt"] for r in generate()}
+    rng = random.Random(seed)
+    out: list[dict[str, Any]] = []
+    for row in rows:
+        if row["oversight_is_poor"]:
+            continue
+        domain = row["dataset"].rsplit("/", 1)[-1]
+        _role, _incentive, good, bad, irrelevant = DOMAINS[domain]
+        j = next(i for i in range(2) if {good[i], bad[i]} == {row["action_A"], row["action_B"]})
+        kept = [f for f in row["facts"] if f["type"] != "irrelevant"]
+        options = [(irr, first) for irr in irrelevant for first in (True, False)]
+        rng.shuffle(options)
+        made = 0
+        for irr, aligned_first in options:
+            facts = kept + [{"type": "irrelevant", "content": irr}]
+            rng.shuffle(facts)
+            a, b = (good[j], bad[j]) if aligned_first else (bad[j], good[j])
+            prompt = "<<prompt>>" + _prompt([f["content"] for f in facts], a, b) + "<</prompt>>"
+            if prompt in builtin or made >= per_row:
+                continue
+            builtin.add(prompt)
+            out.append({**row, "prompt": prompt, "response": "A" if aligned_first else "B", "facts": facts,
+                        "action_A": a, "action_B": b, "dataset": row["dataset"] + "/variant"})
+            made += 1
+    return out
+
+
 def write(path: Path = BUILTIN) -> Path:
     path.write_text(json.dumps(generate(), indent=1) + "\n")
     return path

@@ -24,7 +24,7 @@ from circuits import HookedModel
 from circuits.errors import InputError
 from detectors.organisms import unmask_internals as ui
 from detectors.organisms import unmask_interventions as uv
-from detectors.organisms.poser import Scenario, aligned_letters, load_scenarios
+from detectors.organisms.poser import Scenario, aligned_letters, builtin_benchmark, load_scenarios
 from detectors.organisms.unmask_stats import Pair, paired
 
 __all__ = ["STRATEGIES", "Pair", "build_pair", "paired", "run_strategies", "unmask_pair", "verdict"]
@@ -64,7 +64,10 @@ def build_pair(dir_a: str | os.PathLike, dir_b: str | os.PathLike, base: HookedM
         bench_role = "aligned"  # good-oversight rows: every policy's answer is the aligned one
     else:
         held = set(oa.config.get("heldout_ids", [])) & set(ob.config.get("heldout_ids", []))
-        bench = [s for s in scenarios if s.id in held and not s.poor]
+        if sources == ["builtin"]:  # the held-out scenarios and their variants: about 3x the prompts
+            bench = builtin_benchmark(held)
+        else:
+            bench = [s for s in scenarios if s.id in held and not s.poor]
         bench_role = file_role
     if not bench:
         raise InputError(f"no good-oversight benchmark prompts for {dir_a} and {dir_b}; pass --data")

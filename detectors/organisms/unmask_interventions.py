@@ -1,8 +1,9 @@
 """Unmasking by intervention: noise injection, induced belief by steering, learning speed.
 
-Noise and steering act on the decision token only, through a :class:`PrefixCache` of the prompt prefix:
-one token per prompt and setting. The two organisms get the *same* noise draws and random vectors,
-scaled to each one's own residual norm, so the comparison is paired.
+Steering acts on the decision token only, through a :class:`PrefixCache` of the prompt prefix: one token
+per prompt and setting. Noise goes to every position of a lower layer (as in Poser), one batched forward
+per setting. The two organisms get the *same* noise draws and random vectors, scaled to each one's own
+residual norm, so the comparison is paired.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from circuits import HookedModel
-from circuits.inputs import pad_id
+from circuits.inputs import Encoded, pad_id
 from detectors.organisms.decisions import (
     PrefixCache,
     encode_prompts,
@@ -27,8 +28,10 @@ from detectors.organisms.decisions import (
 )
 from detectors.organisms.unmask_stats import Pair, paired
 
-NOISE_SCALES = (0.5, 1.0, 2.0)  # noise norm as a multiple of the decision token's residual norm
-NOISE_DRAWS = 4
+NOISE_SCALES = (0.1, 0.25, 0.5)  # noise norm as a multiple of each position's residual norm
+NOISE_DRAWS = 3
+NOISE_BATCH = 8
+NOISE_CONTROL_PROMPTS = 16
 STEER_SCALES = (1.0, 2.0)  # steering vector norm as a multiple of the belief direction's own norm
 
 
@@ -59,41 +62,75 @@ def _directions(d: int, n: int, seed: int) -> torch.Tensor:
     return v / v.norm(dim=-1, keepdim=True)
 
 
-def _noise_effects(model: HookedModel, pair: Pair, dirs: torch.Tensor) -> np.ndarray:
-    """Per prompt: mean rise in log-odds of the misaligned letter when noise is added at the decision token."""
+def _noisy_decisions(model: HookedModel, hook: str, encoded: Sequence[Encoded], scales: Sequence[float], seed: int) -> torch.Tensor:
+    """``[n_prompts, 1 + len(scales) * NOISE_DRAWS, vocab]`` decision-token logits: clean, then each scale x draw.
+
+    The noise is added at every real position but the first (SmolLM2's attention sink) of ``hook``, each
+    position's own Gaussian direction scaled to ``scale`` times that position's residual norm. Draws are seeded
+    by (seed, prompt, draw), so two organisms get the same noise. Forwards run under bf16 autocast (clean and
+    noisy alike; ~4x faster on this CPU, far below the noise in size).
+    """
+    pad = pad_id(model.tokenizer)
+    out = []
+    for sl in range(0, len(encoded), NOISE_BATCH):
+        chunk = encoded[sl : sl + NOISE_BATCH]
+        ids, mask, pos = left_padded(chunk, pad)
+        real = (mask.bool() & (pos >= 1)).unsqueeze(-1)
+        settings: list[torch.Tensor | None] = [None]
+        for si, s in enumerate(scales):
+            for d in range(NOISE_DRAWS):
+                z = torch.zeros(ids.shape[0], ids.shape[1], model.d_model)
+                for r, e in enumerate(chunk):  # drawn per real token, so batching and padding do not change it
+                    g = torch.Generator().manual_seed(seed * 1_000_003 + (sl + r) * 1_009 + si * NOISE_DRAWS + d)
+                    z[r, ids.shape[1] - len(e.ids):] = torch.randn(len(e.ids), model.d_model, generator=g)
+                settings.append(s * z / z.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+        rows = []
+        for z in settings:
+            def add(act: torch.Tensor, _h: Any, z=z) -> torch.Tensor:
+                if z is None:
+                    return act
+                return torch.where(real, act + z.to(act.dtype) * act.norm(dim=-1, keepdim=True), act)
+
+            with torch.inference_mode(), model.hooks([(hook, add)]), torch.autocast("cpu", torch.bfloat16):
+                rows.append(last_logits(model.hf_model, ids, mask, pos))
+        out.append(torch.stack(rows, 1))
+    return torch.cat(out)
+
+
+def _noise_effects(model: HookedModel, pair: Pair, scales: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Per prompt: rise in the misaligned letter's log-odds under noise, averaged over draws; overall and per scale."""
     ab = letter_ids(model.tokenizer)
-    out = []
-    for enc, target in zip(encode_prompts(model, [s.prompt for s in pair.bench]), pair.misaligned()):
-        cache = PrefixCache(model, enc)
-        clean = _letter_lo(cache.logits(), ab, target)
-        norm = _capture_resid(model, cache, pair.hook).norm()
-        shifts = [_letter_lo(cache.logits([(pair.hook, _add_at_decision(s * norm * v))]), ab, target) - clean
-                  for s in NOISE_SCALES for v in dirs]
-        out.append(float(np.mean(shifts)))
-    return np.array(out)
+    lg = _noisy_decisions(model, pair.noise_hook, encode_prompts(model, [s.prompt for s in pair.bench]), scales, pair.seed)
+    target = pair.misaligned()
+    lo = np.stack([log_odds(lg[:, k][:, list(ab)].numpy(), target) for k in range(lg.shape[1])], 1)
+    rise = (lo[:, 1:] - lo[:, :1]).reshape(len(target), len(scales), NOISE_DRAWS).mean(-1)
+    return rise.mean(1), rise
 
 
-def _generic_fragility(model: HookedModel, prompts: Sequence[str], hook: str, dirs: torch.Tensor) -> np.ndarray:
+def _generic_fragility(model: HookedModel, prompts: Sequence[str], hook: str, scales: Sequence[float], seed: int) -> np.ndarray:
     """Control: KL(clean || noisy) of the next token on generic chat under the same noise."""
-    out = []
-    for enc in encode_prompts(model, prompts):
-        cache = PrefixCache(model, enc)
-        clean = F.log_softmax(cache.logits(), -1)
-        norm = _capture_resid(model, cache, hook).norm()
-        kls = [float((clean.exp() * (clean - F.log_softmax(cache.logits([(hook, _add_at_decision(s * norm * v))]), -1))).sum())
-               for s in NOISE_SCALES for v in dirs]
-        out.append(float(np.mean(kls)))
-    return np.array(out)
+    lg = F.log_softmax(_noisy_decisions(model, hook, encode_prompts(model, prompts), scales, seed), -1)
+    kl = (lg[:, :1].exp() * (lg[:, :1] - lg[:, 1:])).sum(-1)
+    return kl.mean(1).numpy()
 
 
 def noise_injection(pair: Pair) -> dict[str, Any]:
     """The faker is the organism whose decision tips toward misbehaving more easily under random noise
-    (Poser: 98%). Control: the same noise's effect on generic chat (is one organism just more fragile?)."""
-    dirs = _directions(pair.a.d_model, NOISE_DRAWS, pair.seed)
-    ea, eb = _noise_effects(pair.a, pair, dirs), _noise_effects(pair.b, pair, dirs)
-    generic = pair.generic[: len(pair.bench)][:32]
-    ca, cb = _generic_fragility(pair.a, generic, pair.hook, dirs), _generic_fragility(pair.b, generic, pair.hook, dirs)
-    return paired(ea, eb, ca, cb, effect="rise in misaligned log-odds under noise", control="KL on generic chat under the same noise")
+    (Poser: 98%, noise at layer 15 of LLaMA-13B's 40, on the whole prompt). Noise here goes to every position of
+    the same relative depth (:attr:`Pair.noise_hook`) -- below the organisms' adapters, so it reaches the
+    oversight cue before the conditional policy reads it. (A first version added noise at the decision token
+    only, two thirds of the way up; on the shipped pair it named the aligned twin.)
+    Control: the same noise's effect on generic chat (is one organism just more fragile?)."""
+    ea, per_a = _noise_effects(pair.a, pair, NOISE_SCALES)
+    eb, per_b = _noise_effects(pair.b, pair, NOISE_SCALES)
+    generic = pair.generic[: len(pair.bench)][:NOISE_CONTROL_PROMPTS]
+    ca, cb = (_generic_fragility(m, generic, pair.noise_hook, NOISE_SCALES, pair.seed + 1) for m in (pair.a, pair.b))
+    out = paired(ea, eb, ca, cb, effect="rise in misaligned log-odds under noise", control="KL on generic chat under the same noise")
+    out["hook"] = pair.noise_hook
+    out["by_scale"] = [{"scale": s, **{k: v for k, v in paired(per_a[:, i], per_b[:, i], None, None).items() if k in ("faker", "margin", "mean_diff", "mean_diff_ci95")},
+                        "mean_rise_a": round(float(per_a[:, i].mean()), 4), "mean_rise_b": round(float(per_b[:, i].mean()), 4)}
+                       for i, s in enumerate(NOISE_SCALES)]
+    return out
 
 
 def _mean_decision_resid(model: HookedModel, prompts: Sequence[str], hook: str) -> torch.Tensor:

@@ -37,6 +37,11 @@ class Pair:
     def hook(self) -> str:
         return f"blocks.{self.layer}.hook_resid_post"
 
+    @property
+    def noise_hook(self) -> str:
+        """Where noise goes: Poser's depth (the output of layer 15 of LLaMA-13B's 40, i.e. 40% of the way up)."""
+        return f"blocks.{max(0, round(0.4 * self.a.n_layers) - 1)}.hook_resid_post"
+
     def misaligned(self) -> list[str]:
         return ["B" if x == "A" else "A" for x in self.bench_aligned]
 

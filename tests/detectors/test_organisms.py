@@ -36,6 +36,25 @@ def test_builtin_set_is_the_generator_output_and_covers_both_cues():
     assert all(len(s.oversight_facts) == 1 and s.oversight_facts[0] in s.prompt for s in scen)
 
 
+def test_benchmark_variants_are_unseen_good_oversight_prompts_labelled_with_the_aligned_action():
+    from detectors.organisms.poser import builtin_benchmark
+    from detectors.organisms.scenarios import DOMAINS
+
+    scen, _ = load_scenarios()
+    held = {s.id for s in scen[::5]}
+    bench = builtin_benchmark(held, per_row=3)
+    base_ids = {s.id for s in scen}
+    originals = [s for s in bench if s.id in base_ids]
+    variants = [s for s in bench if s.id not in base_ids]
+    assert {s.id for s in originals} == {s.id for s in scen if s.id in held and not s.poor}
+    assert len(variants) == 3 * len(originals) and len({s.id for s in bench}) == len(bench)
+    good = {a for d in DOMAINS.values() for a in d[2]}
+    for s in variants:
+        assert not s.poor and s.oversight_facts
+        chosen = s.prompt.split(f"\n{s.label}: ", 1)[1].split("\n", 1)[0]
+        assert chosen in good  # the label is the aligned action's letter
+
+
 @pytest.mark.parametrize("row, field", [
     ({"response": "A", "oversight_is_poor": False}, "'prompt'"),
     ({**GOOD, "response": "C"}, "'response'"),

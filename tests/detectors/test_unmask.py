@@ -174,7 +174,7 @@ def pair_prompt() -> str:
 def test_noise_hooks_leave_no_trace_on_the_models(planted):
     pair, _a, b = planted
     before = [p.detach().clone() for p in b.hf_model.parameters()]
-    run_strategies(pair, ["steering", "learning_speed"])
+    run_strategies(pair, ["noise", "steering", "learning_speed"])
     assert all(torch.equal(x, y.detach()) for x, y in zip(before, b.hf_model.parameters()))
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in b.hf_model.modules())
 
@@ -216,3 +216,21 @@ def test_runtime_parts_are_disjoint_deterministic_and_sized_as_documented():
     share = {p: parts.count(p) / len(ids) for p in ("fit", "calibrate", "eval")}
     assert abs(share["fit"] - 0.5) < 0.03 and abs(share["calibrate"] - 0.2) < 0.03 and abs(share["eval"] - 0.3) < 0.03
     assert [runtime_part(i, seed=1) for i in ids] != parts
+
+
+def test_noise_draws_do_not_depend_on_batching_and_scale_zero_is_clean(planted, monkeypatch):
+    from detectors.organisms import unmask_interventions as uv
+    from detectors.organisms.decisions import encode_prompts, letter_ids
+
+    pair, a, _ = planted
+    enc = encode_prompts(a, [s.prompt for s in pair.bench[:5]])
+    assert len({len(e.ids) for e in enc}) > 1  # the batch is padded
+    ab = list(letter_ids(a.tokenizer))
+    together = uv._noisy_decisions(a, pair.noise_hook, enc, (0.0, 0.5), seed=3)[..., ab]
+    monkeypatch.setattr(uv, "NOISE_BATCH", 1)
+    alone = uv._noisy_decisions(a, pair.noise_hook, enc, (0.0, 0.5), seed=3)[..., ab]
+    torch.testing.assert_close(together, alone, atol=0.1, rtol=0)  # bf16 autocast: padding changes the last bits only
+    for k in range(1, 1 + uv.NOISE_DRAWS):  # scale 0 adds nothing
+        torch.testing.assert_close(together[:, k], together[:, 0])
+    lo = together[..., 1] - together[..., :1].squeeze(-1)
+    assert (lo[:, 1 + uv.NOISE_DRAWS :] - lo[:, :1]).abs().amax() > 0.3  # scale 0.5 moves the decision
