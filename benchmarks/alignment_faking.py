@@ -148,13 +148,17 @@ def ship(args: argparse.Namespace, model: Any, pairs: list[dict[str, Any]]) -> l
 
 
 def pilot(args: argparse.Namespace, model: Any, deadline: float) -> None:
-    """One faker on the explicit-cue tier, checkpointing every few steps, until the time budget runs out."""
+    """One faker (the first pair's, of ``--tier``), checkpointing every few steps, until the time budget runs out:
+    its learning curve says whether the model learns the tier's oversight cue at all."""
     from detectors.organisms.train import train_organism
 
+    p = _pairs(args)[0]
+    holdout = sorted(str(f) for f in (Path(args.poser) / "data" / "benchmark").glob("*.json")) if args.tier == "poser" else []
     out = Path(args.out) / "pilot-faker"
     while time.time() < deadline:
         t0 = time.time()
-        done = train_organism(model, "faker", out, recipe=_recipe(args), log=print, stop_after=args.checkpoint_every)
+        done = train_organism(model, p["faker"], out, data=p["data"], data_policy=p["data_policy"], seed=p["seed"],
+                              recipe=_recipe(args), holdout=holdout, log=print, stop_after=args.checkpoint_every)
         print(f"{args.checkpoint_every} steps in {time.time() - t0:.0f} s")
         if done:
             break

@@ -252,7 +252,7 @@ def register(subparsers: Any) -> None:
     u = subparsers.add_parser("unmask", help="tell which of two organisms fakes alignment, from its internals")
     u.add_argument("organism_a", metavar="DIR_A")
     u.add_argument("organism_b", metavar="DIR_B")
-    u.add_argument("--data", metavar="FILE", help="benchmark prompts (default: the pair's held-out good-oversight scenarios)")
+    u.add_argument("--data", metavar="FILE", help="benchmark prompts (default: the pair's held-out good-oversight scenarios; for built-in organisms also 3 unseen variants of each)")
     u.add_argument("--strategies", default=None, help="comma-separated subset (default: all)")
     u.add_argument("--tau", type=float, default=0.9, help="both organisms must agree with probability >= tau (default 0.9)")
     u.add_argument("--seed", type=int, default=0)
