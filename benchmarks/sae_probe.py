@@ -8,7 +8,8 @@ Both probes read the SAE's hook from one capture (bf16 autocast, as the SAE's tr
 mean activation (``response_mean``), the SAE probe the mean of the SAE codes over the same tokens.
 SAE probe: k latents (k in 1, 4, 16, 64) ranked on the training rows, L1 logistic head (C=1); and every latent
 under the dense probe's own estimator (``SAE all latents``: the same L2 logistic, fitted on the pooled codes), which
-separates "the SAE loses the signal" from "a handful of latents cannot carry it".
+separates "the SAE loses the signal" from "a handful of latents cannot carry it"; and the dense estimator on the
+SAE's reconstruction and on its error (``x - x_hat``), which says which part carries the signal.
 AUROC with a 95% stratified-bootstrap CI, recall at 1% FPR (in-sample threshold on each set's negatives).
 
 Run: python benchmarks/sae_probe.py --sae circuits/data/saes/smollm2-135m-instruct/blocks.16.hook_resid_post --out benchmarks/results/sae/sae_probe.json
@@ -107,6 +108,13 @@ def main() -> None:
     for k in K_GRID:
         probes[f"SAE k={k}"] = ("sae", SAEFeatureProbe(k=k).fit(S[~te], y[~te]))
     probes["SAE all latents"] = ("sae", make_probe("logistic").fit(S[~te], y[~te]))
+    # where the signal lives: decoding is affine, so the mean reconstruction is decode(mean code) and the mean
+    # SAE error is the mean activation minus it -- the dense estimator on each part
+    W, b = (t.detach().float().numpy().astype(np.float64) for t in (sae.W_dec, sae.b_dec))
+    parts = {"recon": lambda Dn, Sn: Sn @ W + b, "error": lambda Dn, Sn: Dn - (Sn @ W + b), "dense": lambda Dn, Sn: Dn,
+             "sae": lambda Dn, Sn: Sn}
+    probes["dense on SAE reconstruction"] = ("recon", make_probe("logistic").fit(parts["recon"](D, S)[~te], y[~te]))
+    probes["dense on SAE error"] = ("error", make_probe("logistic").fit(parts["error"](D, S)[~te], y[~te]))
     sets = {"in distribution (recipe, 30% held out)": (D[te], S[te], y[te])}
     for name in [x for x in args.sets.split(",") if x]:
         d = recipe(name)
@@ -115,9 +123,9 @@ def main() -> None:
     results = []
     for pname, (kind, p) in probes.items():
         for sname, (Dn, Sn, yn) in sets.items():
-            results.append({"probe": pname, **row(sname, yn, p.decision_function(Dn if kind == "dense" else Sn))})
+            results.append({"probe": pname, **row(sname, yn, p.decision_function(parts[kind](Dn, Sn)))})
             r = results[-1]
-            print(f"{pname:15s} {sname:40s} AUROC {r['auroc']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] "
+            print(f"{pname:28s} {sname:40s} AUROC {r['auroc']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] "
                   f"recall@1%FPR {r['recall_at_1pct_fpr']:.2f} n={r['n']}", flush=True)
     causal = explain_flags(model, sae, probes["dense logistic"][1], sets, n=args.n_causal) if not args.no_causal else None
     feats = {f"SAE k={k}": probes[f"SAE k={k}"][1].features_.tolist() for k in (1, 4, 16)}
