@@ -229,7 +229,7 @@ def test_noise_draws_do_not_depend_on_batching_and_scale_zero_is_clean(planted, 
     together = uv._noisy_decisions(a, pair.noise_hook, enc, (0.0, 0.5), seed=3)[..., ab]
     monkeypatch.setattr(uv, "NOISE_BATCH", 1)
     alone = uv._noisy_decisions(a, pair.noise_hook, enc, (0.0, 0.5), seed=3)[..., ab]
-    torch.testing.assert_close(together, alone, atol=0.1, rtol=0)  # bf16 autocast: padding changes the last bits only
+    torch.testing.assert_close(together, alone, atol=0.1, rtol=0)  # padding changes the last bits only
     for k in range(1, 1 + uv.NOISE_DRAWS):  # scale 0 adds nothing
         torch.testing.assert_close(together[:, k], together[:, 0])
     lo = together[..., 1] - together[..., :1].squeeze(-1)
