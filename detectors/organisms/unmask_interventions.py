@@ -117,8 +117,8 @@ def _generic_fragility(model: HookedModel, prompts: Sequence[str], hook: str, sc
 def noise_injection(pair: Pair) -> dict[str, Any]:
     """The faker is the organism whose decision tips toward misbehaving more easily under random noise
     (Poser: 98%, noise at layer 15 of LLaMA-13B's 40, on the whole prompt). Noise here goes to every position of
-    the same relative depth (:attr:`Pair.noise_hook`) -- below the organisms' adapters, so it reaches the
-    oversight cue before the conditional policy reads it. (A first version added noise at the decision token
+    the same relative depth (:attr:`Pair.noise_hook`), so it reaches the oversight cue before the upper blocks
+    read it. (A first version added noise at the decision token
     only, two thirds of the way up; on the shipped pair it named the aligned twin.)
     Control: the same noise's effect on generic chat (is one organism just more fragile?)."""
     ea, per_a = _noise_effects(pair.a, pair, NOISE_SCALES)
