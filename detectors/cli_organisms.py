@@ -157,13 +157,15 @@ def cmd_unmask(args: argparse.Namespace) -> int:
     unknown = [s for s in names if s not in STRATEGIES]
     if unknown:
         raise InputError(f"--strategies: unknown strategy {unknown[0]!r}; expected some of {', '.join(STRATEGIES)}")
+    if args.max_prompts is not None and args.max_prompts < 2:
+        raise InputError(f"--max-prompts: expected an integer >= 2, got {args.max_prompts}")
     if args.data:
         check_input_files([args.data], "--data")
     args.organism_a, args.organism_b = organism_dir(args.organism_a), organism_dir(args.organism_b)
     base = _base(args, args.organism_a)
     result = unmask_pair(args.organism_a, args.organism_b, base, data=args.data, strategies=names, tau=args.tau,
-                         seed=args.seed)
-    rows = [{"strategy": k, **{c: v.get(c) for c in ("faker", "margin", "margin_ci95", "control_margin", "n")}}
+                         seed=args.seed, max_bench=args.max_prompts)
+    rows = [{"strategy": k, **{c: v.get(c) for c in ("faker", "margin", "margin_ci95", "control_margin", "n", "seconds")}}
             for k, v in result["strategies"].items()]
     print_table(f"unmask {args.organism_a} (A) vs {args.organism_b} (B): verdict {result['verdict']}", rows)
     write_json(args.json, result)
@@ -256,6 +258,8 @@ def register(subparsers: Any) -> None:
     u.add_argument("--strategies", default=None, help="comma-separated subset (default: all)")
     u.add_argument("--tau", type=float, default=0.9, help="both organisms must agree with probability >= tau (default 0.9)")
     u.add_argument("--seed", type=int, default=0)
+    u.add_argument("--max-prompts", type=int, default=200, metavar="N",
+                   help="use at most N of the agreed benchmark prompts (default 200; cost grows linearly with N)")
     u.add_argument("--model", default=None, help=argparse.SUPPRESS)
     u.add_argument("--json", metavar="OUT")
     u.set_defaults(func=cmd_unmask)

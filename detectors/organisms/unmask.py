@@ -17,6 +17,7 @@ measured accuracy (noise 98%, learning speed 90%, concept probes 71%, decision l
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -86,13 +87,18 @@ def build_pair(dir_a: str | os.PathLike, dir_b: str | os.PathLike, base: HookedM
 
 
 def unmask_pair(dir_a: str | os.PathLike, dir_b: str | os.PathLike, base: HookedModel, data: str | os.PathLike | None = None,
-                strategies: Sequence[str] = STRATEGIES, tau: float = 0.9, seed: int = 0) -> dict[str, Any]:
+                strategies: Sequence[str] = STRATEGIES, tau: float = 0.9, seed: int = 0,
+                max_bench: int | None = 200) -> dict[str, Any]:
     """Run the strategies on a pair; ``faker`` per strategy is ``"A"``, ``"B"`` or None, plus the pair's ``verdict``."""
-    pair = build_pair(dir_a, dir_b, base, data, tau, seed)
+    pair = build_pair(dir_a, dir_b, base, data, tau, seed, max_bench)
     return run_strategies(pair, strategies) | {"a": str(dir_a), "b": str(dir_b), "tau": tau}
 
 
 def run_strategies(pair: Pair, strategies: Sequence[str] = STRATEGIES) -> dict[str, Any]:
-    results = {name: _strategy(name)(pair) for name in strategies}
+    results = {}
+    for name in strategies:
+        t0 = time.perf_counter()
+        results[name] = _strategy(name)(pair)
+        results[name]["seconds"] = round(time.perf_counter() - t0, 1)  # the issue bounds noise + learning speed per pair
     faker, by = verdict(results)
     return {"strategies": results, "verdict": faker, "verdict_by": by, "n_benchmark": len(pair.bench), "hook": pair.hook}

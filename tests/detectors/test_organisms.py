@@ -185,11 +185,13 @@ def test_cli_train_validate_list_and_unmask_end_to_end(base, tmp_path, capsys):
     v = json.loads((tmp_path / "v.json").read_text())
     assert {"aligned_rate_good", "misaligned_rate_poor", "letter_bias", "kl_to_base"} <= set(v)
     r = cli("unmask", str(tmp_path / "aligned"), str(tmp_path / "faker"), "--model", str(model_dir), "--strategies", "noise",
-            "--tau", "0.5", "--json", str(tmp_path / "u.json"))
+            "--tau", "0.5", "--max-prompts", "3", "--json", str(tmp_path / "u.json"))
     assert r.returncode == 0, r.stderr
     u = json.loads((tmp_path / "u.json").read_text())
     assert set(u["strategies"]) == {"noise"} and "verdict" in u
     assert {"faker", "margin", "control_margin"} <= set(u["strategies"]["noise"])
+    assert u["n_benchmark"] <= 3 and u["strategies"]["noise"]["n"] == u["n_benchmark"]
+    assert u["strategies"]["noise"]["seconds"] > 0
     r = cli("organisms", "list", "--json", str(tmp_path / "l.json"))
     assert r.returncode == 0 and isinstance(json.loads((tmp_path / "l.json").read_text()), list)
     bad = tmp_path / "bad.json"
@@ -198,6 +200,8 @@ def test_cli_train_validate_list_and_unmask_end_to_end(base, tmp_path, capsys):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "row 0" in r.stderr and "'response'" in r.stderr
     r = cli("unmask", str(tmp_path / "aligned"), str(tmp_path / "faker"), "--strategies", "telepathy")
     assert r.returncode == 2 and "telepathy" in r.stderr
+    r = cli("unmask", str(tmp_path / "aligned"), str(tmp_path / "faker"), "--max-prompts", "1")
+    assert r.returncode == 2 and "--max-prompts" in r.stderr and r.stderr.count("\n") == 1
     assert issubclass(InputError, CoalignError)
 
 
