@@ -13,7 +13,7 @@ model_bridge = pytest.importorskip("transformer_lens.model_bridge")
 
 from circuits import TLHookedModel, capture, from_hf, load_model  # noqa: E402
 from circuits.errors import InputError, UnsupportedModelError  # noqa: E402
-from circuits.hooked_model import kv_cache_matches_full_forward  # noqa: E402
+from circuits.bridge_checks import kv_cache_matches_full_forward  # noqa: E402
 from circuits.generation import complete  # noqa: E402
 from circuits.steering import ActivationAddition  # noqa: E402
 from detectors import Detector, Guard, Policy  # noqa: E402
