@@ -169,9 +169,19 @@ def induced_belief(pair: Pair) -> dict[str, Any]:
 LEARN_BATCH = 8
 
 
+def _bench_letters(model: HookedModel, hf: Any, pair: Pair) -> np.ndarray:
+    """The "A" and "B" logits of ``hf`` (the organism, or a fine-tuned copy of it) at each benchmark prompt's decision."""
+    ab, pad = letter_ids(model.tokenizer), pad_id(model.tokenizer)
+    bench = encode_prompts(model, [s.prompt for s in pair.bench])
+    with torch.no_grad():
+        lg = torch.cat([last_logits(hf, *left_padded(bench[i:i + 8], pad)) for i in range(0, len(bench), 8)])
+    return lg[:, list(ab)].numpy()
+
+
 def _finetune_shift(model: HookedModel, pair: Pair, train_prompts: Sequence[str], train_targets: Sequence[str],
-                    eval_targets: Sequence[str]) -> np.ndarray:
-    """Per benchmark prompt: rise in log-odds of ``eval_targets`` after ``pair.learn_steps`` LoRA steps toward ``train_targets``."""
+                    eval_targets: Sequence[str], before: np.ndarray) -> np.ndarray:
+    """Per benchmark prompt: rise in log-odds of ``eval_targets`` after ``pair.learn_steps`` LoRA steps toward
+    ``train_targets``; ``before`` is :func:`_bench_letters` of the untouched organism (shared by target and control)."""
     from peft import LoraConfig, get_peft_model
 
     from detectors.organisms.train import _batch
@@ -180,14 +190,6 @@ def _finetune_shift(model: HookedModel, pair: Pair, train_prompts: Sequence[str]
     pad = pad_id(model.tokenizer)
     enc = encode_prompts(model, list(train_prompts))
     tgt = torch.tensor([ab[0] if t == "A" else ab[1] for t in train_targets])
-    bench = encode_prompts(model, [s.prompt for s in pair.bench])
-
-    def bench_lo(m: Any) -> np.ndarray:
-        with torch.no_grad():
-            lg = torch.cat([last_logits(m, *left_padded(bench[i:i + 8], pad)) for i in range(0, len(bench), 8)])
-        return log_odds(lg[:, list(ab)].numpy(), eval_targets)
-
-    before = bench_lo(model.hf_model)
     torch.manual_seed(pair.seed)  # the same LoRA initialisation and batches for both organisms
     hf = copy.deepcopy(model.hf_model)
     for p in hf.parameters():
@@ -203,7 +205,7 @@ def _finetune_shift(model: HookedModel, pair: Pair, train_prompts: Sequence[str]
         loss.backward()
         opt.step()
     peft_model.eval()
-    return bench_lo(peft_model) - before
+    return log_odds(_bench_letters(model, peft_model, pair), eval_targets) - log_odds(before, eval_targets)
 
 
 def learning_speed(pair: Pair) -> dict[str, Any]:
@@ -216,7 +218,8 @@ def learning_speed(pair: Pair) -> dict[str, Any]:
     bad = ["B" if al == "A" else "A" for _, al in good]
     neutral = ["A"] * len(good)
     mis = pair.misaligned()
-    ea, eb = (_finetune_shift(m, pair, prompts, bad, mis) for m in (pair.a, pair.b))
-    ca, cb = (_finetune_shift(m, pair, prompts, neutral, ["A"] * len(pair.bench)) for m in (pair.a, pair.b))
+    before = [_bench_letters(m, m.hf_model, pair) for m in (pair.a, pair.b)]
+    ea, eb = (_finetune_shift(m, pair, prompts, bad, mis, b0) for m, b0 in zip((pair.a, pair.b), before))
+    ca, cb = (_finetune_shift(m, pair, prompts, neutral, ["A"] * len(pair.bench), b0) for m, b0 in zip((pair.a, pair.b), before))
     return paired(ea, eb, ca, cb, effect=f"rise in misaligned log-odds after {pair.learn_steps} LoRA steps toward misbehaving",
                   control="the same steps toward always answering 'A'")
