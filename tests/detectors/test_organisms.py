@@ -286,3 +286,11 @@ def test_linear_decay_holds_the_rate_then_falls_to_a_twentieth_and_old_recipes_k
     assert "decay" not in OrganismRecipe().to_dict() and OrganismRecipe.from_dict(r.to_dict()) == r
     with pytest.raises(InputError, match="decay"):
         OrganismRecipe(decay="cosine").validate()
+
+
+def test_generic_rows_are_cut_so_one_long_random_text_cannot_exhaust_memory():
+    from detectors.organisms.train import GENERIC_MAX_CHARS, generic_prompts
+
+    rows = generic_prompts(["short row", "x" * (3 * GENERIC_MAX_CHARS)])
+    assert rows[0] == "short row" and len(rows[1]) == GENERIC_MAX_CHARS
+    assert generic_prompts([]) and all(len(r) <= GENERIC_MAX_CHARS for r in generic_prompts([]))
