@@ -49,16 +49,19 @@ KIND = "alignment_faking_organism"
 AFTER_WARMUP = ("steps", "poor_share", "decay", "checkpoint_every", "eval_every", "eval_n")
 
 
-GENERIC_MAX_CHARS = 2000
+GENERIC_MAX_CHARS = 1000
 
 
 def generic_prompts(from_data: Sequence[str], n: int = 100) -> list[str]:
     """Generic chat for the KL term: the data's "error" rows, else the first ``n`` shipped benign instructions
-    (the rest of that set is left for calibrating and testing the runtime detector). Rows are cut to
-    ``GENERIC_MAX_CHARS``: Poser's files hold a few ~5,800-character random texts, and one of them in a KL batch
-    took the backward pass past this machine's 24 GB (measured: OOM-killed on fitness_maximizer)."""
+    (the rest of that set is left for calibrating and testing the runtime detector). Rows over
+    ``GENERIC_MAX_CHARS`` are left out: Poser's files hold a few ~5,800-character random texts that tokenise to
+    ~5,800 tokens, and one of them in a KL batch took the backward pass past this machine's 24 GB (measured:
+    OOM-killed twice on fitness_maximizer, the second time with rows cut to 2,000 characters). Its other
+    generic rows are at most ~760 characters."""
     if from_data:
-        return [p[:GENERIC_MAX_CHARS] for p in from_data]
+        kept = [p for p in from_data if len(p) <= GENERIC_MAX_CHARS]
+        return kept or [p[:GENERIC_MAX_CHARS] for p in from_data]
     from probe.datasets import recipe
 
     return [item[0]["content"] for item in recipe("benign").items[:n]]

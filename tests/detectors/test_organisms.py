@@ -288,9 +288,9 @@ def test_linear_decay_holds_the_rate_then_falls_to_a_twentieth_and_old_recipes_k
         OrganismRecipe(decay="cosine").validate()
 
 
-def test_generic_rows_are_cut_so_one_long_random_text_cannot_exhaust_memory():
+def test_overlong_generic_rows_are_left_out_so_one_long_random_text_cannot_exhaust_memory():
     from detectors.organisms.train import GENERIC_MAX_CHARS, generic_prompts
 
-    rows = generic_prompts(["short row", "x" * (3 * GENERIC_MAX_CHARS)])
-    assert rows[0] == "short row" and len(rows[1]) == GENERIC_MAX_CHARS
+    assert generic_prompts(["short row", "x" * (3 * GENERIC_MAX_CHARS), "another"]) == ["short row", "another"]
+    assert [len(r) for r in generic_prompts(["y" * (2 * GENERIC_MAX_CHARS)])] == [GENERIC_MAX_CHARS]
     assert generic_prompts([]) and all(len(r) <= GENERIC_MAX_CHARS for r in generic_prompts([]))
