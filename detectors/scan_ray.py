@@ -22,11 +22,15 @@ IO_CPUS = 0.25  # read and write tasks: a quarter CPU each, so they always fit b
 MAX_BLOCKS = 4096
 
 
+_OWN_CLUSTER = False  # whether coalign started the Ray cluster this process uses (then it may stop it)
+
+
 def start_ray(progress: bool) -> Any:
     try:
         import ray
     except ImportError as e:
         raise InputError("engine 'ray' needs Ray: pip install 'coalign[scale]'") from e
+    global _OWN_CLUSTER
     if not ray.is_initialized():  # a running cluster (ray.init by the caller, RAY_ADDRESS) is used as is
         import os
 
@@ -37,6 +41,7 @@ def start_ray(progress: bool) -> Any:
         path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
         ray.init(include_dashboard=False, log_to_driver=progress, ignore_reinit_error=True,
                  runtime_env={"env_vars": {"PYTHONPATH": path}})
+        _OWN_CLUSTER = True
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress
     if hasattr(ctx, "use_datasource_v2"):  # its file-listing task asks for a whole CPU, with no setting to lower it
@@ -82,7 +87,21 @@ def run_ray(kwargs: dict[str, Any], files: list[str] | None, columns: list[str],
         num_gpus=gpus_per_actor or None,
     )  # Ray Data's actor pools restart a dead actor and retry its batch by default (max_restarts=-1)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    scored.write_parquet(str(run_dir), ray_remote_args={"num_cpus": IO_CPUS})
+    try:
+        scored.write_parquet(str(run_dir), ray_remote_args={"num_cpus": IO_CPUS})
+    except BaseException:
+        _stop_own_cluster(ray)
+        raise
+
+
+def _stop_own_cluster(ray: Any) -> None:
+    """After a failed run, stop the cluster coalign started: Ray Data does not always release a failed run's
+    actor pool, and its leftover actors kept every CPU of a 2-CPU machine, so the next run (``--resume``) waited
+    forever for a CPU to read with (seen in CI). A cluster the caller started is theirs and is left running."""
+    global _OWN_CLUSTER
+    if _OWN_CLUSTER:
+        ray.shutdown()
+        _OWN_CLUSTER = False
 
 
 class _Worker:
