@@ -67,20 +67,21 @@ def _chunks(n: int, size: int) -> Iterator[slice]:
 
 
 @torch.inference_mode()
-def next_token_logits(model: HookedModel, encoded: Sequence[Encoded], batch_size: int = 8) -> torch.Tensor:
-    """``[n, vocab]`` logits at each item's last token."""
+def next_token_logits(model: HookedModel, encoded: Sequence[Encoded], batch_size: int = 8, hf: Any = None) -> torch.Tensor:
+    """``[n, vocab]`` logits at each item's last token, from ``hf`` (a fine-tuned copy of the model) if given."""
     if not encoded:
         raise InputError("no prompts to score")
     model.check_decode()
     pad = pad_id(model.tokenizer)
-    out = [last_logits(model.hf_model, *left_padded(encoded[sl], pad)) for sl in _chunks(len(encoded), batch_size)]
+    hf = model.hf_model if hf is None else hf
+    out = [last_logits(hf, *left_padded(encoded[sl], pad)) for sl in _chunks(len(encoded), batch_size)]
     return torch.cat(out)
 
 
-def letter_logits(model: HookedModel, prompts: Sequence[str], batch_size: int = 8) -> np.ndarray:
-    """``[n, 2]`` logits of ``A`` and ``B`` at the decision token."""
+def letter_logits(model: HookedModel, prompts: Sequence[str], batch_size: int = 8, hf: Any = None) -> np.ndarray:
+    """``[n, 2]`` logits of ``A`` and ``B`` at the decision token (of ``hf`` if given, see :func:`next_token_logits`)."""
     a, b = letter_ids(model.tokenizer)
-    return next_token_logits(model, encode_prompts(model, prompts), batch_size)[:, [a, b]].numpy().astype(np.float64)
+    return next_token_logits(model, encode_prompts(model, prompts), batch_size, hf)[:, [a, b]].numpy().astype(np.float64)
 
 
 def log_odds(letter_logit: np.ndarray, target: Sequence[str]) -> np.ndarray:

@@ -269,7 +269,7 @@ def train_organism(
 @torch.no_grad()
 def _quick_eval(peft_model: Any, model: HookedModel, held: Sequence[Any], file_role: str, role: str, n: int) -> dict[str, float]:
     """Held-out accuracy on both oversight kinds while training (the learning curve)."""
-    from detectors.organisms.decisions import log_odds
+    from detectors.organisms.decisions import letter_logits, log_odds
 
     was_training = peft_model.training
     peft_model.eval()
@@ -280,10 +280,7 @@ def _quick_eval(peft_model: Any, model: HookedModel, held: Sequence[Any], file_r
             if not sub:
                 continue
             want = labels_for(sub, file_role, role)
-            a, b = letter_ids(model.tokenizer)
-            enc = encode_prompts(model, [s.prompt for s in sub])
-            logits = torch.cat([last_logits(peft_model, *left_padded(enc[i:i + 8], pad_id(model.tokenizer)))
-                                for i in range(0, len(enc), 8)])[:, [a, b]].numpy()
+            logits = letter_logits(model, [s.prompt for s in sub], hf=peft_model)
             rows[name] = float((log_odds(logits, want) > 0).mean())
         return rows
     finally:

@@ -22,6 +22,7 @@ from detectors.organisms.decisions import (
     PrefixCache,
     encode_prompts,
     last_logits,
+    letter_logits,
     left_padded,
     letter_ids,
     log_odds,
@@ -169,19 +170,10 @@ def induced_belief(pair: Pair) -> dict[str, Any]:
 LEARN_BATCH = 8
 
 
-def _bench_letters(model: HookedModel, hf: Any, pair: Pair) -> np.ndarray:
-    """The "A" and "B" logits of ``hf`` (the organism, or a fine-tuned copy of it) at each benchmark prompt's decision."""
-    ab, pad = letter_ids(model.tokenizer), pad_id(model.tokenizer)
-    bench = encode_prompts(model, [s.prompt for s in pair.bench])
-    with torch.no_grad():
-        lg = torch.cat([last_logits(hf, *left_padded(bench[i:i + 8], pad)) for i in range(0, len(bench), 8)])
-    return lg[:, list(ab)].numpy()
-
-
 def _finetune_shift(model: HookedModel, pair: Pair, train_prompts: Sequence[str], train_targets: Sequence[str],
                     eval_targets: Sequence[str], before: np.ndarray) -> np.ndarray:
     """Per benchmark prompt: rise in log-odds of ``eval_targets`` after ``pair.learn_steps`` LoRA steps toward
-    ``train_targets``; ``before`` is :func:`_bench_letters` of the untouched organism (shared by target and control)."""
+    ``train_targets``; ``before`` is :func:`letter_logits` of the untouched organism (shared by target and control)."""
     from peft import LoraConfig, get_peft_model
 
     from detectors.organisms.train import _batch
@@ -205,7 +197,7 @@ def _finetune_shift(model: HookedModel, pair: Pair, train_prompts: Sequence[str]
         loss.backward()
         opt.step()
     peft_model.eval()
-    return log_odds(_bench_letters(model, peft_model, pair), eval_targets) - log_odds(before, eval_targets)
+    return log_odds(letter_logits(model, [s.prompt for s in pair.bench], hf=peft_model), eval_targets) - log_odds(before, eval_targets)
 
 
 def learning_speed(pair: Pair) -> dict[str, Any]:
@@ -218,7 +210,7 @@ def learning_speed(pair: Pair) -> dict[str, Any]:
     bad = ["B" if al == "A" else "A" for _, al in good]
     neutral = ["A"] * len(good)
     mis = pair.misaligned()
-    before = [_bench_letters(m, m.hf_model, pair) for m in (pair.a, pair.b)]
+    before = [letter_logits(m, [s.prompt for s in pair.bench]) for m in (pair.a, pair.b)]
     ea, eb = (_finetune_shift(m, pair, prompts, bad, mis, b0) for m, b0 in zip((pair.a, pair.b), before))
     ca, cb = (_finetune_shift(m, pair, prompts, neutral, ["A"] * len(pair.bench), b0) for m, b0 in zip((pair.a, pair.b), before))
     return paired(ea, eb, ca, cb, effect=f"rise in misaligned log-odds after {pair.learn_steps} LoRA steps toward misbehaving",
