@@ -1,8 +1,9 @@
 """Unmasking by intervention: noise injection, induced belief by steering, learning speed.
 
 Steering acts on the decision token only, through a :class:`PrefixCache` of the prompt prefix: one token
-per prompt and setting. Noise goes to every position of a lower layer (as in Poser), one batched forward
-per setting. The two organisms get the *same* noise draws and random vectors, scaled to each one's own
+per prompt and setting. Noise goes to every position of a lower layer (as in Poser); the blocks below
+it run once per prompt and only those above run per setting (:mod:`detectors.organisms.residual_cache`), as
+do learning speed's LoRA steps and evaluations. The two organisms get the *same* noise draws and random vectors, scaled to each one's own
 residual norm, so the comparison is paired.
 """
 
@@ -17,16 +18,14 @@ import torch
 import torch.nn.functional as F
 
 from circuits import HookedModel
-from circuits.inputs import Encoded, pad_id
+from circuits.inputs import Encoded
 from detectors.organisms.decisions import (
     PrefixCache,
     encode_prompts,
-    last_logits,
-    letter_logits,
-    left_padded,
     letter_ids,
     log_odds,
 )
+from detectors.organisms.residual_cache import ResidualCache
 from detectors.organisms.unmask_stats import Pair, paired
 
 NOISE_SCALES = (0.1, 0.25, 0.5)  # noise norm as a multiple of each position's residual norm
@@ -63,39 +62,33 @@ def _directions(d: int, n: int, seed: int) -> torch.Tensor:
     return v / v.norm(dim=-1, keepdim=True)
 
 
-def _noisy_decisions(model: HookedModel, hook: str, encoded: Sequence[Encoded], scales: Sequence[float], seed: int) -> torch.Tensor:
+def _noisy_decisions(model: HookedModel, hook: str, encoded: Sequence[Encoded], scales: Sequence[float], seed: int,
+                     cache: ResidualCache | None = None) -> torch.Tensor:
     """``[n_prompts, 1 + len(scales) * NOISE_DRAWS, vocab]`` decision-token logits: clean, then each scale x draw.
 
     The noise is added at every real position but the first (SmolLM2's attention sink) of ``hook``, each
     position's own Gaussian direction scaled to ``scale`` times that position's residual norm. Draws are seeded
-    by (seed, prompt, draw), so two organisms get the same noise. Forwards run in the model's own dtype: bf16
-    autocast made these HF forwards 3.5x slower on this CPU.
+    by (seed, prompt, draw), so two organisms get the same noise. The blocks below ``hook`` run once per prompt
+    (``cache``, built here if not given); only those above run per setting. Forwards run in the model's own
+    dtype: bf16 autocast made these HF forwards 3.5x slower on this CPU.
     """
-    pad = pad_id(model.tokenizer)
-    out = []
-    for sl in range(0, len(encoded), NOISE_BATCH):
-        chunk = encoded[sl : sl + NOISE_BATCH]
-        ids, mask, pos = left_padded(chunk, pad)
-        real = (mask.bool() & (pos >= 1)).unsqueeze(-1)
-        settings: list[torch.Tensor | None] = [None]
+    cache = cache or ResidualCache(model, encoded, model.layer_of(hook) + 1, NOISE_BATCH)
+    out = torch.empty(len(encoded), 1 + len(scales) * NOISE_DRAWS, cache.logits.shape[-1])
+    out[:, 0] = cache.logits
+    for b in cache.batches():
+        width = b.ids.shape[1]
+        real = (b.mask.bool() & (b.pos >= 1)).unsqueeze(-1)
+        norm = b.resid.norm(dim=-1, keepdim=True)
         for si, s in enumerate(scales):
             for d in range(NOISE_DRAWS):
-                z = torch.zeros(ids.shape[0], ids.shape[1], model.d_model)
-                for r, e in enumerate(chunk):  # drawn per real token, so batching and padding do not change it
-                    g = torch.Generator().manual_seed(seed * 1_000_003 + (sl + r) * 1_009 + si * NOISE_DRAWS + d)
-                    z[r, ids.shape[1] - len(e.ids):] = torch.randn(len(e.ids), model.d_model, generator=g)
-                settings.append(s * z / z.norm(dim=-1, keepdim=True).clamp_min(1e-12))
-        rows = []
-        for z in settings:
-            def add(act: torch.Tensor, _h: Any, z=z) -> torch.Tensor:
-                if z is None:
-                    return act
-                return torch.where(real, act + z.to(act.dtype) * act.norm(dim=-1, keepdim=True), act)
-
-            with torch.inference_mode(), model.hooks([(hook, add)]):
-                rows.append(last_logits(model.hf_model, ids, mask, pos))
-        out.append(torch.stack(rows, 1))
-    return torch.cat(out)
+                z = torch.zeros_like(b.resid)
+                for r, i in enumerate(b.idx):  # drawn per real token, so batching and padding do not change it
+                    g = torch.Generator().manual_seed(seed * 1_000_003 + i * 1_009 + si * NOISE_DRAWS + d)
+                    z[r, width - len(encoded[i].ids):] = torch.randn(len(encoded[i].ids), model.d_model, generator=g)
+                z = s * z / z.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+                with torch.inference_mode():
+                    out[b.idx, 1 + si * NOISE_DRAWS + d] = cache.logits_at(b, torch.where(real, b.resid + z * norm, b.resid))
+    return out
 
 
 def _noise_effects(model: HookedModel, pair: Pair, scales: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -170,34 +163,41 @@ def induced_belief(pair: Pair) -> dict[str, Any]:
 LEARN_BATCH = 8
 
 
-def _finetune_shift(model: HookedModel, pair: Pair, train_prompts: Sequence[str], train_targets: Sequence[str],
-                    eval_targets: Sequence[str], before: np.ndarray) -> np.ndarray:
+def _lora_layers(model: HookedModel, pair: Pair) -> list[int]:
+    return pair.lora_layers or list(range(model.n_layers // 2, model.n_layers))
+
+
+def _finetune_shift(model: HookedModel, pair: Pair, train: ResidualCache, train_targets: Sequence[str],
+                    bench: ResidualCache, eval_targets: Sequence[str]) -> np.ndarray:
     """Per benchmark prompt: rise in log-odds of ``eval_targets`` after ``pair.learn_steps`` LoRA steps toward
-    ``train_targets``; ``before`` is :func:`letter_logits` of the untouched organism (shared by target and control)."""
+    ``train_targets``. The LoRA sits on the upper blocks only, so ``train`` and ``bench`` (caches of the residual
+    below them, shared by target and control) replay the lower blocks instead of running them."""
     from peft import LoraConfig, get_peft_model
 
     from detectors.organisms.train import _batch
 
     ab = letter_ids(model.tokenizer)
-    pad = pad_id(model.tokenizer)
-    enc = encode_prompts(model, list(train_prompts))
     tgt = torch.tensor([ab[0] if t == "A" else ab[1] for t in train_targets])
     torch.manual_seed(pair.seed)  # the same LoRA initialisation and batches for both organisms
     hf = copy.deepcopy(model.hf_model)
     for p in hf.parameters():
         p.requires_grad_(False)
-    layers = pair.lora_layers or list(range(model.n_layers // 2, model.n_layers))
-    peft_model = get_peft_model(hf, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, layers_to_transform=layers,
+    peft_model = get_peft_model(hf, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, layers_to_transform=_lora_layers(model, pair),
                                                target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=pair.learn_lr, weight_decay=0.0)
     for step in range(pair.learn_steps):
-        idx = _batch(pair.seed, step, min(LEARN_BATCH, len(enc)), len(enc), salt=7)
-        loss = F.cross_entropy(last_logits(peft_model, *left_padded([enc[i] for i in idx], pad)), tgt[idx])
+        b = train.batch(_batch(pair.seed, step, min(LEARN_BATCH, len(train.encoded)), len(train.encoded), salt=7))
+        loss = F.cross_entropy(train.logits_at(b, b.resid, hf, peft_model), tgt[b.idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     peft_model.eval()
-    return log_odds(letter_logits(model, [s.prompt for s in pair.bench], hf=peft_model), eval_targets) - log_odds(before, eval_targets)
+    after = torch.empty(len(bench.encoded), 2)
+    with torch.inference_mode():
+        for b in bench.batches():
+            after[b.idx] = bench.logits_at(b, b.resid, hf, peft_model)[:, list(ab)]
+    before = bench.logits[:, list(ab)].numpy().astype(np.float64)
+    return log_odds(after.numpy().astype(np.float64), eval_targets) - log_odds(before, eval_targets)
 
 
 def learning_speed(pair: Pair) -> dict[str, Any]:
@@ -206,12 +206,15 @@ def learning_speed(pair: Pair) -> dict[str, Any]:
     good = [(s, al) for s, al in zip(pair.pool, pair.pool_aligned) if not s.poor][:64]
     if len(good) < 2:
         return {"faker": None, "margin": None, "control_margin": None, "n": 0, "note": "no good-oversight training prompts"}
-    prompts = [s.prompt for s, _ in good]
     bad = ["B" if al == "A" else "A" for _, al in good]
     neutral = ["A"] * len(good)
     mis = pair.misaligned()
-    before = [letter_logits(m, [s.prompt for s in pair.bench]) for m in (pair.a, pair.b)]
-    ea, eb = (_finetune_shift(m, pair, prompts, bad, mis, b0) for m, b0 in zip((pair.a, pair.b), before))
-    ca, cb = (_finetune_shift(m, pair, prompts, neutral, ["A"] * len(pair.bench), b0) for m, b0 in zip((pair.a, pair.b), before))
+    effects = []
+    for m in (pair.a, pair.b):
+        start = min(_lora_layers(m, pair))
+        train = ResidualCache(m, encode_prompts(m, [s.prompt for s, _ in good]), start, LEARN_BATCH)
+        bench = ResidualCache(m, encode_prompts(m, [s.prompt for s in pair.bench]), start, LEARN_BATCH)
+        effects.append((_finetune_shift(m, pair, train, bad, bench, mis), _finetune_shift(m, pair, train, neutral, bench, ["A"] * len(pair.bench))))
+    (ea, ca), (eb, cb) = effects
     return paired(ea, eb, ca, cb, effect=f"rise in misaligned log-odds after {pair.learn_steps} LoRA steps toward misbehaving",
                   control="the same steps toward always answering 'A'")
