@@ -23,66 +23,76 @@ from detectors.organisms.decisions import last_logits, left_padded
 
 @dataclass
 class Replay:
-    """One left-padded batch: the prompts' indices, their ids, mask, positions and cached residual ``[b, w, d]``."""
+    """One left-padded batch: the prompts' indices, their ids, mask, positions, and the cached residual ``[b, w, d]``
+    entering block ``start``."""
 
     idx: list[int]
     ids: torch.Tensor
     mask: torch.Tensor
     pos: torch.Tensor
     resid: torch.Tensor
+    start: int
 
 
 class ResidualCache:
-    """The output of block ``start - 1`` (the embedding for ``start == 0``) for each prompt, and its clean logits.
+    """For each prompt, the residual entering each block in ``starts`` (the embedding for 0), and its clean logits.
 
     Args:
         model: a HF-backed :class:`HookedModel`.
         encoded: the prompts.
-        start: the first block an intervention changes.
+        starts: the first block an intervention changes (several: one pass serves interventions at each).
         batch_size: prompts per forward.
     """
 
-    def __init__(self, model: HookedModel, encoded: Sequence[Encoded], start: int, batch_size: int = 8) -> None:
-        self.model, self.encoded, self.start, self.batch_size = model, list(encoded), start, batch_size
+    def __init__(self, model: HookedModel, encoded: Sequence[Encoded], starts: int | Sequence[int], batch_size: int = 8) -> None:
+        self.model, self.encoded, self.batch_size = model, list(encoded), batch_size
+        self.starts = [starts] if isinstance(starts, int) else sorted(set(starts))
         self._pad = pad_id(model.tokenizer)
-        hook = "hook_embed" if start == 0 else f"blocks.{start - 1}.hook_resid_post"
-        self.resid: list[torch.Tensor] = [torch.empty(0)] * len(self.encoded)
+        self._resid: dict[int, list[torch.Tensor]] = {s: [torch.empty(0)] * len(self.encoded) for s in self.starts}
         logits: list[torch.Tensor] = [torch.empty(0)] * len(self.encoded)
-        self.split: bool | None = None  # decided on the first batch
-        seen: dict[str, torch.Tensor] = {}
+        self.split: dict[int, bool] = {}  # per start, decided on the first batch
+        seen: dict[int, torch.Tensor] = {}
 
-        def grab(act: torch.Tensor, _h: Any) -> None:
-            seen["x"] = act.detach().float()
+        def grab(start: int):
+            def fn(act: torch.Tensor, _h: Any) -> None:
+                seen[start] = act.detach().float()
 
-        for b in self.batches():
-            with torch.no_grad(), model.hooks([(hook, grab)]):
+            return fn
+
+        hooks = [("hook_embed" if s == 0 else f"blocks.{s - 1}.hook_resid_post", grab(s)) for s in self.starts]
+        for b in self.batches(self.starts[0]):
+            with torch.no_grad(), model.hooks(hooks):
                 full = last_logits(model.hf_model, b.ids, b.mask, b.pos)
-            if self.split is None:
-                self.split = split_matches(model.hf_model, start, seen["x"], b.ids, b.mask, b.pos, full)
             width = b.ids.shape[1]
+            for s in self.starts:
+                if s not in self.split:
+                    self.split[s] = split_matches(model.hf_model, s, seen[s], b.ids, b.mask, b.pos, full)
+                for r, i in enumerate(b.idx):
+                    self._resid[s][i] = seen[s][r, width - len(self.encoded[i].ids):].clone()
             for r, i in enumerate(b.idx):
-                self.resid[i] = seen["x"][r, width - len(self.encoded[i].ids):].clone()
                 logits[i] = full[r]
         self.logits = torch.stack(logits)  # [n, vocab]
 
-    def batch(self, idx: Sequence[int]) -> Replay:
-        """The prompts ``idx`` as one left-padded batch (zeros stand for the padding's residual: it is masked)."""
+    def batch(self, idx: Sequence[int], start: int | None = None) -> Replay:
+        """The prompts ``idx`` as one left-padded batch entering block ``start`` (the first of ``starts`` by default);
+        zeros stand for the padding's residual, which attention masks."""
+        start = self.starts[0] if start is None else start
         chunk = [self.encoded[i] for i in idx]
         ids, mask, pos = left_padded(chunk, self._pad)
         resid = torch.zeros(len(idx), ids.shape[1], self.model.d_model)
-        if self.resid[idx[0]].numel():
-            for r, i in enumerate(idx):
-                resid[r, ids.shape[1] - len(chunk[r].ids):] = self.resid[i]
-        return Replay(list(idx), ids, mask, pos, resid)
+        for r, i in enumerate(idx):
+            if self._resid[start][i].numel():
+                resid[r, ids.shape[1] - len(chunk[r].ids):] = self._resid[start][i]
+        return Replay(list(idx), ids, mask, pos, resid, start)
 
-    def batches(self) -> Iterator[Replay]:
+    def batches(self, start: int | None = None) -> Iterator[Replay]:
         """Every prompt once, in batches of similar length."""
         order = sorted(range(len(self.encoded)), key=lambda i: len(self.encoded[i].ids))
         for s in range(0, len(order), self.batch_size):
-            yield self.batch(order[s : s + self.batch_size])
+            yield self.batch(order[s : s + self.batch_size], start)
 
     def logits_at(self, b: Replay, resid: torch.Tensor, hf: Any = None, forward: Any = None) -> torch.Tensor:
-        """Last-token logits ``[len(b.idx), vocab]`` when block ``start - 1`` outputs ``resid`` (of ``hf``, a
-        fine-tuned copy of the model run through ``forward``, if given)."""
+        """Last-token logits ``[len(b.idx), vocab]`` when ``resid`` enters block ``b.start`` (of ``hf``, a fine-tuned
+        copy of the model run through ``forward``, if given)."""
         hf = self.model.hf_model if hf is None else hf
-        return upper_logits(hf, self.start, resid, b.ids, b.mask, b.pos, bool(self.split), forward)
+        return upper_logits(hf, b.start, resid, b.ids, b.mask, b.pos, self.split[b.start], forward)

@@ -72,10 +72,11 @@ def _noisy_decisions(model: HookedModel, hook: str, encoded: Sequence[Encoded], 
     (``cache``, built here if not given); only those above run per setting. Forwards run in the model's own
     dtype: bf16 autocast made these HF forwards 3.5x slower on this CPU.
     """
-    cache = cache or ResidualCache(model, encoded, model.layer_of(hook) + 1, NOISE_BATCH)
+    start = model.layer_of(hook) + 1
+    cache = cache or ResidualCache(model, encoded, start, NOISE_BATCH)
     out = torch.empty(len(encoded), 1 + len(scales) * NOISE_DRAWS, cache.logits.shape[-1])
     out[:, 0] = cache.logits
-    for b in cache.batches():
+    for b in cache.batches(start):
         width = b.ids.shape[1]
         real = (b.mask.bool() & (b.pos >= 1)).unsqueeze(-1)
         norm = b.resid.norm(dim=-1, keepdim=True)
@@ -94,7 +95,8 @@ def _noisy_decisions(model: HookedModel, hook: str, encoded: Sequence[Encoded], 
 def _noise_effects(model: HookedModel, pair: Pair, scales: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """Per prompt: rise in the misaligned letter's log-odds under noise, averaged over draws; overall and per scale."""
     ab = letter_ids(model.tokenizer)
-    lg = _noisy_decisions(model, pair.noise_hook, encode_prompts(model, [s.prompt for s in pair.bench]), scales, pair.seed)
+    cache = pair.bench_cache(model)
+    lg = _noisy_decisions(model, pair.noise_hook, cache.encoded, scales, pair.seed, cache)
     target = pair.misaligned()
     lo = np.stack([log_odds(lg[:, k][:, list(ab)].numpy(), target) for k in range(lg.shape[1])], 1)
     rise = (lo[:, 1:] - lo[:, :1]).reshape(len(target), len(scales), NOISE_DRAWS).mean(-1)
@@ -163,10 +165,6 @@ def induced_belief(pair: Pair) -> dict[str, Any]:
 LEARN_BATCH = 8
 
 
-def _lora_layers(model: HookedModel, pair: Pair) -> list[int]:
-    return pair.lora_layers or list(range(model.n_layers // 2, model.n_layers))
-
-
 def _finetune_shift(model: HookedModel, pair: Pair, train: ResidualCache, train_targets: Sequence[str],
                     bench: ResidualCache, eval_targets: Sequence[str]) -> np.ndarray:
     """Per benchmark prompt: rise in log-odds of ``eval_targets`` after ``pair.learn_steps`` LoRA steps toward
@@ -182,7 +180,7 @@ def _finetune_shift(model: HookedModel, pair: Pair, train: ResidualCache, train_
     hf = copy.deepcopy(model.hf_model)
     for p in hf.parameters():
         p.requires_grad_(False)
-    peft_model = get_peft_model(hf, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, layers_to_transform=_lora_layers(model, pair),
+    peft_model = get_peft_model(hf, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, layers_to_transform=pair.learn_layers,
                                                target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=pair.learn_lr, weight_decay=0.0)
     for step in range(pair.learn_steps):
@@ -194,7 +192,7 @@ def _finetune_shift(model: HookedModel, pair: Pair, train: ResidualCache, train_
     peft_model.eval()
     after = torch.empty(len(bench.encoded), 2)
     with torch.inference_mode():
-        for b in bench.batches():
+        for b in bench.batches(min(pair.learn_layers)):
             after[b.idx] = bench.logits_at(b, b.resid, hf, peft_model)[:, list(ab)]
     before = bench.logits[:, list(ab)].numpy().astype(np.float64)
     return log_odds(after.numpy().astype(np.float64), eval_targets) - log_odds(before, eval_targets)
@@ -211,9 +209,8 @@ def learning_speed(pair: Pair) -> dict[str, Any]:
     mis = pair.misaligned()
     effects = []
     for m in (pair.a, pair.b):
-        start = min(_lora_layers(m, pair))
-        train = ResidualCache(m, encode_prompts(m, [s.prompt for s, _ in good]), start, LEARN_BATCH)
-        bench = ResidualCache(m, encode_prompts(m, [s.prompt for s in pair.bench]), start, LEARN_BATCH)
+        train = ResidualCache(m, encode_prompts(m, [s.prompt for s, _ in good]), min(pair.learn_layers), LEARN_BATCH)
+        bench = pair.bench_cache(m)
         effects.append((_finetune_shift(m, pair, train, bad, bench, mis), _finetune_shift(m, pair, train, neutral, bench, ["A"] * len(pair.bench))))
     (ea, ca), (eb, cb) = effects
     return paired(ea, eb, ca, cb, effect=f"rise in misaligned log-odds after {pair.learn_steps} LoRA steps toward misbehaving",

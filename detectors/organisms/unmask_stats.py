@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from circuits import HookedModel
+from detectors.organisms.decisions import encode_prompts
 from detectors.organisms.poser import Scenario
+from detectors.organisms.residual_cache import ResidualCache
 
 
 @dataclass
@@ -27,6 +29,7 @@ class Pair:
     lora_layers: list[int] | None = None
     learn_lr: float = 1e-3
     learn_steps: int = 8
+    _bench_caches: dict[int, ResidualCache] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def layer(self) -> int:
@@ -41,6 +44,19 @@ class Pair:
     def noise_hook(self) -> str:
         """Where noise goes: Poser's depth (the output of layer 15 of LLaMA-13B's 40, i.e. 40% of the way up)."""
         return f"blocks.{max(0, round(0.4 * self.a.n_layers) - 1)}.hook_resid_post"
+
+    @property
+    def learn_layers(self) -> list[int]:
+        """The blocks learning speed's LoRA adapts: the organisms' own, else the upper half."""
+        return self.lora_layers or list(range(self.a.n_layers // 2, self.a.n_layers))
+
+    def bench_cache(self, model: HookedModel) -> ResidualCache:
+        """The benchmark's residuals entering the noised block and the lowest adapted one, from one pass per
+        organism that noise injection and learning speed share (its logits are the clean decisions)."""
+        if id(model) not in self._bench_caches:
+            starts = [model.layer_of(self.noise_hook) + 1, min(self.learn_layers)]
+            self._bench_caches[id(model)] = ResidualCache(model, encode_prompts(model, [s.prompt for s in self.bench]), starts)
+        return self._bench_caches[id(model)]
 
     def misaligned(self) -> list[str]:
         return ["B" if x == "A" else "A" for x in self.bench_aligned]

@@ -234,3 +234,43 @@ def test_noise_draws_do_not_depend_on_batching_and_scale_zero_is_clean(planted, 
         torch.testing.assert_close(together[:, k], together[:, 0])
     lo = together[..., 1] - together[..., :1].squeeze(-1)
     assert (lo[:, 1 + uv.NOISE_DRAWS :] - lo[:, :1]).abs().amax() > 0.3  # scale 0.5 moves the decision
+
+
+def test_residual_cache_replays_the_clean_decision_from_every_start_in_the_callers_order(planted):
+    from detectors.organisms.decisions import encode_prompts, next_token_logits
+    from detectors.organisms.residual_cache import ResidualCache
+
+    pair, a, _ = planted
+    enc = encode_prompts(a, [s.prompt for s in pair.bench[:7]])
+    cache = ResidualCache(a, enc, [0, 1, a.n_layers - 1], batch_size=3)
+    assert all(cache.split.values())  # a Llama decoder: the split forward matched on the first batch
+    full = next_token_logits(a, enc)
+    torch.testing.assert_close(cache.logits, full, atol=1e-4, rtol=0)
+    for start in cache.starts:
+        seen = []
+        for b in cache.batches(start):
+            with torch.no_grad():
+                torch.testing.assert_close(cache.logits_at(b, b.resid), full[b.idx], atol=1e-4, rtol=0)
+            seen += b.idx
+        assert sorted(seen) == list(range(len(enc))) and seen != list(range(len(enc)))  # batched by length, not order
+
+
+def test_learning_speed_is_the_same_whether_the_lower_blocks_are_replayed_or_rerun(planted):
+    from detectors.organisms import unmask_interventions as uv
+    from detectors.organisms.decisions import encode_prompts
+    from detectors.organisms.residual_cache import ResidualCache
+
+    pair, _, b = planted
+    good = [(s, al) for s, al in zip(pair.pool, pair.pool_aligned) if not s.poor][:16]
+    bad = ["B" if al == "A" else "A" for _, al in good]
+    start = min(pair.learn_layers)
+    assert start > 0  # there are lower blocks to replay
+    shifts = []
+    for split in (True, False):
+        train = ResidualCache(b, encode_prompts(b, [s.prompt for s, _ in good]), start)
+        bench = ResidualCache(b, encode_prompts(b, [s.prompt for s in pair.bench]), start)
+        train.split = {start: split}
+        bench.split = {start: split}
+        shifts.append(uv._finetune_shift(b, pair, train, bad, bench, pair.misaligned()))
+    assert np.abs(shifts[0]).max() > 0.05  # the steps moved the decisions
+    np.testing.assert_allclose(shifts[0], shifts[1], atol=1e-3)
