@@ -2,9 +2,9 @@
 
 Steering acts on the decision token only, through a :class:`PrefixCache` of the prompt prefix: one token
 per prompt and setting. Noise goes to every position of a lower layer (as in Poser); the blocks below
-it run once per prompt and only those above run per setting (:mod:`detectors.organisms.residual_cache`), as
-do learning speed's LoRA steps and evaluations. The two organisms get the *same* noise draws and random vectors, scaled to each one's own
-residual norm, so the comparison is paired.
+it run once per prompt and only those above run per setting (:mod:`detectors.organisms.residual_cache`),
+as do learning speed's LoRA steps and evaluations. The two organisms get the *same* noise draws and random
+vectors, scaled to each one's own residual norm, so the comparison is paired.
 """
 
 from __future__ import annotations
