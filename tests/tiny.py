@@ -80,3 +80,17 @@ def tiny_long_model(seed: int = 0):
     from circuits import from_hf
 
     return from_hf(tiny_hf_model(seed, max_positions=2048), tiny_tokenizer(), model_id="tiny-llama-long")
+
+
+def planted_dataset():
+    """Label decides a word in the response; the tiny model's activations carry it."""
+    from probe.datasets import Example, LabelledDataset
+
+    ex = []
+    subjects = "cat dog sky paris rome mat world".split()
+    for i, s in enumerate(subjects * 6):
+        for label, word in ((1, "false"), (0, "true")):
+            item = [{"role": "user", "content": f"is the {s} {['red', 'blue', 'green'][i % 3]}"},
+                    {"role": "assistant", "content": f"that is {word} {['one', 'two', 'three'][i % 3]}"}]
+            ex.append(Example(item=item, label=label, group=f"g{i}"))
+    return LabelledDataset("planted", ex)

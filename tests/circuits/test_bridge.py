@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tiny import tiny_hf_model, tiny_tokenizer
+from tiny import planted_dataset, tiny_hf_model, tiny_tokenizer
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
 model_bridge = pytest.importorskip("transformer_lens.model_bridge")
@@ -137,11 +137,9 @@ def test_a_bridge_that_ignores_its_kv_cache_is_refused_with_the_reason(tmp_path)
 
 
 def test_training_on_a_bridge_gives_the_plain_models_detector(both, tmp_path):
-    from test_detector import _planted_dataset
-
     plain, bridged, bridge = both
-    a = Detector.train("planted", plain, data=_planted_dataset(), n_control=20, cache_dir=tmp_path / "a")
-    b = Detector.train("planted", bridged, data=_planted_dataset(), n_control=20, cache_dir=tmp_path / "b")
+    a = Detector.train("planted", plain, data=planted_dataset(), n_control=20, cache_dir=tmp_path / "a")
+    b = Detector.train("planted", bridged, data=planted_dataset(), n_control=20, cache_dir=tmp_path / "b")
     assert a.hooks == b.hooks and a.model_fingerprint == b.model_fingerprint
     np.testing.assert_allclose(b.weight.numpy(), a.weight.numpy(), rtol=1e-2, atol=1e-3)
     assert b.threshold == pytest.approx(a.threshold, rel=1e-2, abs=1e-3)

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from tiny import planted_dataset as _planted_dataset
 from tiny import tiny_model
 
 from circuits import ArtifactError, HookNameError, InputError, ModelMismatchError
@@ -90,18 +91,6 @@ def test_save_is_atomic_and_refuses_foreign_dirs(det, tmp_path):
         det.save(foreign)
     assert (foreign / "notes.txt").read_text() == "keep me"
     assert [p.name for p in tmp_path.iterdir()] == ["mine"]  # no temporary left behind
-
-
-def _planted_dataset() -> LabelledDataset:
-    """Label decides a word in the response; the tiny model's activations carry it."""
-    ex = []
-    subjects = "cat dog sky paris rome mat world".split()
-    for i, s in enumerate(subjects * 6):
-        for label, word in ((1, "false"), (0, "true")):
-            item = [{"role": "user", "content": f"is the {s} {['red', 'blue', 'green'][i % 3]}"},
-                    {"role": "assistant", "content": f"that is {word} {['one', 'two', 'three'][i % 3]}"}]
-            ex.append(Example(item=item, label=label, group=f"g{i}"))
-    return LabelledDataset("planted", ex)
 
 
 def test_benign_negatives_that_cannot_apply_are_not_dropped_silently(tiny, tmp_path):
