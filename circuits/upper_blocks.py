@@ -20,17 +20,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from circuits.hook_points import HookPoint, HookPointMap, attach
+from circuits.hook_points import HookPoint, HookPointMap, _get, attach
 
 _OWNERS = ("model", "model.language_model")  # modules whose forward loops over ``self.layers``
 
 
 def _decoder(hf: nn.Module) -> nn.Module | None:
     for path in _OWNERS:
-        obj: Any = hf
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-        if isinstance(obj, nn.Module) and isinstance(getattr(obj, "layers", None), nn.ModuleList) and hasattr(obj, "rotary_emb"):
+        obj = _get(hf, path)
+        if obj is not None and isinstance(getattr(obj, "layers", None), nn.ModuleList) and hasattr(obj, "rotary_emb"):
             return obj
     return None
 
@@ -55,7 +53,7 @@ def _last(out: Any) -> torch.Tensor:
 
 def upper_logits(hf: nn.Module, start: int, resid: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
                  pos: torch.Tensor, split: bool, forward: Any = None) -> torch.Tensor:
-    """Last-position logits ``[batch, vocab]`` of ``hf`` when block ``start - 1`` outputs ``resid``.
+    """Last-position logits ``[batch, vocab]`` of ``hf`` when block ``start - 1`` (the embedding for 0) outputs ``resid``.
 
     ``split`` (see :func:`split_matches`) runs blocks ``start ..`` alone; otherwise the whole model runs on
     ``ids`` with that block's output replaced. ``forward`` is the callable to run (a peft wrapper of ``hf``,
@@ -63,12 +61,11 @@ def upper_logits(hf: nn.Module, start: int, resid: torch.Tensor, ids: torch.Tens
     """
     forward = hf if forward is None else forward
     kw = dict(attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=1)
-    if start <= 0:
-        return _last(forward(inputs_embeds=resid, **kw)) if split else _last(forward(input_ids=ids, **kw))
     if split:
         with blocks_from(hf, start):
             return _last(forward(inputs_embeds=resid.to(_dtype(hf)), **kw))
-    point = HookPoint("replace", HookPointMap(hf).layers[start - 1], "post", start - 1)
+    points = HookPointMap(hf)
+    point = HookPoint("replace", points.embed if start == 0 else points.layers[start - 1], "post", start - 1)
     handle = attach(point, lambda act, _hp: resid.to(act.dtype))
     try:
         return _last(forward(input_ids=ids, **kw))

@@ -60,18 +60,23 @@ class ResidualCache:
             return fn
 
         hooks = [("hook_embed" if s == 0 else f"blocks.{s - 1}.hook_resid_post", grab(s)) for s in self.starts]
-        for b in self.batches(self.starts[0]):
+        for idx in self._by_length():
+            ids, mask, pos = left_padded([self.encoded[i] for i in idx], self._pad)
             with torch.no_grad(), model.hooks(hooks):
-                full = last_logits(model.hf_model, b.ids, b.mask, b.pos)
-            width = b.ids.shape[1]
+                full = last_logits(model.hf_model, ids, mask, pos)
             for s in self.starts:
                 if s not in self.split:
-                    self.split[s] = split_matches(model.hf_model, s, seen[s], b.ids, b.mask, b.pos, full)
-                for r, i in enumerate(b.idx):
-                    self._resid[s][i] = seen[s][r, width - len(self.encoded[i].ids):].clone()
-            for r, i in enumerate(b.idx):
+                    self.split[s] = split_matches(model.hf_model, s, seen[s], ids, mask, pos, full)
+                for r, i in enumerate(idx):
+                    self._resid[s][i] = seen[s][r, ids.shape[1] - len(self.encoded[i].ids):].clone()
+            for r, i in enumerate(idx):
                 logits[i] = full[r]
         self.logits = torch.stack(logits)  # [n, vocab]
+
+    def _by_length(self) -> Iterator[list[int]]:
+        order = sorted(range(len(self.encoded)), key=lambda i: len(self.encoded[i].ids))
+        for s in range(0, len(order), self.batch_size):
+            yield order[s : s + self.batch_size]
 
     def batch(self, idx: Sequence[int], start: int | None = None) -> Replay:
         """The prompts ``idx`` as one left-padded batch entering block ``start`` (the first of ``starts`` by default);
@@ -81,15 +86,13 @@ class ResidualCache:
         ids, mask, pos = left_padded(chunk, self._pad)
         resid = torch.zeros(len(idx), ids.shape[1], self.model.d_model)
         for r, i in enumerate(idx):
-            if self._resid[start][i].numel():
-                resid[r, ids.shape[1] - len(chunk[r].ids):] = self._resid[start][i]
+            resid[r, ids.shape[1] - len(chunk[r].ids):] = self._resid[start][i]
         return Replay(list(idx), ids, mask, pos, resid, start)
 
     def batches(self, start: int | None = None) -> Iterator[Replay]:
         """Every prompt once, in batches of similar length."""
-        order = sorted(range(len(self.encoded)), key=lambda i: len(self.encoded[i].ids))
-        for s in range(0, len(order), self.batch_size):
-            yield self.batch(order[s : s + self.batch_size], start)
+        for idx in self._by_length():
+            yield self.batch(idx, start)
 
     def logits_at(self, b: Replay, resid: torch.Tensor, hf: Any = None, forward: Any = None) -> torch.Tensor:
         """Last-token logits ``[len(b.idx), vocab]`` when ``resid`` enters block ``b.start`` (of ``hf``, a fine-tuned

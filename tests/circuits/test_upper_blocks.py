@@ -64,3 +64,16 @@ def test_a_decoder_that_adds_to_inputs_embeds_is_not_split():
     assert not split_matches(hf, 1, resid, ids, mask, pos, clean)  # GPT-2 adds learned positions to inputs_embeds
     with torch.no_grad():
         torch.testing.assert_close(upper_logits(hf, 1, resid, ids, mask, pos, split=False), clean)
+
+
+@pytest.mark.parametrize("split", [True, False])
+def test_from_block_zero_the_given_embedding_is_what_runs(split):
+    model = tiny_model(n_layers=2)
+    ids, mask, pos = _batch()
+    emb = model.hf_model.model.embed_tokens(ids).detach()
+    changed = emb + torch.randn(emb.shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad(), model.hooks([("hook_embed", lambda act, _h: changed)]):
+        want = model.hf_model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits[:, -1].float()
+    with torch.no_grad():
+        got = upper_logits(model.hf_model, 0, changed, ids, mask, pos, split=split)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
